@@ -1,0 +1,528 @@
+"""Tree attention: N speculated tokens, arranged as a token tree, attend to a KV cache and their ancestors.
+
+Terms (DESIGN.md, "Trees"). Sequence b holds ``kv_lens[b]`` valid cache entries; the last N of them are
+the tree's own keys/values (node j at cache position ``prefix_b + j``, ``prefix_b = kv_lens[b] - N``).
+Node i attends to every prefix entry and to tree node j iff ``tree_mask[i, j]`` (j is i or an ancestor
+of i). Nodes are in topological order, so an ancestor always precedes its descendant: bits above the
+diagonal (j > i) are ignored by every implementation. A row that may attend to nothing at all (prefix 0
+and an all-False mask row) outputs zeros. SpecInfer (Miao et al., 2023) and Medusa (Cai et al., 2024)
+introduced this "tree attention"; the kernel is FlashAttention-2 (Dao, 2023) with flash-decoding split-K.
+
+Kernel layout. One program handles one (batch, KV head) pair, a tile of BLOCK_M query rows and one
+split of the prefix. The G = Hq / Hkv query heads that share a KV head are stacked with the N nodes as
+the M dimension (row r = node * G + g), so each K/V tile is read once for the whole group. The prefix is
+attended without any mask in full BLOCK_N tiles (divided among the splits); the prefix's ragged tail and
+the N x N tree block are handled by the last split, the tree block masked from the bit-packed mask (one
+int32 word per 32 nodes, loaded once per tile). With several splits every split writes its normalised
+partial output and log-sum-exp, and a small combine kernel merges them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from specdec_kernels import trees
+from specdec_kernels._backend import resolve_backend
+
+MAX_TREE_NODES = 1024  # N limit of the kernel (grid and mask sizes are not the bound; testing is)
+MAX_HEAD_DIM = 256  # head_dim limit (one K/V tile of [BLOCK_N, head_dim] in registers)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_LOG2E = 1.4426950408889634
+_NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE: tl.constexpr):
+    # qk: [BLOCK_M, BLOCK_N] scores in log2 units (-inf where masked); v: [BLOCK_N, BLOCK_D]
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    if MAY_BE_EMPTY:  # a row with nothing allowed so far keeps m = -inf; subtract 0 instead (exp2(-inf) = 0)
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_sub = m_new
+    p = tl.math.exp2(qk - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _load_tile(ptrs, row_ok, d_ok, EVEN_D: tl.constexpr):
+    # ptrs: [BLOCK_N, BLOCK_D] pointers of a K or V tile; row_ok: [BLOCK_N] positions that exist
+    if EVEN_D:
+        return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    return tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _load_full_tile(ptrs, d_ok, EVEN_D: tl.constexpr):
+    # A K or V tile whose positions all exist: no mask unless head_dim was padded to a power of two
+    if EVEN_D:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+
+
+@triton.jit(do_not_specialize=["N", "num_splits"])
+def _tree_attention_fwd_kernel(
+    Q,  # [B, Hq, N, D] any strides
+    K,  # [B, Hkv, S, D] any strides
+    V,  # [B, Hkv, S, D] any strides
+    KV_LENS,  # [B] int32/int64, valid entries per sequence, tree included
+    MASK,  # [B or 1, N, W] int32 packed ancestor mask, W = ceil(N / 32); stride_mb = 0 when shared
+    OUT,  # [B, Hq, N, D] any strides (written when SPLIT is False)
+    MID_O,  # [B * Hkv, num_splits, G * N, D] fp32 contiguous (written when SPLIT is True)
+    MID_LSE,  # [B * Hkv, num_splits, G * N] fp32 contiguous, log2-sum-exp2 of the split
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    stride_mb, stride_mi, stride_mw,
+    stride_ob, stride_oh, stride_on, stride_od,
+    N, num_words, num_splits, qk_scale,  # qk_scale = sm_scale * log2(e)
+    H_KV: tl.constexpr, GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)  # tile of G * N query rows
+    pid_bh = tl.program_id(1)  # b * H_KV + kv head
+    pid_s = tl.program_id(2)  # split of the prefix
+    b = pid_bh // H_KV
+    hkv = pid_bh % H_KV
+    b64 = b.to(tl.int64)
+
+    kv_len = tl.load(KV_LENS + b).to(tl.int32)
+    prefix = kv_len - N
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    num_rows = N * GROUP
+    row_ok = rows < num_rows
+    node = rows // GROUP  # tree node of the row
+    head = hkv * GROUP + rows % GROUP  # query head of the row
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
+    offs_n = tl.arange(0, BLOCK_N)
+
+    q_ptrs = (Q + b64 * stride_qb + head.to(tl.int64)[:, None] * stride_qh
+              + node.to(tl.int64)[:, None] * stride_qn + offs_d[None, :] * stride_qd)
+    q = _load_tile(q_ptrs, row_ok, d_ok, EVEN_D)  # [BLOCK_M, BLOCK_D]
+    k_base = K + b64 * stride_kb + hkv.to(tl.int64) * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b64 * stride_vb + hkv.to(tl.int64) * stride_vh + offs_d[None, :] * stride_vd
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # 1. Full prefix tiles, no mask at all; split-K divides them among the programs of axis 2.
+    num_full = prefix // BLOCK_N
+    per_split = tl.cdiv(num_full, num_splits)
+    t_lo = pid_s * per_split
+    t_hi = tl.minimum(t_lo + per_split, num_full)
+    for t in range(t_lo, t_hi):
+        cols = (t * BLOCK_N + offs_n).to(tl.int64)
+        k = _load_full_tile(k_base + cols[:, None] * stride_ks, d_ok, EVEN_D)
+        v = _load_full_tile(v_base + cols[:, None] * stride_vs, d_ok, EVEN_D)
+        if IEEE:
+            qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        else:
+            qk = tl.dot(q, tl.trans(k)) * qk_scale
+        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, False, IEEE)
+
+    if pid_s == num_splits - 1:
+        # 2. The prefix's ragged tail: fewer than BLOCK_N entries, bounds-masked.
+        tail_start = num_full * BLOCK_N
+        if tail_start < prefix:
+            cols = tail_start + offs_n
+            col_ok = cols < prefix
+            k = _load_tile(k_base + cols.to(tl.int64)[:, None] * stride_ks, col_ok, d_ok, EVEN_D)
+            v = _load_tile(v_base + cols.to(tl.int64)[:, None] * stride_vs, col_ok, d_ok, EVEN_D)
+            if IEEE:
+                qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            else:
+                qk = tl.dot(q, tl.trans(k)) * qk_scale
+            qk = tl.where(col_ok[None, :], qk, float("-inf"))
+            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE)
+
+        # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
+        last_node = tl.minimum(N - 1, (pid_m * BLOCK_M + BLOCK_M - 1) // GROUP)
+        WORDS: tl.constexpr = BLOCK_N // 32
+        offs_w = tl.arange(0, WORDS)
+        shift = offs_n % 32
+        mask_rows = MASK + b64 * stride_mb + node.to(tl.int64)[:, None] * stride_mi
+        for j0 in range(0, last_node + 1, BLOCK_N):
+            j = j0 + offs_n
+            j_ok = j <= last_node
+            cols = (prefix + j).to(tl.int64)
+            k = _load_tile(k_base + cols[:, None] * stride_ks, j_ok, d_ok, EVEN_D)
+            v = _load_tile(v_base + cols[:, None] * stride_vs, j_ok, d_ok, EVEN_D)
+            if IEEE:
+                qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            else:
+                qk = tl.dot(q, tl.trans(k)) * qk_scale
+            # One int32 word per 32 nodes, loaded once per (row, word) and expanded to the tile's columns.
+            w_idx = j0 // 32 + offs_w
+            words = tl.load(mask_rows + w_idx[None, :] * stride_mw,
+                            mask=row_ok[:, None] & (w_idx < num_words)[None, :], other=0)  # [BLOCK_M, WORDS]
+            words = tl.reshape(tl.broadcast_to(words[:, :, None], (BLOCK_M, WORDS, 32)), (BLOCK_M, BLOCK_N))
+            allowed = ((words >> shift[None, :]) & 1) != 0
+            allowed = allowed & (j[None, :] <= node[:, None])  # topological order: ancestors precede
+            qk = tl.where(allowed, qk, float("-inf"))
+            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE)
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # a row with nothing to attend to outputs zeros
+    out = acc / l_safe[:, None]
+    if SPLIT:
+        mid_row = (pid_bh * num_splits + pid_s).to(tl.int64) * num_rows + rows
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+        tl.store(MID_LSE + mid_row, lse, mask=row_ok)
+        o_ptrs = MID_O + mid_row[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(o_ptrs, out, mask=row_ok[:, None] & d_ok[None, :])
+    else:
+        o_ptrs = (OUT + b64 * stride_ob + head.to(tl.int64)[:, None] * stride_oh
+                  + node.to(tl.int64)[:, None] * stride_on + offs_d[None, :] * stride_od)
+        tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["N", "num_splits"])
+def _tree_attention_combine_kernel(
+    MID_O,  # [B * Hkv, num_splits, G * N, D] fp32 contiguous
+    MID_LSE,  # [B * Hkv, num_splits, G * N] fp32 contiguous
+    OUT,  # [B, Hq, N, D] any strides
+    stride_ob, stride_oh, stride_on, stride_od,
+    N, num_splits,
+    H_KV: tl.constexpr, GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0)  # one query row of one (batch, kv head)
+    num_rows = N * GROUP
+    row = pid % num_rows
+    pid_bh = pid // num_rows
+    b = pid_bh // H_KV
+    head = (pid_bh % H_KV) * GROUP + row % GROUP
+    node = row // GROUP
+
+    offs_s = tl.arange(0, BLOCK_S)
+    s_ok = offs_s < num_splits
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    mid_row = (pid_bh * num_splits + offs_s).to(tl.int64) * num_rows + row  # [BLOCK_S]
+    lse = tl.load(MID_LSE + mid_row, mask=s_ok, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse - m)  # 0 for empty splits
+    o = tl.load(MID_O + mid_row[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    den = tl.sum(w, 0)
+    den = tl.where(den == 0.0, 1.0, den)
+    out = tl.sum(w[:, None] * o, 0) / den
+    o_ptrs = (OUT + b.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
+              + node.to(tl.int64) * stride_on + offs_d * stride_od)
+    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=d_ok)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launcher
+# --------------------------------------------------------------------------------------------------
+
+_MIN_TILES_PER_SPLIT = 4  # a split reads at least this many full KV tiles, or splitting is not worth it
+_MAX_SPLITS = 64
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: any small number exercises the same code
+
+
+def _pick_config(num_rows: int, head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for G*N query rows and this head_dim."""
+    block_m = 16 if num_rows <= 16 else 32 if num_rows <= 32 else 64
+    if num_rows >= 128 and head_dim <= 128:
+        block_m = 128
+    block_n = 64 if head_dim <= 128 or dtype != torch.float32 else 32
+    num_warps = 8 if block_m == 128 else 4
+    return block_m, block_n, num_warps, 2
+
+
+def _pick_num_splits(base_programs: int, max_prefix: int, block_n: int, device: torch.device) -> int:
+    """Flash-decoding split-K: enough programs to fill the GPU, each with a worthwhile share of tiles."""
+    full_tiles = max_prefix // block_n
+    target = 2 * _num_sms(device)
+    if base_programs >= target or full_tiles < 2 * _MIN_TILES_PER_SPLIT:
+        return 1
+    return max(1, min(triton.cdiv(target, base_programs), full_tiles // _MIN_TILES_PER_SPLIT, _MAX_SPLITS))
+
+
+def _tree_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_lens: torch.Tensor,
+    packed: torch.Tensor,
+    sm_scale: float,
+    out: torch.Tensor,
+    max_kv_len: int,
+    num_splits: int | None,
+) -> torch.Tensor:
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    num_rows = G * N
+    block_m, block_n, num_warps, num_stages = _pick_config(num_rows, D, q.dtype)
+    block_d = max(16, triton.next_power_of_2(D))
+    m_tiles = triton.cdiv(num_rows, block_m)
+    if num_splits is None:
+        num_splits = _pick_num_splits(m_tiles * B * Hkv, max(max_kv_len - N, 0), block_n, q.device)
+    split = num_splits > 1
+    if split:
+        mid_o = torch.empty(B * Hkv, num_splits, num_rows, D, dtype=torch.float32, device=q.device)
+        mid_lse = torch.empty(B * Hkv, num_splits, num_rows, dtype=torch.float32, device=q.device)
+    else:
+        mid_o = mid_lse = out  # unused
+    stride_mb = packed.stride(0) if packed.dim() == 3 else 0
+    grid = (m_tiles, B * Hkv, num_splits)
+    _tree_attention_fwd_kernel[grid](
+        q, k, v, kv_lens, packed, out, mid_o, mid_lse,
+        *q.stride(), *k.stride(), *v.stride(),
+        stride_mb, packed.stride(-2), packed.stride(-1),
+        *out.stride(),
+        N, packed.shape[-1], num_splits, sm_scale * _LOG2E,
+        H_KV=Hkv, GROUP=G, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        SPLIT=split, IEEE=q.dtype == torch.float32,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if split:
+        _tree_attention_combine_kernel[(B * Hkv * num_rows,)](
+            mid_o, mid_lse, out, *out.stride(), N, num_splits,
+            H_KV=Hkv, GROUP=G, HEAD_DIM=D, BLOCK_D=block_d,
+            BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1 if D <= 64 else 2,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference (defines the semantics; also the CPU path)
+# --------------------------------------------------------------------------------------------------
+
+
+def _dense_tree_mask(tree_mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Bool ``[B or 1, N, N]`` from a bool or packed int32 mask, bits above the diagonal cleared."""
+    dense = trees.unpack_mask(tree_mask, n) if tree_mask.dtype == torch.int32 else tree_mask
+    if dense.dim() == 2:
+        dense = dense.unsqueeze(0)
+    return dense & torch.ones(n, n, dtype=torch.bool, device=dense.device).tril()
+
+
+def tree_attention_mask(kv_lens: torch.Tensor, tree_mask: torch.Tensor, n: int, s: int) -> torch.Tensor:
+    """The dense boolean mask the tree attention applies, ``[B, N, S]``: True where node i sees entry s.
+
+    Entry s of sequence b is visible to node i iff ``s < prefix_b`` (the prefix) or it is tree node
+    ``j = s - prefix_b`` with ``0 <= j <= i`` and ``tree_mask[b, i, j]``. For tests and the reference only:
+    the kernel never builds it.
+    """
+    dense = _dense_tree_mask(tree_mask, n)  # [B or 1, N, N]
+    b = kv_lens.shape[0]
+    prefix = (kv_lens.to(torch.int64) - n).unsqueeze(1)  # [B, 1]
+    pos = torch.arange(s, device=kv_lens.device).unsqueeze(0)  # [1, S]
+    j = pos - prefix  # [B, S] tree index of each cache entry
+    in_tree = (j >= 0) & (j < n)
+    idx = j.clamp(0, n - 1).unsqueeze(1).expand(b, n, s)
+    tree_part = torch.gather(dense.expand(b, n, n), 2, idx) & in_tree.unsqueeze(1)
+    return tree_part | (pos < prefix).unsqueeze(1)
+
+
+def tree_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_lens: torch.Tensor,
+    tree_mask: torch.Tensor,
+    *,
+    sm_scale: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Plain PyTorch tree attention, computed in fp32; same arguments and result as :func:`tree_attention`.
+
+    Vectorised: GQA by viewing q as ``[B, Hkv, G * N, D]`` (no K/V repeat), one dense ``[B, N, S]`` mask
+    from ``kv_lens`` and the tree mask, one fused ``scaled_dot_product_attention`` call. On CPU tensors
+    only the first ``max(kv_lens)`` cache entries are read.
+    """
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    s = k.shape[2]
+    if kv_lens.device.type == "cpu" and B > 0:  # free to read; skip the unused tail of the buffer
+        s = min(s, int(kv_lens.max()))
+    scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    mask = tree_attention_mask(kv_lens, tree_mask, N, s)  # [B, N, S]
+    mask = mask.unsqueeze(1).unsqueeze(1).expand(B, 1, G, N, s).reshape(B, 1, G * N, s)
+    qf = q.float().reshape(B, Hkv, G * N, D)  # head h = hkv * G + g: rows g * N + i
+    kf = k[:, :, :s].float()
+    vf = v[:, :, :s].float()
+    o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale)
+    o = torch.where(mask.any(-1, keepdim=True), o, 0.0)  # rows with nothing to attend to: zeros, not NaN
+    o = o.reshape(B, Hq, N, D)
+    if out is None:
+        return o.to(q.dtype)
+    out.copy_(o)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Public function
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out) -> None:
+    """Shapes, dtypes and devices (no host sync). Raises TypeError/ValueError naming the argument."""
+    for name, t in (("q", q), ("k", k), ("v", v), ("kv_lens", kv_lens), ("tree_mask", tree_mask)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tree_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"tree_attention: {name} must be 4-D, got shape {tuple(t.shape)}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"tree_attention: q must be float16, bfloat16 or float32, got {q.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"tree_attention: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+    for name, t in (("k", k), ("v", v), ("kv_lens", kv_lens), ("tree_mask", tree_mask)):
+        if t.device != q.device:
+            raise ValueError(f"tree_attention: {name} is on {t.device} but q is on {q.device}")
+    B, Hq, N, D = q.shape
+    if N < 1 or N > MAX_TREE_NODES:
+        raise ValueError(f"tree_attention: q must have 1 <= N <= {MAX_TREE_NODES} tree nodes in dim 2, got {N}")
+    if D < 1 or D > MAX_HEAD_DIM:
+        raise ValueError(f"tree_attention: head_dim must be in [1, {MAX_HEAD_DIM}], got {D}")
+    if tuple(k.shape) != tuple(v.shape):
+        raise ValueError(f"tree_attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(
+            f"tree_attention: k, v must be [B={B}, Hkv, S, D={D}] to match q [B, Hq, N, D], got {tuple(k.shape)}"
+        )
+    Hkv = k.shape[1]
+    if Hkv < 1 or Hq % Hkv != 0:
+        raise ValueError(f"tree_attention: q heads ({Hq}) must be a multiple of k/v heads ({Hkv})")
+    if k.shape[2] < N:
+        raise ValueError(f"tree_attention: k, v must hold at least N={N} entries in dim 2, got S={k.shape[2]}")
+    if kv_lens.dtype not in (torch.int32, torch.int64) or tuple(kv_lens.shape) != (B,):
+        raise TypeError(
+            f"tree_attention: kv_lens must be an int32/int64 tensor of shape [B={B}], "
+            f"got {kv_lens.dtype} {tuple(kv_lens.shape)}"
+        )
+    trees.validate_tree_mask(tree_mask, N, B, name="tree_attention: tree_mask")
+    if sm_scale is not None and not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"tree_attention: sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    if out is not None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"tree_attention: out must be a torch.Tensor, got {type(out).__name__}")
+        if tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype or out.device != q.device:
+            raise ValueError(
+                f"tree_attention: out must be {tuple(q.shape)} {q.dtype} on {q.device}, "
+                f"got {tuple(out.shape)} {out.dtype} on {out.device}"
+            )
+
+
+def tree_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_lens: torch.Tensor,
+    tree_mask: torch.Tensor,
+    *,
+    sm_scale: float | None = None,
+    backend: str | None = None,
+    out: torch.Tensor | None = None,
+    check: bool = True,
+    max_kv_len: int | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Attention of N token-tree nodes against each sequence's KV cache and their own ancestors.
+
+    Parameters
+    ----------
+    q : Tensor
+        Queries of the tree nodes in topological order (node 0 the root). Shape: ``[B, Hq, N, D]``.
+    k, v : Tensor
+        Cache, same dtype as q (fp16, bf16 or fp32), any strides (e.g. per-layer views of one big
+        ``[L, 2, B, Hkv, S_max, D]`` buffer). ``Hq % Hkv == 0``; S may exceed ``max(kv_lens)``.
+        Sequence b's tree keys/values are its last N valid entries. Shape: ``[B, Hkv, S, D]``.
+    kv_lens : Tensor
+        int32/int64, valid entries of sequence b, tree included: its prefix is ``kv_lens[b] - N`` (may be
+        0). Shape: ``[B]``.
+    tree_mask : Tensor
+        bool, True where node i may attend to node j (see :func:`specdec_kernels.trees.ancestor_mask`);
+        or the same packed to int32 words (:func:`specdec_kernels.trees.pack_mask`). Bits above the
+        diagonal are ignored. One tree for the batch or one per sequence.
+        Shape: ``[N, N]`` / ``[B, N, N]`` (bool) or ``[N, ceil(N/32)]`` / ``[B, N, ceil(N/32)]`` (int32).
+    sm_scale : float, optional
+        Softmax scale; default ``1 / sqrt(D)``.
+    backend : {None, "auto", "triton", "reference"}
+        None/"auto": the Triton kernel on CUDA, the PyTorch reference on CPU.
+    out : Tensor, optional
+        Where to write the result (any strides, e.g. a transposed ``[B, N, Hq, D]`` buffer).
+        Shape: ``[B, Hq, N, D]``.
+    check : bool
+        Also check the *values* of kv_lens (``N <= kv_lens[b] <= S``): one device-to-host sync on CUDA.
+        Shapes, dtypes and devices are always checked.
+    max_kv_len : int, optional
+        Upper bound of ``kv_lens`` for the split-K heuristic; default: from the check, else S.
+    num_splits : int, optional
+        Force the number of KV splits of the Triton kernel (tuning and tests); default: heuristic.
+
+    Returns
+    -------
+    Tensor
+        Attention output in q's dtype (``out`` when given). Shape: ``[B, Hq, N, D]``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad input, naming the argument, before any kernel launches.
+
+    Examples
+    --------
+    >>> import torch, specdec_kernels as sk
+    >>> parents = torch.tensor([-1, 0, 0, 1])                 # root, two children, one grandchild
+    >>> q = torch.randn(1, 4, 4, 64); k = v = torch.randn(1, 2, 16, 64)
+    >>> out = sk.tree_attention(q, k, v, torch.tensor([16]), sk.trees.ancestor_mask(parents))
+    >>> out.shape
+    torch.Size([1, 4, 4, 64])
+    """
+    _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out)
+    N = q.shape[2]
+    S = k.shape[2]
+    impl = resolve_backend(backend, q.device, "tree_attention")
+    if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
+        raise ValueError(f"tree_attention: num_splits must be a positive int or None, got {num_splits!r}")
+    if check and q.shape[0] > 0:
+        lo, hi = torch.stack([kv_lens.min(), kv_lens.max()]).tolist()
+        if lo < N or hi > S:
+            raise ValueError(
+                f"tree_attention: kv_lens must satisfy N={N} <= kv_lens[b] <= S={S} (the tree is the last N "
+                f"valid entries), got values in [{lo}, {hi}]"
+            )
+        max_kv_len = hi if max_kv_len is None else min(max_kv_len, hi)
+    scale = 1.0 / math.sqrt(q.shape[3]) if sm_scale is None else float(sm_scale)
+    if impl == "reference" or q.numel() == 0:
+        return tree_attention_reference(q, k, v, kv_lens, tree_mask, sm_scale=scale, out=out)
+    packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return _tree_attention_triton(
+        q, k, v, kv_lens, packed, scale, out, S if max_kv_len is None else int(max_kv_len), num_splits
+    )
+
+
+__all__ = ["tree_attention", "tree_attention_reference", "tree_attention_mask", "MAX_TREE_NODES"]
