@@ -1,0 +1,82 @@
+// KV-cache compaction, CUDA. One thread block per (layer, key/value, batch, head) plane; all planes of
+// all layers in one launch.
+//
+// In place yet race-free: a block moves its kept rows in chunks. Every thread first loads its part of
+// the chunk into registers, the block synchronises, then every thread stores. A chunk's sources are
+// never an earlier chunk's destinations (src_pos[b, i] >= dst_pos[b] + i and src_pos ascends), and
+// within a chunk all reads finish before any write, so no thread reads a slot another already wrote.
+#include <cstdint>
+
+#include "compact_kv_cuda.h"
+
+namespace specdec {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kVecsPerThread = 4;  // a chunk is 256 * 4 vectors (16 KiB with 16-byte vectors)
+
+template <typename Vec>
+__global__ void compact_kv_kernel(Vec* __restrict__ cache,         // [planes, S, row_vecs]
+                                  const int64_t* __restrict__ src,  // [B, M]
+                                  const int64_t* __restrict__ dst,  // [B]
+                                  const int64_t* __restrict__ cnt,  // [B]
+                                  int64_t B, int64_t H, int64_t S, int64_t row_vecs, int64_t M) {
+  const int64_t plane = blockIdx.x;
+  const int64_t b = (plane / H) % B;
+  const int64_t n = cnt[b];
+  const int64_t d = dst[b];
+  Vec* rows = cache + plane * S * row_vecs;  // int64: planes * S * row_vecs can pass 2^31
+  const int64_t total = n * row_vecs;
+  constexpr int64_t kChunk = int64_t(kThreads) * kVecsPerThread;
+
+  for (int64_t start = 0; start < total; start += kChunk) {
+    Vec staged[kVecsPerThread];
+    int64_t to[kVecsPerThread];
+#pragma unroll
+    for (int r = 0; r < kVecsPerThread; ++r) {
+      const int64_t e = start + int64_t(r) * kThreads + threadIdx.x;
+      to[r] = -1;
+      if (e < total) {
+        const int64_t i = e / row_vecs, c = e % row_vecs;
+        const int64_t s = src[b * M + i];
+        // Rows already in place are skipped; out-of-range rows (unchecked calls) are never touched.
+        if (s != d + i && s >= 0 && s < S && d + i >= 0 && d + i < S) {
+          staged[r] = rows[s * row_vecs + c];
+          to[r] = (d + i) * row_vecs + c;
+        }
+      }
+    }
+    __syncthreads();  // every read of this chunk precedes every write of it
+#pragma unroll
+    for (int r = 0; r < kVecsPerThread; ++r) {
+      if (to[r] >= 0) rows[to[r]] = staged[r];
+    }
+    __syncthreads();  // the next chunk's reads follow this chunk's writes
+  }
+}
+
+template <typename Vec>
+cudaError_t launch(void* cache, int64_t planes, int64_t B, int64_t H, int64_t S, int64_t row_bytes,
+                   const int64_t* src, const int64_t* dst, const int64_t* cnt, int64_t M, cudaStream_t stream) {
+  if (planes == 0) return cudaSuccess;
+  compact_kv_kernel<Vec><<<static_cast<unsigned int>(planes), kThreads, 0, stream>>>(
+      static_cast<Vec*>(cache), src, dst, cnt, B, H, S, row_bytes / int64_t(sizeof(Vec)), M);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_compact_kv_cache(void* cache, int64_t planes, int64_t B, int64_t H, int64_t S,
+                                    int64_t row_bytes, const int64_t* src_pos, const int64_t* dst_pos,
+                                    const int64_t* counts, int64_t M, cudaStream_t stream) {
+  // Widest vector that divides the row and the base address: 16-byte loads for the usual head dims.
+  const auto addr = reinterpret_cast<uintptr_t>(cache);
+  auto fits = [&](int64_t w) { return row_bytes % w == 0 && addr % w == 0; };
+  if (fits(16)) return launch<uint4>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
+  if (fits(8)) return launch<uint2>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
+  if (fits(4)) return launch<uint32_t>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
+  if (fits(2)) return launch<uint16_t>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
+  return launch<uint8_t>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
+}
+
+}  // namespace specdec

@@ -1,0 +1,26 @@
+"""specdec_kernels: kernels for speculative decoding.
+
+- :func:`tree_attention` (Triton): N tree nodes attend to the KV cache and their own ancestors.
+- :func:`chain_verify`, :func:`tree_verify` (Triton): fused, lossless rejection sampling.
+- :func:`compact_kv_cache` (C++/CUDA torch op ``torch.ops.specdec.compact_kv_cache``).
+
+Every kernel function takes ``backend=None`` (auto: Triton/CUDA on CUDA tensors, reference on CPU),
+``"triton"`` (on CPU tensors it runs under the Triton interpreter) or ``"reference"``.
+"""
+from specdec_kernels import trees
+from specdec_kernels.kv_compaction import compact_kv_cache, compact_kv_cache_reference
+
+__all__ = ["trees", "compact_kv_cache", "compact_kv_cache_reference"]
+
+try:  # kernel families land module by module; the package imports with whichever exist
+    from specdec_kernels.tree_attention import tree_attention, tree_attention_reference  # noqa: F401
+
+    __all__ += ["tree_attention", "tree_attention_reference"]
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from specdec_kernels.rejection_sampling import chain_verify, tree_verify  # noqa: F401
+
+    __all__ += ["chain_verify", "tree_verify"]
+except ImportError:  # pragma: no cover
+    pass
