@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from specdec_kernels import trees
-from specdec_kernels._backend import resolve_backend
+from specdec_kernels._backend import interpreter_enabled, resolve_backend
 
 MAX_TREE_NODES = 1024  # N limit of the kernel (grid and mask sizes are not the bound; testing is)
 MAX_HEAD_DIM = 256  # head_dim limit (one K/V tile of [BLOCK_N, head_dim] in registers)
@@ -41,7 +41,21 @@ _NEG_INF = float("-inf")
 
 
 @triton.jit
-def _online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE: tl.constexpr):
+def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    # fp32 accumulation. IEEE: fp32 inputs without TF32 rounding. UPCAST: the Triton interpreter multiplies
+    # bf16 bit patterns in tl.dot (triton-lang/triton#11584), so there the bf16 operands are widened first,
+    # which is exact and computes what the bf16 tensor-core dot computes.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE: tl.constexpr,
+                         UPCAST: tl.constexpr):
     # qk: [BLOCK_M, BLOCK_N] scores in log2 units (-inf where masked); v: [BLOCK_N, BLOCK_D]
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     if MAY_BE_EMPTY:  # a row with nothing allowed so far keeps m = -inf; subtract 0 instead (exp2(-inf) = 0)
@@ -51,10 +65,7 @@ def _online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE:
     p = tl.math.exp2(qk - m_sub[:, None])
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if IEEE:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
     return m_new, l_i, acc
 
 
@@ -93,7 +104,7 @@ def _tree_attention_fwd_kernel(
     H_KV: tl.constexpr, GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, IEEE: tl.constexpr,
+    SPLIT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)  # tile of G * N query rows
     pid_bh = tl.program_id(1)  # b * H_KV + kv head
@@ -134,11 +145,8 @@ def _tree_attention_fwd_kernel(
         cols = (t * BLOCK_N + offs_n).to(tl.int64)
         k = _load_full_tile(k_base + cols[:, None] * stride_ks, d_ok, EVEN_D)
         v = _load_full_tile(v_base + cols[:, None] * stride_vs, d_ok, EVEN_D)
-        if IEEE:
-            qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-        else:
-            qk = tl.dot(q, tl.trans(k)) * qk_scale
-        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, False, IEEE)
+        qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
+        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, False, IEEE, UPCAST)
 
     if pid_s == num_splits - 1:
         # 2. The prefix's ragged tail: fewer than BLOCK_N entries, bounds-masked.
@@ -148,12 +156,9 @@ def _tree_attention_fwd_kernel(
             col_ok = cols < prefix
             k = _load_tile(k_base + cols.to(tl.int64)[:, None] * stride_ks, col_ok, d_ok, EVEN_D)
             v = _load_tile(v_base + cols.to(tl.int64)[:, None] * stride_vs, col_ok, d_ok, EVEN_D)
-            if IEEE:
-                qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            else:
-                qk = tl.dot(q, tl.trans(k)) * qk_scale
+            qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
             qk = tl.where(col_ok[None, :], qk, float("-inf"))
-            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE)
+            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
         # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
         last_node = tl.minimum(N - 1, (pid_m * BLOCK_M + BLOCK_M - 1) // GROUP)
@@ -167,10 +172,7 @@ def _tree_attention_fwd_kernel(
             cols = (prefix + j).to(tl.int64)
             k = _load_tile(k_base + cols[:, None] * stride_ks, j_ok, d_ok, EVEN_D)
             v = _load_tile(v_base + cols[:, None] * stride_vs, j_ok, d_ok, EVEN_D)
-            if IEEE:
-                qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            else:
-                qk = tl.dot(q, tl.trans(k)) * qk_scale
+            qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
             # One int32 word per 32 nodes, loaded once per (row, word) and expanded to the tile's columns.
             w_idx = j0 // 32 + offs_w
             words = tl.load(mask_rows + w_idx[None, :] * stride_mw,
@@ -179,7 +181,7 @@ def _tree_attention_fwd_kernel(
             allowed = ((words >> shift[None, :]) & 1) != 0
             allowed = allowed & (j[None, :] <= node[:, None])  # topological order: ancestors precede
             qk = tl.where(allowed, qk, float("-inf"))
-            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE)
+            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # a row with nothing to attend to outputs zeros
     out = acc / l_safe[:, None]
@@ -300,6 +302,7 @@ def _tree_attention_triton(
         N, packed.shape[-1], num_splits, sm_scale * _LOG2E,
         H_KV=Hkv, GROUP=G, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         SPLIT=split, IEEE=q.dtype == torch.float32,
+        UPCAST=q.dtype == torch.bfloat16 and interpreter_enabled(),
         num_warps=num_warps, num_stages=num_stages,
     )
     if split:
