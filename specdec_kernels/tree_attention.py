@@ -85,7 +85,7 @@ def _load_full_tile(ptrs, d_ok, EVEN_D: tl.constexpr):
     return tl.load(ptrs, mask=d_ok[None, :], other=0.0)
 
 
-@triton.jit(do_not_specialize=["N", "num_splits"])
+@triton.jit(do_not_specialize=["N", "S", "num_splits"])
 def _tree_attention_fwd_kernel(
     Q,  # [B, Hq, N, D] any strides
     K,  # [B, Hkv, S, D] any strides
@@ -100,7 +100,7 @@ def _tree_attention_fwd_kernel(
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_mb, stride_mi, stride_mw,
     stride_ob, stride_oh, stride_on, stride_od,
-    N, num_words, num_splits, qk_scale,  # qk_scale = sm_scale * log2(e)
+    N, S, num_words, num_splits, qk_scale,  # qk_scale = sm_scale * log2(e)
     H_KV: tl.constexpr, GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -114,6 +114,7 @@ def _tree_attention_fwd_kernel(
     b64 = b.to(tl.int64)
 
     kv_len = tl.load(KV_LENS + b).to(tl.int32)
+    kv_len = tl.minimum(tl.maximum(kv_len, N), S)  # memory safety only: the host checks N <= kv_len <= S
     prefix = kv_len - N
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -299,7 +300,7 @@ def _tree_attention_triton(
         *q.stride(), *k.stride(), *v.stride(),
         stride_mb, packed.stride(-2), packed.stride(-1),
         *out.stride(),
-        N, packed.shape[-1], num_splits, sm_scale * _LOG2E,
+        N, k.shape[2], packed.shape[-1], num_splits, sm_scale * _LOG2E,
         H_KV=Hkv, GROUP=G, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         SPLIT=split, IEEE=q.dtype == torch.float32,
         UPCAST=q.dtype == torch.bfloat16 and interpreter_enabled(),
@@ -478,7 +479,8 @@ def tree_attention(
         Shape: ``[B, Hq, N, D]``.
     check : bool
         Also check the *values* of kv_lens (``N <= kv_lens[b] <= S``): one device-to-host sync on CUDA.
-        Shapes, dtypes and devices are always checked.
+        Shapes, dtypes and devices are always checked. Unchecked out-of-range values give wrong results
+        (the kernel clamps them to ``[N, S]`` so it never reads outside k/v) but no error.
     max_kv_len : int, optional
         Upper bound of ``kv_lens`` for the split-K heuristic; default: from the check, else S.
     num_splits : int, optional

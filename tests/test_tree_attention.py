@@ -281,3 +281,12 @@ def test_bad_device_named():
     args["kv_lens"] = args["kv_lens"].to("meta")
     with pytest.raises(ValueError, match="kv_lens is on meta"):
         sk.tree_attention(**args)
+
+
+def test_unchecked_out_of_range_kv_lens_stay_in_bounds():
+    # check=False skips the value check (no host sync); the kernel clamps kv_lens to [N, S] instead of
+    # reading outside k/v.
+    q, k, v, _, tmask, _ = make_case(b=1, n=4, prefix=(20,), slack=0)
+    inside = sk.tree_attention(q, k, v, torch.tensor([24]), tmask, backend="triton")
+    outside = sk.tree_attention(q, k, v, torch.tensor([10**6]), tmask, backend="triton", check=False)
+    torch.testing.assert_close(outside, inside, atol=0, rtol=0)
