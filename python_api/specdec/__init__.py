@@ -1,2 +1,11 @@
-"""specdec: a thin speculative-decoding loop over Hugging Face causal LMs, built on specdec_kernels."""
+"""specdec: a thin speculative-decoding loop over Hugging Face causal LMs, built on specdec_kernels.
+
+>>> import specdec
+>>> target, draft, tokenizer = specdec.load_default_pair()
+>>> out = specdec.generate(target, draft, tokenizer("import os", return_tensors="pt").input_ids)
+"""
+from specdec.generate import GenerateOutput, generate
+from specdec.strategies import Chain, DynamicLookahead
+
 __version__ = "0.1.0"
+__all__ = ["generate", "GenerateOutput", "Chain", "DynamicLookahead"]

@@ -1,0 +1,121 @@
+"""One preallocated KV buffer per model, presented to a Hugging Face model as its ``Cache``.
+
+Layout (DESIGN.md, "KV cache"): ``buffer [layers, 2, batch, kv_heads, max_len, head_dim]``. Layer l's
+keys and values are the views ``buffer[l, 0]`` and ``buffer[l, 1]``. Before each forward the loop says
+where sequence b's new tokens go (``begin_forward``); every layer's ``update`` then writes there in
+place and returns the whole per-layer view, which the tree-attention hook reads up to ``kv_lens``.
+Nothing is cropped or re-allocated per step: rejected entries are simply overwritten later, and
+accepted tree nodes are moved with ``compact_kv_cache`` over all layers at once.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+import specdec_kernels as sk
+
+
+class CacheFullError(RuntimeError):
+    """Raised before a forward would write past the preallocated length."""
+
+
+class _BufferLayer(CacheLayerMixin):
+    """Per-layer view of the shared buffer; writes at the positions set by ``SpecCache.begin_forward``."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, owner: "SpecCache", layer: int):
+        super().__init__()
+        self.owner = owner
+        self.keys = owner.buffer[layer, 0]
+        self.values = owner.buffer[layer, 1]
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # allocated up front
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        # key_states: [B, H, n, D] for the n tokens of this forward
+        start, index = self.owner.write_start, self.owner.write_index
+        if index is None:  # every sequence writes at the same offset: a plain slice copy
+            n = key_states.shape[2]
+            self.keys[:, :, start : start + n].copy_(key_states)
+            self.values[:, :, start : start + n].copy_(value_states)
+        else:
+            self.keys.scatter_(2, index, key_states)
+            self.values.scatter_(2, index, value_states)
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.owner.max_len, 0
+
+    def get_seq_length(self) -> int:
+        return int(self.owner.lens.max())
+
+    def get_max_length(self) -> int:
+        return self.owner.max_len
+
+
+class SpecCache(Cache):
+    """KV cache of one model for a batch of sequences with their own lengths.
+
+    ``lens[b]`` is the number of valid entries of sequence b (positions ``0 .. lens[b]-1``).
+    """
+
+    def __init__(self, config, batch_size: int, max_len: int, *, dtype: torch.dtype, device: torch.device):
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        heads = text.num_attention_heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        self.num_layers = text.num_hidden_layers
+        self.max_len = max_len
+        self.buffer = torch.zeros(
+            self.num_layers, 2, batch_size, kv_heads, max_len, head_dim, dtype=dtype, device=device
+        )
+        self.lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.write_start = 0
+        self.write_index: torch.Tensor | None = None
+        super().__init__(layers=[_BufferLayer(self, layer) for layer in range(self.num_layers)])
+
+    @property
+    def batch_size(self) -> int:
+        return self.buffer.shape[2]
+
+    def begin_forward(self, n: int, start: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Prepare a forward of n tokens per sequence written at ``start[b] + 0..n-1`` (default: ``lens``).
+
+        Returns ``kv_lens`` for tree attention: valid entries of each sequence once they are written.
+        """
+        start = self.lens if start is None else start
+        if isinstance(start, int):
+            start = torch.full_like(self.lens, start)
+        end = start + n
+        if int(end.max()) > self.max_len:
+            raise CacheFullError(
+                f"KV cache full: a forward of {n} tokens needs {int(end.max())} positions, the cache holds "
+                f"{self.max_len}; pass a larger max_len (prompt + max_new_tokens + lookahead)"
+            )
+        first = int(start[0])
+        if bool((start == first).all()):
+            self.write_start, self.write_index = first, None
+        else:
+            _, _, B, H, _, D = self.buffer.shape
+            pos = start[:, None] + torch.arange(n, device=start.device)  # [B, n]
+            self.write_start, self.write_index = 0, pos.view(B, 1, n, 1).expand(B, H, n, D)
+        return end
+
+    def compact(self, src_pos: torch.Tensor, dst_pos: torch.Tensor, counts: torch.Tensor) -> None:
+        """Keep ``counts[b]`` entries at ``src_pos[b]`` as positions ``dst_pos[b] + i``, all layers at once."""
+        sk.compact_kv_cache(self.buffer, src_pos, dst_pos, counts, check=False)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (finished sequences stop consuming work)."""
+        self.buffer = self.buffer.index_select(2, rows).contiguous()
+        self.lens = self.lens.index_select(0, rows)
+        for layer, cache_layer in enumerate(self.layers):
+            cache_layer.keys = self.buffer[layer, 0]
+            cache_layer.values = self.buffer[layer, 1]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return int(self.lens.max())

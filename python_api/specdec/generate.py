@@ -1,0 +1,274 @@
+"""Speculative decoding: prefill -> (draft -> verify -> accept)* -> sequences.
+
+Each step, per sequence: the draft proposes up to k tokens after the root (the last token chosen but
+not yet run through the target); the target runs root + drafts in ONE forward (tree attention with a
+chain mask, writing their K/V in place); ``chain_verify`` accepts a prefix of the drafts and adds the
+correction or bonus token. Greedy output equals the target's own greedy decoding; with temperature
+> 0, drafts are sampled from the draft's distribution q and verification accepts x with probability
+min(1, p(x)/q(x)), resampling from norm(max(0, p - q)) on rejection, so the output is distributed
+exactly as the target's samples (Leviathan et al., 2023; Chen et al., 2023).
+
+Cache bookkeeping needs no compaction for chains: the accepted drafts are already contiguous after
+the committed context, in both caches. Per sequence, with ``ctx`` = committed length (root included):
+the target's cache holds ``ctx - 1`` entries (all but the root); the draft's cache is trusted up to
+``ctx - 2`` and each step re-feeds the last two committed tokens, which covers both "all drafts
+accepted" (the last draft was never run through the draft model) and "some rejected" in one shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+import specdec_kernels as sk
+
+from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
+from specdec.strategies import resolve_strategy
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    sequences: torch.Tensor  # [B, T + new]: the prompt as given (left padding kept) + new tokens
+    stats: dict
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Per-sequence state of the rows still generating (index i <-> original row ``ids[i]``)."""
+
+    ids: torch.Tensor  # [Ba] original batch index
+    prev: torch.Tensor  # [Ba] committed token before the root
+    root: torch.Tensor  # [Ba] last committed token, not yet in the target's cache
+    ctx: torch.Tensor  # [Ba] committed length: real prompt + generated tokens
+
+    def select(self, keep: torch.Tensor) -> "_Rows":
+        return _Rows(*(t.index_select(0, keep) for t in (self.ids, self.prev, self.root, self.ctx)))
+
+
+class _Timer:
+    """Wall time per phase; synchronises CUDA so a phase owns the GPU work it launched."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.totals = {"draft": 0.0, "verify": 0.0, "other": 0.0}
+        self._phase, self._t = "other", time.perf_counter()
+
+    def phase(self, name: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.totals[self._phase] += now - self._t
+        self._phase, self._t = name, now
+
+
+def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature):
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError("input_ids must be an int64 tensor of shape [B, T]")
+    if input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids must hold at least one token per sequence, got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+        if bool((attention_mask.sum(1) == 0).any()):
+            raise ValueError("attention_mask: every sequence needs at least one prompt token (empty prompt)")
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("attention_mask: prompts must be left-padded (the last column must be real tokens)")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    tp, dp = next(target.parameters()), next(draft.parameters())
+    if tp.device != dp.device or input_ids.device != tp.device:
+        raise ValueError(f"target ({tp.device}), draft ({dp.device}) and input_ids ({input_ids.device}) must be on one device")
+    if tp.dtype != dp.dtype:
+        raise ValueError(f"target ({tp.dtype}) and draft ({dp.dtype}) must have the same dtype")
+    tv, dv = target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0]
+    if tv != dv:
+        raise ValueError(f"target and draft vocabularies differ ({tv} vs {dv} logits): they must share a tokenizer")
+    if int(input_ids.max()) >= tv or int(input_ids.min()) < 0:
+        raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {tv})")
+
+
+def _choose(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next token from logits [B, V]: argmax (temperature 0) or a sample; also the sampling distribution."""
+    if temperature == 0:
+        return logits.argmax(-1), None
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1), probs
+
+
+def _draft(drf: ModelRunner, rows: _Rows, strategy, k_cap: int, temperature: float, gen):
+    """Draft up to k tokens per sequence. Returns drafts [Ba, K], their lengths [Ba], q [Ba, K, V] or None."""
+    budget = strategy.budget()
+    lens = (budget if isinstance(budget, torch.Tensor) else torch.full_like(rows.ctx, budget)).clamp(max=k_cap)
+    k = int(lens.max())
+    alive = torch.ones_like(lens, dtype=torch.bool)
+    tokens, probs = [], []
+    # First forward re-feeds the last two committed tokens (see the module docstring).
+    x = torch.stack([rows.prev, rows.root], 1)
+    pos = torch.stack([rows.ctx - 2, rows.ctx - 1], 1)
+    logits = drf.forward(x, pos, chain_mask(2, x.device), start=rows.ctx - 2)[:, -1]
+    for j in range(1, k + 1):
+        d, q = _choose(logits, temperature, gen)
+        tokens.append(d)
+        probs.append(q)
+        go = strategy.keep_going(j, q if q is not None else torch.softmax(logits, -1))
+        if go is not None:
+            lens = torch.where(alive & ~go, torch.full_like(lens, j), lens)
+            alive &= go
+        alive &= lens > j
+        if not bool(alive.any()):
+            break
+        pos = (rows.ctx - 1 + j)[:, None]
+        logits = drf.forward(d[:, None], pos, chain_mask(1, x.device), start=rows.ctx - 1 + j)[:, 0]
+    drafts = torch.stack(tokens, 1)
+    q = torch.stack(probs, 1) if temperature > 0 else None
+    return drafts, lens.clamp(max=drafts.shape[1]), q
+
+
+def _verify(tgt: ModelRunner, rows: _Rows, drafts, lens, q, temperature: float, seed: int):
+    """Target forward over root + drafts (one call), then fused chain verification."""
+    K = drafts.shape[1]
+    x = torch.cat([rows.root[:, None], drafts], 1)
+    pos = rows.ctx[:, None] - 1 + torch.arange(K + 1, device=x.device)
+    logits = tgt.forward(x, pos, chain_mask(K + 1, x.device), start=rows.ctx - 1)
+    # The verifier takes the target's logits: softmax(logits / temperature) is fused into it.
+    if temperature == 0:
+        return sk.chain_verify(drafts, draft_lens=lens, greedy=True, target_logits=logits, validate=False)
+    return sk.chain_verify(drafts, None, q, draft_lens=lens, seed=seed, target_logits=logits,
+                           temperature=temperature, validate=False)
+
+
+def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+             max_new_tokens: int = 128, strategy="chain", temperature: float = 0.0, seed: int | None = None,
+             eos_token_id: int | None = None, pad_token_id: int | None = None) -> GenerateOutput:
+    """Generate with speculative decoding; greedy output equals ``target.generate(do_sample=False)``.
+
+    Parameters
+    ----------
+    target, draft : transformers causal LMs sharing a tokenizer, on one device and dtype.
+    input_ids : [B, T] int64, left-padded when ragged (``attention_mask`` [B, T] marks real tokens).
+    max_new_tokens : int >= 1.
+    strategy : a name ("chain", "disco", "heuristic", "confidence") or an object
+        (:class:`specdec.Chain`, :class:`specdec.DynamicLookahead`).
+    temperature : 0 for greedy; > 0 samples exactly from softmax(target_logits / temperature).
+    seed : makes sampling reproducible.
+    eos_token_id, pad_token_id : a sequence stops after EOS; finished rows are padded with
+        ``pad_token_id`` (default: EOS, else 0).
+
+    Returns
+    -------
+    GenerateOutput with ``sequences`` [B, T + new] and ``stats`` (target_calls, draft_calls,
+    new_tokens, tau = tokens emitted per verification (bonus included), acceptance histogram,
+    wall_s and its draft/verify/other split).
+
+    Examples
+    --------
+    >>> target, draft, tok = specdec.load_default_pair()
+    >>> ids = tok("def fib(n):", return_tensors="pt").input_ids
+    >>> out = specdec.generate(target, draft, ids, max_new_tokens=32)
+    """
+    strategy = resolve_strategy(strategy)
+    _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature)
+    device, (B, T) = input_ids.device, input_ids.shape
+    input_ids = input_ids.long()
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
+    k_cap = max(getattr(strategy, "k_max", 0), getattr(strategy, "k", 0))
+    max_len = T + max_new_tokens + k_cap + 2
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
+    step_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=device))
+    timer = _Timer(device)
+    t0 = time.perf_counter()
+    out: list[list[int]] = [[] for _ in range(B)]
+    hist = torch.zeros(k_cap + 1, dtype=torch.int64)
+    verify_rows = verify_emitted = 0
+
+    with tree_attention_enabled(target, draft):
+        tgt, drf = ModelRunner(target, B, max_len), ModelRunner(draft, B, max_len)
+        timer.phase("verify")
+        first, _ = _choose(tgt.prefill(input_ids, attention_mask), temperature, gen)
+        timer.phase("draft")
+        drf.prefill(input_ids, attention_mask)
+        timer.phase("other")
+        lens = attention_mask.sum(1)
+        rows = _Rows(torch.arange(B, device=device), input_ids[:, -1], first, lens + 1)
+        strategy.start(B, device)
+        finished = _commit(out, rows.ids, first[:, None], torch.ones_like(first), max_new_tokens, eos_token_id)
+        rows, finished = _drop_finished(rows, finished, tgt, drf, strategy)
+
+        step = 0
+        while rows is not None:
+            remaining = max_new_tokens - torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
+            timer.phase("draft")
+            drafts, dlens, q = _draft(drf, rows, strategy, min(k_cap, int(remaining.max())), temperature, gen)
+            dlens = torch.minimum(dlens, (remaining - 1).clamp(min=0))
+            timer.phase("verify")
+            res = _verify(tgt, rows, drafts, dlens, q, temperature, step_seed + step)
+            timer.phase("other")
+            n = res.num_emitted
+            strategy.observe(dlens, n - 1)
+            hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
+            verify_rows += n.numel()
+            verify_emitted += int(n.sum())
+            finished = _commit(out, rows.ids, res.tokens, n, max_new_tokens, eos_token_id)
+            # Advance: the last emitted token becomes the root, the one before it prev.
+            emitted = torch.cat([rows.root[:, None], res.tokens.clamp(min=0)], 1)
+            idx = torch.arange(n.numel(), device=device)
+            rows = _Rows(rows.ids, emitted[idx, n - 1], emitted[idx, n], rows.ctx + n)
+            tgt.cache.lens = rows.ctx - 1
+            rows, finished = _drop_finished(rows, finished, tgt, drf, strategy)
+            step += 1
+    timer.phase("other")
+
+    sequences = _assemble(input_ids, out, pad_token_id if pad_token_id is not None else (eos_token_id or 0))
+    new_tokens = sum(len(o) for o in out)
+    stats = {
+        "target_calls": tgt.calls,
+        "draft_calls": drf.calls,
+        "new_tokens": new_tokens,
+        "steps": step,
+        "tau": verify_emitted / max(verify_rows, 1),
+        "acceptance_histogram": hist.tolist(),
+        "wall_s": time.perf_counter() - t0,
+        "draft_s": timer.totals["draft"],
+        "verify_s": timer.totals["verify"],
+        "other_s": timer.totals["other"],
+    }
+    return GenerateOutput(sequences, stats)
+
+
+def _commit(out, ids, tokens, n, max_new_tokens, eos_token_id) -> torch.Tensor:
+    """Append each row's emitted tokens, cut at EOS and max_new_tokens; returns finished [Ba] bool."""
+    finished = []
+    for i, (row, toks, count) in enumerate(zip(ids.tolist(), tokens.tolist(), n.tolist())):
+        done = False
+        for t in toks[:count]:
+            out[row].append(t)
+            if t == eos_token_id or len(out[row]) >= max_new_tokens:
+                done = True
+                break
+        finished.append(done)
+    return torch.tensor(finished, dtype=torch.bool)
+
+
+def _drop_finished(rows, finished, tgt, drf, strategy):
+    """Remove finished rows from the batch (caches, strategy state) so they stop consuming work."""
+    if not bool(finished.any()):
+        return rows, finished
+    keep = (~finished).nonzero().squeeze(1).to(rows.ids.device)
+    if keep.numel() == 0:
+        return None, finished
+    for runner in (tgt, drf):
+        runner.select(keep)
+    strategy.select(keep)
+    return rows.select(keep), finished
+
+
+def _assemble(input_ids, out, pad) -> torch.Tensor:
+    width = max(len(o) for o in out)
+    new = torch.full((len(out), width), pad, dtype=torch.int64)
+    for b, o in enumerate(out):
+        new[b, : len(o)] = torch.tensor(o, dtype=torch.int64)
+    return torch.cat([input_ids, new.to(input_ids.device)], 1)
