@@ -251,9 +251,11 @@ def _num_sms(device: torch.device) -> int:
 def _pick_config(num_rows: int, head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for G*N query rows and this head_dim."""
     block_m = 16 if num_rows <= 16 else 32 if num_rows <= 32 else 64
-    if num_rows >= 128 and head_dim <= 128:
+    if num_rows >= 128 and head_dim <= 128 and dtype != torch.float32:
         block_m = 128
-    block_n = 64 if head_dim <= 128 or dtype != torch.float32 else 32
+    # fp32 tiles and head_dim > 128 take twice the shared memory: narrower K/V tiles (fits sm_80's 163 KB)
+    wide = dtype == torch.float32 and head_dim > 64 or head_dim > 128
+    block_n = 32 if wide else 64
     num_warps = 8 if block_m == 128 else 4
     return block_m, block_n, num_warps, 2
 

@@ -152,10 +152,14 @@ def test_reference_matches_fp64(kind, dtype):
         assert_within_tolerance(out, q, k, v, dense, 1.0 / math.sqrt(q.shape[-1]), f"reference n={n}")
 
 
-@pytest.mark.parametrize("d", [64, 128, 80])
-def test_kernel_head_dims(d):
-    # Production head dims (and a padded non-power-of-two one) with tiny S to keep the interpreter fast.
-    q, k, v, kv_lens, tmask, dense = make_case(b=1, hkv=1, g=4, n=5, d=d, prefix=(66,), dtype=torch.bfloat16)
+@pytest.mark.parametrize(
+    "d,dtype", [(64, torch.bfloat16), (128, torch.bfloat16), (128, torch.float32), (80, torch.float16),
+                (256, torch.bfloat16)]
+)
+def test_kernel_head_dims(d, dtype):
+    # Production head dims (and a padded non-power-of-two one) with tiny S to keep the interpreter fast;
+    # fp32 with d=128 and d=256 take the narrower BLOCK_N=32 tiles.
+    q, k, v, kv_lens, tmask, dense = make_case(b=1, hkv=1, g=4, n=5, d=d, prefix=(66,), dtype=dtype)
     out = sk.tree_attention(q, k, v, kv_lens, tmask, backend="triton")
     assert_within_tolerance(out, q, k, v, dense, d**-0.5, f"d={d}")
 
@@ -290,3 +294,56 @@ def test_unchecked_out_of_range_kv_lens_stay_in_bounds():
     inside = sk.tree_attention(q, k, v, torch.tensor([24]), tmask, backend="triton")
     outside = sk.tree_attention(q, k, v, torch.tensor([10**6]), tmask, backend="triton", check=False)
     torch.testing.assert_close(outside, inside, atol=0, rtol=0)
+
+
+_AOT_SCRIPT = r"""
+import inspect, importlib, triton, torch
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+ta = importlib.import_module("specdec_kernels.tree_attention")
+def sig(fn, ptrs, consts):
+    out = {}
+    for n in inspect.signature(fn.fn).parameters:
+        out[n] = "constexpr" if n in consts else ("*" + ptrs.get(n, "fp32")) if n.isupper() and n not in ("N", "S") \
+            else "fp32" if n == "qk_scale" else "i32"
+    return out
+for dtype, name, d, rows, split in ((torch.bfloat16, "bf16", 128, 64, True), (torch.float32, "fp32", 128, 256, False)):
+    bm, bn, nw, ns = ta._pick_config(rows, d, dtype)
+    consts = dict(H_KV=8, GROUP=4, HEAD_DIM=d, BLOCK_D=d, BLOCK_M=bm, BLOCK_N=bn, SPLIT=split,
+                  IEEE=dtype == torch.float32, UPCAST=False)
+    ptrs = {"Q": name, "K": name, "V": name, "KV_LENS": "i64", "MASK": "i32", "OUT": name}
+    src = ASTSource(ta._tree_attention_fwd_kernel, sig(ta._tree_attention_fwd_kernel, ptrs, consts), constexprs=consts)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
+    assert "st.local" not in k.asm["ptx"], "register spills"
+consts = dict(H_KV=8, GROUP=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_S=32)
+src = ASTSource(ta._tree_attention_combine_kernel, sig(ta._tree_attention_combine_kernel, {"OUT": "bf16"}, consts),
+                constexprs=consts)
+triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=2))
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_gpu():
+    # The interpreter does not check what the GPU compiler checks (layouts, reshapes, shared memory):
+    # compile both kernels to sm_90 cubin ahead of time (ptxas ships with Triton; no GPU needed).
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
+        pytest.skip("Triton's bundled ptxas is unavailable")
+    assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("n,prefix", [(1, (1000, 0)), (64, (4000, 37)), (200, (9000, 129))])
+def test_kernel_on_cuda(n, prefix, dtype):
+    q, k, v, kv_lens, tmask, dense = make_case(b=2, hkv=8, g=4, n=n, d=128, kind="random", per_seq=True,
+                                               prefix=prefix, dtype=dtype)
+    q, k, v, kv_lens, tmask, dense = (t.cuda() for t in (q, k, v, kv_lens, tmask, dense))
+    out = sk.tree_attention(q, k, v, kv_lens, tmask)
+    assert_within_tolerance(out, q, k, v, dense, 128**-0.5, "cuda")
