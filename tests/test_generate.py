@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import specdec
-from specdec import Chain, DynamicLookahead
+from specdec import Chain, DynamicLookahead, DynamicTree, StaticTree
 
 # A DISCO classifier with fixed weights (continue while the draft's top-1 probability is high), so the
 # policy is exercised without depending on the trained asset.
@@ -18,6 +18,10 @@ POLICIES = {
     "heuristic": lambda: DynamicLookahead("heuristic", k=2, k_max=6),
     "confidence": lambda: DynamicLookahead("confidence", k_max=5, threshold=0.3),
     "disco": lambda: DynamicLookahead("disco", k_max=5, **DISCO_TEST),
+    "static-tree": lambda: StaticTree("wide16"),
+    "eagle2": lambda: DynamicTree("eagle2", budget=10, top_k=3, depth=4),
+    "dyspec": lambda: DynamicTree("dyspec", budget=12, width=4),
+    "ddd": lambda: DynamicTree("ddd", budget=10, top_k=3, depth=5, log_mass_floor=-3.0),
 }
 
 
@@ -82,6 +86,17 @@ def test_identical_draft_accepts_everything(pair):
     assert out.stats["tau"] == k + 1
 
 
+@pytest.mark.parametrize("strategy", [StaticTree([(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0), (1,)]),
+                                      DynamicTree("eagle2", budget=4, top_k=1, depth=4)], ids=["static", "eagle2"])
+def test_identical_draft_accepts_full_tree_depth(pair, strategy):
+    target, _ = pair
+    ids, mask = ragged_batch(97, [4, 9], seed=8)
+    out = specdec.generate(target, target, ids, attention_mask=mask, max_new_tokens=25, strategy=strategy)
+    assert torch.equal(out.sequences, plain_greedy(target, ids, mask, 25))
+    hist = out.stats["acceptance_histogram"]
+    assert hist[4] == out.stats["steps"] * 2 and out.stats["tau"] == 5  # 1 + 4 steps x 6 tokens per row
+
+
 def test_eos_stops_a_sequence_and_pads(pair):
     target, draft = pair
     ids, mask = ragged_batch(97, [7, 7], seed=4)
@@ -131,11 +146,21 @@ def _exact_joint(target, prompt, V, temperature):
     return p1[:, None, None] * p2[:, :, None] * p3
 
 
-def test_sampling_is_lossless_over_three_tokens():
+SAMPLING_STRATEGIES = {
+    "chain": lambda: Chain(3),
+    "dyspec-sampled": lambda: DynamicTree("dyspec", budget=6, width=3),
+    "eagle2-topk": lambda: DynamicTree("eagle2", budget=6, top_k=2, depth=3),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLING_STRATEGIES))
+def test_sampling_is_lossless_over_three_tokens(name):
     """Chi-square test of the joint law of the first three sampled tokens against the target's.
 
-    V = 5 (125 cells), 12000 independent sequences in one batch, drafts from a different model with
-    k = 3 so tokens 2-3 come from speculative verification (accepts and residual resamples both occur).
+    V = 5 (125 cells), 12000 independent sequences in one batch, drafts from a different model, so
+    tokens 2-3 come from speculative verification (accepts and residual resamples both occur): a chain
+    with sampled drafts, a DySpec tree with children sampled without replacement, and an EAGLE-2 tree
+    of deterministic top-k children.
     Cells with expected count < 5 are merged; with a fixed seed the test is deterministic; it fails
     when p < 1e-4.
     """
@@ -145,7 +170,8 @@ def test_sampling_is_lossless_over_three_tokens():
     target = tiny_model("llama", 2, 32, seed=5, vocab=V)
     draft = tiny_model("llama", 1, 16, seed=6, vocab=V)
     prompt = torch.tensor([[1, 3, 0, 2]])
-    out = specdec.generate(target, draft, prompt.expand(n, -1).contiguous(), max_new_tokens=3, strategy=Chain(3),
+    out = specdec.generate(target, draft, prompt.expand(n, -1).contiguous(), max_new_tokens=3,
+                           strategy=SAMPLING_STRATEGIES[name](),
                            temperature=temperature, seed=2024)
     toks = out.sequences[:, 4:]
     assert out.stats["acceptance_histogram"][0] > 0 and sum(out.stats["acceptance_histogram"][1:]) > 0

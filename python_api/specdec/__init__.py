@@ -6,6 +6,7 @@
 """
 from specdec.generate import GenerateOutput, generate
 from specdec.strategies import Chain, DynamicLookahead
+from specdec.tree_drafting import DynamicTree, StaticTree
 
 __version__ = "0.1.0"
-__all__ = ["generate", "GenerateOutput", "Chain", "DynamicLookahead"]
+__all__ = ["generate", "GenerateOutput", "Chain", "DynamicLookahead", "StaticTree", "DynamicTree"]

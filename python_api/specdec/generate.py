@@ -23,8 +23,11 @@ import torch
 
 import specdec_kernels as sk
 
+from specdec_kernels import trees
+
 from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
 from specdec.strategies import resolve_strategy
+from specdec.tree_drafting import DraftTree
 
 
 @dataclasses.dataclass
@@ -140,6 +143,28 @@ def _verify(tgt: ModelRunner, rows: _Rows, drafts, lens, q, temperature: float, 
                            temperature=temperature, validate=False)
 
 
+def _verify_tree(tgt: ModelRunner, rows: _Rows, tree: DraftTree, temperature: float, seed: int):
+    """Target forward over the whole tree (one call), fused tree verification."""
+    depth = trees.tree_depths(tree.parents)
+    logits = tgt.forward(tree.tokens, rows.ctx[:, None] - 1 + depth, trees.ancestor_mask(tree.parents),
+                         start=rows.ctx - 1)
+    return sk.tree_verify(tree.tokens, tree.parents, None, tree.draft_probs, greedy=temperature == 0,
+                          seed=seed, target_logits=logits, temperature=temperature or 1.0, validate=False)
+
+
+def _compact_tree(tgt: ModelRunner, drf: ModelRunner, rows: _Rows, tree: DraftTree, res) -> None:
+    """Move the accepted path's K/V to contiguous positions after the committed context, both models.
+
+    Target: the tree sat at ctx-1+node; keep the root and the accepted nodes. Draft: fed nodes sat at
+    ctx-1+slot; keep the path except its last node (the draft trusts its cache up to ctx'-2).
+    """
+    path = res.path.clamp(min=0)  # [B, N], ascending node indices from the root
+    base = rows.ctx - 1
+    tgt.cache.compact(base[:, None] + path, base, res.num_accepted + 1)
+    slots = tree.draft_slot.gather(1, path).clamp(min=0)
+    drf.cache.compact(base[:, None] + slots, base, res.num_accepted)
+
+
 def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
              max_new_tokens: int = 128, strategy="chain", temperature: float = 0.0, seed: int | None = None,
              eos_token_id: int | None = None, pad_token_id: int | None = None) -> GenerateOutput:
@@ -174,7 +199,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     device, (B, T) = input_ids.device, input_ids.shape
     input_ids = input_ids.long()
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
-    k_cap = max(getattr(strategy, "k_max", 0), getattr(strategy, "k", 0))
+    is_tree = hasattr(strategy, "draft_tree")
+    k_cap = strategy.max_nodes - 1 if is_tree else max(getattr(strategy, "k_max", 0), getattr(strategy, "k", 0))
     max_len = T + max_new_tokens + k_cap + 2
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
@@ -202,13 +228,19 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         while rows is not None:
             remaining = max_new_tokens - torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
             timer.phase("draft")
-            drafts, dlens, q = _draft(drf, rows, strategy, min(k_cap, int(remaining.max())), temperature, gen)
-            dlens = torch.minimum(dlens, (remaining - 1).clamp(min=0))
-            timer.phase("verify")
-            res = _verify(tgt, rows, drafts, dlens, q, temperature, step_seed + step)
+            if is_tree:
+                tree = strategy.draft_tree(drf, rows, temperature, gen)
+                timer.phase("verify")
+                res = _verify_tree(tgt, rows, tree, temperature, step_seed + step)
+                _compact_tree(tgt, drf, rows, tree, res)
+            else:
+                drafts, dlens, q = _draft(drf, rows, strategy, min(k_cap, int(remaining.max())), temperature, gen)
+                dlens = torch.minimum(dlens, (remaining - 1).clamp(min=0))
+                timer.phase("verify")
+                res = _verify(tgt, rows, drafts, dlens, q, temperature, step_seed + step)
+                strategy.observe(dlens, res.num_emitted - 1)
             timer.phase("other")
             n = res.num_emitted
-            strategy.observe(dlens, n - 1)
             hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
             verify_rows += n.numel()
             verify_emitted += int(n.sum())

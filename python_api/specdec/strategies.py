@@ -117,13 +117,25 @@ CHAIN_NAMES = {
 }
 
 
+def _tree_names():
+    from specdec.tree_drafting import DynamicTree, StaticTree
+
+    return {
+        "static-tree": lambda: StaticTree("wide16"),
+        "eagle2": lambda: DynamicTree("eagle2"),
+        "dyspec": lambda: DynamicTree("dyspec"),
+        "ddd": lambda: DynamicTree("ddd"),
+    }
+
+
 def resolve_strategy(strategy):
     """A strategy object from a name or an object; clear error for anything else."""
     if isinstance(strategy, str):
-        if strategy in CHAIN_NAMES:
-            return CHAIN_NAMES[strategy]()
-        raise ValueError(f"strategy: unknown name {strategy!r}; known: {sorted(CHAIN_NAMES)}")
-    if isinstance(strategy, (Chain, DynamicLookahead)):
+        names = {**CHAIN_NAMES, **_tree_names()}
+        if strategy in names:
+            return names[strategy]()
+        raise ValueError(f"strategy: unknown name {strategy!r}; known: {sorted(names)}")
+    if isinstance(strategy, (Chain, DynamicLookahead)) or hasattr(strategy, "draft_tree"):
         return strategy
     raise TypeError(f"strategy must be a name or a specdec strategy object, got {type(strategy).__name__}")
 

@@ -1,0 +1,288 @@
+"""Token trees drafted by the draft model: static trees, EAGLE-2, DySpec and Dynamic Depth Decoding.
+
+Every method grows candidate nodes below the root (the last committed token) and runs the draft
+model once per expansion round over the nodes it needs distributions for, with tree attention on
+the draft's own cache. A round re-feeds every node fed so far (plus ``prev``, the committed token
+before the root), so each forward is a plain "prefix + tree" tree-attention call; nodes never fed
+are leaves. Fed nodes keep their slot across rounds, so after verification the draft's K/V of the
+accepted path is found at fixed positions and moved with ``compact_kv_cache``.
+
+Children of a node are distinct tokens. With ``temperature == 0`` or a deterministic method they are
+the top-ranked tokens and verification uses the deterministic rule (lossless for any tree shape the
+draft picks). DySpec at ``temperature > 0`` samples children without replacement from q and verifies
+with q: the decision to draw another child of a node depends only on children drawn before it (the
+parent's remaining mass), never on the child's own value, which keeps recursive rejection sampling
+lossless.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+
+import torch
+
+from specdec_kernels import trees
+
+
+@dataclasses.dataclass
+class DraftTree:
+    tokens: torch.Tensor  # [B, N] node 0 = root
+    parents: torch.Tensor  # [B, N] topological, -1 for the root
+    draft_probs: torch.Tensor | None  # [B, N, V]: q that node i's children were drawn from, or None
+    draft_slot: torch.Tensor  # [B, N] node's position in the draft cache minus (ctx - 1); -1 if never fed
+
+
+class _Growth:
+    """Candidate nodes of every sequence (index 0 = root) and the draft forwards over the fed ones."""
+
+    def __init__(self, drf, rows, temperature: float):
+        self.drf, self.rows, self.temperature = drf, rows, temperature
+        B, dev = rows.root.shape[0], rows.root.device
+        self.tokens = rows.root[:, None].clone()
+        self.parents = torch.full((B, 1), -1, dtype=torch.int64, device=dev)
+        self.scores = torch.zeros(B, 1, dtype=torch.float32, device=dev)  # cumulative draft log-prob
+        self.depth = torch.zeros(B, 1, dtype=torch.int64, device=dev)
+        self.fed = torch.zeros(B, 1, dtype=torch.int64, device=dev)  # node index of each fed slot
+        self.slot = torch.zeros(B, 1, dtype=torch.int64, device=dev)  # fed slot of each node, -1 if none
+
+    @property
+    def n(self) -> int:
+        return self.tokens.shape[1]
+
+    def add(self, tokens, parents, scores) -> torch.Tensor:
+        """Append nodes ([B, m] each); returns their node indices [B, m]."""
+        m = tokens.shape[1]
+        idx = torch.arange(self.n, self.n + m, device=tokens.device).expand_as(tokens)
+        self.tokens = torch.cat([self.tokens, tokens], 1)
+        self.parents = torch.cat([self.parents, parents], 1)
+        self.scores = torch.cat([self.scores, scores], 1)
+        self.depth = torch.cat([self.depth, self.depth.gather(1, parents) + 1], 1)
+        self.slot = torch.cat([self.slot, torch.full_like(tokens, -1)], 1)
+        return idx
+
+    def feed(self, nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """Mark ``nodes`` [B, m] as fed, run the draft over prev + all fed nodes; log q of fed, [B, F, V]."""
+        if nodes is not None and nodes.shape[1]:
+            F = self.fed.shape[1]
+            self.slot.scatter_(1, nodes, torch.arange(F, F + nodes.shape[1], device=nodes.device).expand_as(nodes))
+            self.fed = torch.cat([self.fed, nodes], 1)
+        r = self.rows
+        par = self.parents.gather(1, self.fed)
+        par_slot = torch.where(par >= 0, self.slot.gather(1, par.clamp(min=0)), -1)
+        # layout: [prev, fed slot 0 (root), fed slot 1, ...]; the root's parent is prev
+        layout_parents = torch.cat([torch.full_like(par[:, :1], -1), par_slot + 1], 1)
+        depth = torch.cat([torch.zeros_like(par[:, :1]), self.depth.gather(1, self.fed) + 1], 1)
+        toks = torch.cat([r.prev[:, None], self.tokens.gather(1, self.fed)], 1)
+        logits = self.drf.forward(toks, r.ctx[:, None] - 2 + depth, trees.ancestor_mask(layout_parents),
+                                  start=r.ctx - 2)[:, 1:]
+        return torch.log_softmax(logits / (self.temperature or 1.0), -1)
+
+    def finish(self, keep: torch.Tensor, q: torch.Tensor | None = None) -> DraftTree:
+        """Tree of the kept nodes ([B, N] indices, ancestor-closed, ascending, root first)."""
+        remap = torch.full_like(self.tokens, -1)
+        remap.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep))
+        par = self.parents.gather(1, keep)
+        parents = torch.where(par >= 0, remap.gather(1, par.clamp(min=0)), -1)
+        return DraftTree(self.tokens.gather(1, keep), parents,
+                         None if q is None else q.gather(1, keep[..., None].expand(-1, -1, q.shape[-1])),
+                         self.slot.gather(1, keep))
+
+    def best(self, budget: int) -> torch.Tensor:
+        """Root + the ``budget`` highest-scoring nodes, ascending. A child never outscores its parent
+        (log-probabilities are <= 0) and the stable sort puts the earlier index (the parent) first on
+        ties, so the set is ancestor-closed."""
+        s = self.scores.clone()
+        s[:, 0] = float("inf")
+        order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, : budget + 1]
+        return order.sort(1).values
+
+
+def _beam_search(g: _Growth, top_k: int, depth: int, log_mass_floor: float | None) -> None:
+    """EAGLE-2 expansion: every round, the top_k frontier nodes by cumulative log-prob each get their
+    top_k children. With ``log_mass_floor`` (DDD) it stops once the beam's total probability, log of
+    the summed cumulative probabilities, is below the floor for every sequence."""
+    frontier = torch.zeros_like(g.tokens)  # the root
+    for d in range(1, depth + 1):
+        logq = g.feed(frontier if d > 1 else None)[:, -frontier.shape[1]:]  # [B, w, V]
+        top = logq.topk(top_k, dim=-1)
+        w = frontier.shape[1]
+        scores = (g.scores.gather(1, frontier)[..., None] + top.values).reshape(-1, w * top_k)
+        parents = frontier[..., None].expand(-1, -1, top_k).reshape(-1, w * top_k)
+        children = g.add(top.indices.reshape(-1, w * top_k), parents, scores)
+        if d == depth:
+            break
+        beam = scores.topk(min(top_k, scores.shape[1]), dim=1)
+        if log_mass_floor is not None and bool((beam.values.logsumexp(1) < log_mass_floor).all()):
+            break
+        frontier = children.gather(1, beam.indices.sort(1).values)
+
+
+def _static(g: _Growth, paths: list[tuple[int, ...]]) -> None:
+    """Medusa-style tree: each path lists top-k ranks from the root (every prefix is a node too)."""
+    B, dev = g.tokens.shape[0], g.tokens.device
+    index = {(): 0}
+    logq = g.feed()  # [B, 1, V]: the root's distribution
+    for d in range(1, max(map(len, paths)) + 1):
+        level = [p for p in paths if len(p) == d]
+        pars = torch.tensor([index[p[:-1]] for p in level], device=dev)
+        ranks = torch.tensor([p[-1] for p in level], device=dev)
+        lq = logq[:, g.slot[0, pars]]  # [B, m, V]; fed slots are the same in every row of a static tree
+        top = lq.topk(int(ranks.max()) + 1, dim=-1)
+        pick = ranks.view(1, -1, 1).expand(B, -1, 1)
+        toks, vals = top.indices.gather(2, pick).squeeze(2), top.values.gather(2, pick).squeeze(2)
+        new = g.add(toks, pars.expand(B, -1), g.scores[:, pars] + vals)
+        index.update(zip(level, new[0].tolist()))
+        expand = sorted({index[p[:-1]] for p in paths if len(p) == d + 1})
+        if expand:
+            logq = g.feed(torch.tensor(expand, device=dev).expand(B, -1))
+
+
+def _dyspec(g: _Growth, budget: int, width: int, gen: torch.Generator | None):
+    """DySpec greedy expansion with a max-heap per sequence on cumulative draft probability.
+
+    A heap entry is the slot "next child of node u": popping it adds that child (its priority its
+    cumulative probability) and re-queues u's following sibling slot, valued at u's remaining mass.
+    Pops go in rounds of ``width`` per sequence; one draft forward per round gives the new nodes'
+    distributions. Greedy takes children in rank order; sampling draws each child from q without
+    replacement at the time its slot is popped. Returns q (probabilities) per node for verification
+    when sampling, else None.
+    """
+    B, sample = g.tokens.shape[0], g.temperature > 0
+    logq = g.feed()[:, 0]  # [B, V]
+    q_rows = [[logq[b].exp()] for b in range(B)]  # per sequence, q of each node (None for unfed)
+    drawn = [[torch.zeros_like(logq[b], dtype=torch.bool)] for b in range(B)]
+    tie = itertools.count()
+    heaps = [[(-0.0, next(tie), 0)] for _ in range(B)]  # (-log priority, tiebreak, parent node)
+    scores = [[0.0] for _ in range(B)]
+    while g.n - 1 < budget:
+        m = min(width, budget - (g.n - 1))
+        toks, pars, scs = [], [], []
+        for b in range(B):
+            row_t, row_p, row_s = [], [], []
+            for _ in range(m):
+                if not heaps[b]:
+                    raise ValueError(f"dyspec: the vocabulary is too small for a tree of {budget} nodes")
+                _, _, u = heapq.heappop(heaps[b])
+                q, seen = q_rows[b][u], drawn[b][u]
+                avail = q.masked_fill(seen, 0.0)
+                x = int(torch.multinomial(avail, 1, generator=gen)) if sample else int(avail.argmax())
+                seen[x] = True
+                row_t.append(x), row_p.append(u)
+                row_s.append(scores[b][u] + float(q[x].clamp_min(1e-30).log()))
+                rest = float(q.masked_fill(seen, 0.0).max() if not sample else q.masked_fill(seen, 0.0).sum())
+                if rest > 0:  # the sibling slot: next-best child (greedy) or the remaining mass (sampling)
+                    heapq.heappush(heaps[b], (-(scores[b][u] + torch.tensor(rest).log().item()), next(tie), u))
+            toks.append(row_t), pars.append(row_p), scs.append(row_s)
+        dev = g.tokens.device
+        new = g.add(torch.tensor(toks, device=dev), torch.tensor(pars, device=dev),
+                    torch.tensor(scs, device=dev, dtype=torch.float32))
+        for b in range(B):
+            scores[b] += scs[b]
+        if g.n - 1 >= budget:
+            break
+        logq = g.feed(new)[:, -m:]  # the new nodes' distributions
+        for b in range(B):
+            for j, node in enumerate(new[b].tolist()):
+                q = logq[b, j].exp()
+                q_rows[b].append(q)
+                drawn[b].append(torch.zeros_like(q, dtype=torch.bool))
+                first = 0.0 if sample else float(q.max().log())  # its first child: all mass / best child
+                heapq.heappush(heaps[b], (-(scores[b][node] + first), next(tie), node))
+    if not sample:
+        return None
+    V = logq.shape[-1]
+    uniform = torch.full((V,), 1.0 / V, device=g.tokens.device)
+    return torch.stack([torch.stack(r + [uniform] * (g.n - len(r))) for r in q_rows])
+
+
+DEFAULT_STATIC_PATHS = {
+    # Medusa-style shapes: depth-first top-k ranks; every prefix of a path is a node as well.
+    "chain4": [(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0)],
+    "binary3": [p for d in range(1, 4) for p in itertools.product(range(2), repeat=d)],  # 14 nodes
+    "wide16": [(0,), (1,), (2,), (3,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0),
+               (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 0), (0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0)],
+}
+
+
+def _close_paths(paths) -> list[tuple[int, ...]]:
+    """All prefixes of the given rank paths, ordered by depth then ranks (parents before children)."""
+    out = set()
+    for p in paths:
+        p = tuple(int(r) for r in p)
+        if not p or any(r < 0 for r in p):
+            raise ValueError(f"StaticTree: a path must be a non-empty tuple of ranks >= 0, got {p!r}")
+        out.update(p[:i] for i in range(1, len(p) + 1))
+    return sorted(out, key=lambda p: (len(p), p))
+
+
+class _TreeStrategy:
+    """Per-sequence state hooks of the loop; tree strategies keep none between steps."""
+
+    def start(self, batch: int, device) -> None:
+        pass
+
+    def select(self, rows: torch.Tensor) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class StaticTree(_TreeStrategy):
+    """A fixed tree of top-k ranks (Medusa "choices"): a shape name from DEFAULT_STATIC_PATHS or a list of
+    rank paths such as ``[(0,), (1,), (0, 0)]``."""
+
+    paths: str | list = "wide16"
+
+    def __post_init__(self):
+        raw = DEFAULT_STATIC_PATHS.get(self.paths) if isinstance(self.paths, str) else self.paths
+        if raw is None:
+            raise ValueError(f"StaticTree: unknown shape {self.paths!r}; known: {sorted(DEFAULT_STATIC_PATHS)}")
+        self._paths = _close_paths(raw)
+        self.max_nodes = len(self._paths) + 1
+
+    def draft_tree(self, drf, rows, temperature: float, gen) -> DraftTree:
+        g = _Growth(drf, rows, temperature)
+        _static(g, self._paths)
+        return g.finish(torch.arange(g.n, device=g.tokens.device).expand(g.tokens.shape[0], -1))
+
+
+@dataclasses.dataclass
+class DynamicTree(_TreeStrategy):
+    """Trees shaped by the draft's confidence, ``budget`` draft nodes per step.
+
+    method:
+      ``"eagle2"`` expand the top_k nodes by cumulative draft log-probability for ``depth`` rounds,
+                   then keep the best ``budget`` of all candidates (EAGLE-2, Li et al., 2024).
+      ``"dyspec"`` greedy expansion with a priority queue, ``width`` pops per draft forward (DySpec,
+                   Xiong et al., 2024); the only method that samples children when temperature > 0.
+      ``"ddd"``    EAGLE-2 with a dynamic depth: stop expanding when the log of the beam's summed
+                   probability falls below ``log_mass_floor`` (Dynamic Depth Decoding, Brown et al., 2024).
+    """
+
+    method: str = "eagle2"
+    budget: int = 32
+    top_k: int = 6
+    depth: int = 6
+    width: int = 8
+    log_mass_floor: float = -2.5
+
+    def __post_init__(self):
+        if self.method not in ("eagle2", "dyspec", "ddd"):
+            raise ValueError(f"DynamicTree: method must be 'eagle2', 'dyspec' or 'ddd', got {self.method!r}")
+        if self.budget < 1 or self.top_k < 1 or self.depth < 1 or self.width < 1:
+            raise ValueError("DynamicTree: budget, top_k, depth and width must be >= 1")
+        if self.method != "dyspec":
+            most = self.top_k + (self.depth - 1) * self.top_k**2
+            if self.budget > most:
+                raise ValueError(f"DynamicTree: budget {self.budget} exceeds the {most} candidates that "
+                                 f"top_k={self.top_k}, depth={self.depth} produce")
+        self.max_nodes = self.budget + 1
+
+    def draft_tree(self, drf, rows, temperature: float, gen) -> DraftTree:
+        g = _Growth(drf, rows, temperature)
+        if self.method == "dyspec":
+            q = _dyspec(g, self.budget, self.width, gen)
+            return g.finish(torch.arange(g.n, device=g.tokens.device).expand(g.tokens.shape[0], -1), q)
+        floor = self.log_mass_floor if self.method == "ddd" else None
+        _beam_search(g, self.top_k, self.depth, floor)
+        return g.finish(g.best(min(self.budget, g.n - 1)))
