@@ -167,7 +167,8 @@ def _compact_tree(tgt: ModelRunner, drf: ModelRunner, rows: _Rows, tree: DraftTr
 
 def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
              max_new_tokens: int = 128, strategy="chain", temperature: float = 0.0, seed: int | None = None,
-             eos_token_id: int | None = None, pad_token_id: int | None = None) -> GenerateOutput:
+             eos_token_id: int | None = None, pad_token_id: int | None = None,
+             streamer=None) -> GenerateOutput:
     """Generate with speculative decoding; greedy output equals ``target.generate(do_sample=False)``.
 
     Parameters
@@ -175,12 +176,15 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     target, draft : transformers causal LMs sharing a tokenizer, on one device and dtype.
     input_ids : [B, T] int64, left-padded when ragged (``attention_mask`` [B, T] marks real tokens).
     max_new_tokens : int >= 1.
-    strategy : a name ("chain", "disco", "heuristic", "confidence") or an object
-        (:class:`specdec.Chain`, :class:`specdec.DynamicLookahead`).
+    strategy : a name ("chain", "disco", "heuristic", "confidence", "static-tree", "eagle2", "dyspec",
+        "ddd", "auto") or an object (:class:`specdec.Chain`, :class:`specdec.DynamicLookahead`,
+        :class:`specdec.StaticTree`, :class:`specdec.DynamicTree`). "auto" asks the cost model
+        (:mod:`specdec.tune`) once per model pair.
     temperature : 0 for greedy; > 0 samples exactly from softmax(target_logits / temperature).
     seed : makes sampling reproducible.
     eos_token_id, pad_token_id : a sequence stops after EOS; finished rows are padded with
         ``pad_token_id`` (default: EOS, else 0).
+    streamer : optional callable, called with the list of new token ids of row 0 as they are accepted.
 
     Returns
     -------
@@ -194,14 +198,19 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     >>> ids = tok("def fib(n):", return_tensors="pt").input_ids
     >>> out = specdec.generate(target, draft, ids, max_new_tokens=32)
     """
-    strategy = resolve_strategy(strategy)
     _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature)
+    if strategy == "auto":  # the cost model's pick for this pair, calibrated once on this prompt
+        from specdec.tune import auto_strategy
+
+        strategy = auto_strategy(target, draft, [input_ids[:1, -64:]])
+    strategy = resolve_strategy(strategy)
     device, (B, T) = input_ids.device, input_ids.shape
     input_ids = input_ids.long()
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
     is_tree = hasattr(strategy, "draft_tree")
     k_cap = strategy.max_nodes - 1 if is_tree else max(getattr(strategy, "k_max", 0), getattr(strategy, "k", 0))
-    max_len = T + max_new_tokens + k_cap + 2
+    # room for the prompt, the output, and the widest forward past the committed context
+    max_len = T + max_new_tokens + max(k_cap, getattr(strategy, "max_fed", 0)) + 2
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
     step_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=device))
@@ -221,7 +230,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         lens = attention_mask.sum(1)
         rows = _Rows(torch.arange(B, device=device), input_ids[:, -1], first, lens + 1)
         strategy.start(B, device)
-        finished = _commit(out, rows.ids, first[:, None], torch.ones_like(first), max_new_tokens, eos_token_id)
+        finished = _commit(out, rows.ids, first[:, None], torch.ones_like(first), max_new_tokens, eos_token_id,
+                           streamer)
         rows, finished = _drop_finished(rows, finished, tgt, drf, strategy)
 
         step = 0
@@ -244,7 +254,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
             hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
             verify_rows += n.numel()
             verify_emitted += int(n.sum())
-            finished = _commit(out, rows.ids, res.tokens, n, max_new_tokens, eos_token_id)
+            finished = _commit(out, rows.ids, res.tokens, n, max_new_tokens, eos_token_id, streamer)
             # Advance: the last emitted token becomes the root, the one before it prev.
             emitted = torch.cat([rows.root[:, None], res.tokens.clamp(min=0)], 1)
             idx = torch.arange(n.numel(), device=device)
@@ -271,16 +281,18 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     return GenerateOutput(sequences, stats)
 
 
-def _commit(out, ids, tokens, n, max_new_tokens, eos_token_id) -> torch.Tensor:
+def _commit(out, ids, tokens, n, max_new_tokens, eos_token_id, streamer=None) -> torch.Tensor:
     """Append each row's emitted tokens, cut at EOS and max_new_tokens; returns finished [Ba] bool."""
     finished = []
-    for i, (row, toks, count) in enumerate(zip(ids.tolist(), tokens.tolist(), n.tolist())):
-        done = False
+    for row, toks, count in zip(ids.tolist(), tokens.tolist(), n.tolist()):
+        done, before = False, len(out[row])
         for t in toks[:count]:
             out[row].append(t)
             if t == eos_token_id or len(out[row]) >= max_new_tokens:
                 done = True
                 break
+        if streamer is not None and row == 0:
+            streamer(out[row][before:])
         finished.append(done)
     return torch.tensor(finished, dtype=torch.bool)
 

@@ -239,6 +239,7 @@ class StaticTree(_TreeStrategy):
             raise ValueError(f"StaticTree: unknown shape {self.paths!r}; known: {sorted(DEFAULT_STATIC_PATHS)}")
         self._paths = _close_paths(raw)
         self.max_nodes = len(self._paths) + 1
+        self.max_fed = self.max_nodes + 1  # draft tokens per forward at most: prev + root + nodes
 
     def draft_tree(self, drf, rows, temperature: float, gen) -> DraftTree:
         g = _Growth(drf, rows, temperature)
@@ -277,6 +278,8 @@ class DynamicTree(_TreeStrategy):
                 raise ValueError(f"DynamicTree: budget {self.budget} exceeds the {most} candidates that "
                                  f"top_k={self.top_k}, depth={self.depth} produce")
         self.max_nodes = self.budget + 1
+        fed = self.budget if self.method == "dyspec" else 1 + self.top_k * (self.depth - 1)
+        self.max_fed = fed + 2  # draft tokens per forward at most: prev + root + fed nodes
 
     def draft_tree(self, drf, rows, temperature: float, gen) -> DraftTree:
         g = _Growth(drf, rows, temperature)

@@ -1,0 +1,132 @@
+"""``python -m specdec demo`` (the main job) and ``python -m specdec bench`` (end-to-end comparison)."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_STRATEGY = "eagle2"
+
+
+def _load(args):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specdec.models import load_default_pair
+
+    print("loading models ...", file=sys.stderr)
+    if args.target or args.draft:
+        if not (args.target and args.draft):
+            sys.exit("--target and --draft go together")
+        target = AutoModelForCausalLM.from_pretrained(args.target).eval()
+        draft = AutoModelForCausalLM.from_pretrained(args.draft).eval()
+        return target, draft, AutoTokenizer.from_pretrained(args.target)
+    return load_default_pair()
+
+
+class _Printer:
+    """Streams decoded text as tokens are accepted (the loop calls it with each row-0 token batch)."""
+
+    def __init__(self, tokenizer, prompt_ids):
+        self.tok, self.ids, self.shown = tokenizer, prompt_ids.tolist(), 0
+
+    def __call__(self, tokens: list[int]) -> None:
+        self.ids += tokens
+        text = self.tok.decode(self.ids)
+        sys.stdout.write(text[self.shown:])
+        sys.stdout.flush()
+        self.shown = len(text)
+
+
+def demo(args) -> None:
+    import specdec
+    from specdec.bench import load_prompts
+
+    target, draft, tok = _load(args)
+    prompts = load_prompts()[: args.prompts]
+    total_new = total_plain = total_spec = 0.0
+    exact_all = True
+    taus = []
+    for i, prompt in enumerate(prompts):
+        ids = tok(prompt, return_tensors="pt").input_ids
+        t0 = time.perf_counter()
+        plain = target.generate(ids, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                                do_sample=False, pad_token_id=0)
+        t_plain = time.perf_counter() - t0
+        print(f"\n===== prompt {i + 1}/{len(prompts)} ({args.strategy}) =====")
+        sys.stdout.write(prompt)
+        out = specdec.generate(target, draft, ids, max_new_tokens=args.max_new_tokens, strategy=args.strategy,
+                               temperature=args.temperature, seed=args.seed, streamer=_Printer(tok, ids[0]))
+        t_spec = out.stats["wall_s"]
+        exact = torch.equal(out.sequences, plain) if args.temperature == 0 else None
+        exact_all &= bool(exact) if exact is not None else True
+        new = out.sequences.shape[1] - ids.shape[1]
+        total_new += new
+        total_plain += t_plain
+        total_spec += t_spec
+        taus.append(out.stats["tau"])
+        print(f"\n----- tau {out.stats['tau']:.2f} | specdec {new / t_spec:.1f} tok/s | target-only "
+              f"{new / t_plain:.1f} tok/s | speedup {t_plain / t_spec:.2f}x"
+              + ("" if exact is None else f" | greedy output identical to target-only: {'yes' if exact else 'NO'}"))
+    print(f"\n===== {len(prompts)} prompts, {int(total_new)} new tokens: specdec {total_new / total_spec:.1f} tok/s, "
+          f"target-only {total_new / total_plain:.1f} tok/s, speedup {total_plain / total_spec:.2f}x, "
+          f"mean tau {sum(taus) / len(taus):.2f}"
+          + ("" if args.temperature else f", all outputs identical to target-only: {'yes' if exact_all else 'NO'}"))
+    if args.temperature == 0 and not exact_all:
+        sys.exit(1)
+
+
+BENCH_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-assisted confidence 0.4",
+                 "chain:2", "chain:4", "chain:6", "heuristic", "confidence", "disco",
+                 "static-tree", "eagle2:16", "eagle2:32", "eagle2:64", "dyspec:16", "dyspec:32", "dyspec:64",
+                 "ddd:16", "ddd:32", "ddd:64"]
+
+
+def bench(args) -> None:
+    from specdec import bench as b
+
+    target, draft, tok = _load(args)
+    prompts = b.load_prompts()[: args.prompts]
+    names = args.configs.split(",") if args.configs else BENCH_DEFAULT
+    rows = b.run(target, draft, tok, prompts, names, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    header = (f"End to end, bundled pair, {len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, greedy, "
+              f"median of {args.repeats} repeats; {machine}; command: `python -m specdec bench "
+              f"{' '.join(sys.argv[2:])}`")
+    table = b.markdown(rows, header)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e2e.md").write_text(table + "\n")
+    (out / "e2e.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    b.plot(rows, str(out / "e2e.png"), "bundled pair: speedup and tau per strategy")
+    print(f"wrote {out}/e2e.md, e2e.json, e2e.png", file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m specdec", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("demo", "bench"):
+        s = sub.add_parser(name)
+        s.add_argument("--target", help="path of a transformers causal LM (default: the bundled target)")
+        s.add_argument("--draft", help="path of its draft model (default: the bundled draft)")
+        s.add_argument("--max-new-tokens", type=int, default=128)
+        s.add_argument("--prompts", type=int, default=3 if name == "demo" else 8)
+    d = sub.choices["demo"]
+    d.add_argument("--strategy", default=DEFAULT_STRATEGY)
+    d.add_argument("--temperature", type=float, default=0.0)
+    d.add_argument("--seed", type=int, default=0)
+    bb = sub.choices["bench"]
+    bb.add_argument("--configs", help="comma-separated configurations (default: all)")
+    bb.add_argument("--repeats", type=int, default=3)
+    bb.add_argument("--out", default="bench/results")
+    args = p.parse_args(argv)
+    {"demo": demo, "bench": bench}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""End-to-end benchmark: target-only decoding, transformers' assisted generation and every specdec
+strategy, on the same prompts, in one run (``python -m specdec bench``).
+
+Reported per configuration: tokens/s (new tokens over wall time, all prompts, median of repeats),
+speedup over target-only measured in the same run, tau (tokens emitted per target forward after the
+prefill, bonus included — as Spec-Bench counts it; for transformers' assisted generation counted with a
+forward hook on the target), and whether greedy output equals target-only output token for token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import specdec
+from specdec.strategies import resolve_strategy
+
+PROMPTS = Path(__file__).parent / "assets" / "prompts"
+
+
+def load_prompts(name: str = "heldout_code") -> list[str]:
+    path = PROMPTS / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"prompt set {name!r} not found at {path}")
+    return json.loads(path.read_text())["prompts"]
+
+
+@dataclasses.dataclass
+class Config:
+    name: str
+    kind: str  # "target", "hf-assisted", "specdec"
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, int]]  # ids [1, T] -> (sequences, target forwards)
+
+
+class _CallCounter:
+    """Counts forward calls of a module (transformers' assisted generation hides its own count)."""
+
+    def __init__(self, module):
+        self.n = 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.n += 1
+
+
+def make_configs(target, draft, names: list[str], max_new_tokens: int) -> list[Config]:
+    counter = _CallCounter(target)
+
+    def plain(ids):
+        counter.n = 0
+        out = target.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                              pad_token_id=0)
+        return out, counter.n
+
+    def assisted(**kw):
+        def run(ids):
+            counter.n = 0
+            out = target.generate(ids, assistant_model=draft, max_new_tokens=max_new_tokens,
+                                  min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, **kw)
+            return out, counter.n
+        return run
+
+    def ours(strategy):
+        def run(ids):
+            out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy)
+            return out.sequences, out.stats["target_calls"]
+        return run
+
+    configs = [Config("target-only (HF generate, greedy)", "target", plain)]
+    hf = {
+        "hf-assisted k=4 constant": dict(num_assistant_tokens=4, num_assistant_tokens_schedule="constant",
+                                         assistant_confidence_threshold=0.0),
+        "hf-assisted heuristic": dict(num_assistant_tokens=5, num_assistant_tokens_schedule="heuristic_transient",
+                                      assistant_confidence_threshold=0.0),
+        "hf-assisted confidence 0.4": dict(num_assistant_tokens=20, num_assistant_tokens_schedule="constant",
+                                           assistant_confidence_threshold=0.4),
+    }
+    for name in names:
+        if name in hf:
+            configs.append(Config(name, "hf-assisted", assisted(**hf[name])))
+        else:
+            configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name))))
+    return configs
+
+
+def _strategy(name: str):
+    """Names of the form 'chain:k' / 'eagle2:budget' / 'dyspec:budget' / 'ddd:budget', or plain names."""
+    if ":" not in name:
+        return resolve_strategy(name)
+    method, size = name.split(":")
+    size = int(size)
+    if method == "chain":
+        return specdec.Chain(size)
+    if method in ("eagle2", "ddd"):
+        return specdec.DynamicTree(method, budget=size, top_k=min(8, max(2, size // 4)), depth=8)
+    if method == "dyspec":
+        return specdec.DynamicTree("dyspec", budget=size, width=max(4, size // 4))
+    raise ValueError(f"unknown strategy spec {name!r}")
+
+
+def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_new_tokens: int = 128,
+        repeats: int = 3, log=print) -> list[dict]:
+    """Every configuration on every prompt, ``repeats`` times; returns one result row per configuration."""
+    configs = make_configs(target, draft, names, max_new_tokens)
+    encoded = [tokenizer(p, return_tensors="pt").input_ids for p in prompts]
+    reference = {}
+    rows = []
+    total = len(configs) * repeats * len(encoded)
+    done = 0
+    t_start = time.perf_counter()
+    for cfg in configs:
+        rates, target_calls, new_tokens, exact = [], 0, 0, True
+        for rep in range(repeats):
+            elapsed, toks = 0.0, 0
+            for i, ids in enumerate(encoded):
+                t0 = time.perf_counter()
+                seq, calls = cfg.run(ids)
+                elapsed += time.perf_counter() - t0
+                new = seq[0, ids.shape[1]:]
+                toks += new.numel()
+                if rep == 0:
+                    target_calls += calls
+                    new_tokens += new.numel()
+                    if cfg.kind == "target":
+                        reference[i] = new
+                    else:
+                        exact &= torch.equal(new, reference[i])
+                done += 1
+                _progress(done, total, cfg.name, time.perf_counter() - t_start, log)
+            rates.append(toks / elapsed)
+        rows.append({
+            "config": cfg.name, "kind": cfg.kind, "tokens_per_s": statistics.median(rates),
+            "tokens_per_s_all": rates,
+            # tau counts tokens per target forward after the prefill (one forward per prompt)
+            "tau": (new_tokens - len(encoded)) / max(target_calls - len(encoded), 1),
+            "target_calls": target_calls, "new_tokens": new_tokens, "exact": exact,
+        })
+    base = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["speedup"] = r["tokens_per_s"] / base
+    return rows
+
+
+def _progress(done, total, name, elapsed, log):
+    eta = elapsed / done * (total - done)
+    print(f"\r[{done}/{total}] {name[:40]:<40} {elapsed:6.0f}s elapsed, ~{eta:4.0f}s left", end="", file=sys.stderr)
+    if done == total:
+        print(file=sys.stderr)
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| configuration | tokens/s | speedup | tau | greedy output = target-only |",
+             "|---|---:|---:|---:|:---:|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['tau']:.2f} | "
+                     f"{'yes' if r['exact'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["config"].replace("specdec ", "") for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 0.35 * len(rows) + 1.5), sharey=True)
+    a1.barh(names, [r["speedup"] for r in rows], color=["gray" if r["kind"] != "specdec" else "tab:blue" for r in rows])
+    a1.axvline(1.0, color="black", lw=0.8)
+    a1.set_xlabel("speedup over target-only (same run)")
+    a2.barh(names, [r["tau"] for r in rows], color="tab:orange")
+    a2.set_xlabel("tau: tokens per target forward")
+    a1.invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

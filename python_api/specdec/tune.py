@@ -1,0 +1,157 @@
+"""Cost model: pick the lookahead or tree size that maximises throughput on this machine.
+
+Following "Decoding Speculative Decoding" (Yan et al., 2024): throughput is tokens per step over time
+per step, and both factors are measured separately instead of guessed:
+
+- latency: the target's and the draft's forward time as a function of tokens per call (tree
+  attention over a prefix), measured here (:func:`measure_latency`);
+- acceptance: tokens per target call (tau) on a few sample prompts. For chains one greedy run with
+  k_max drafts gives tau(k) = 1 + E[min(A, k)] for every k <= k_max (greedy drafts do not depend on k);
+  for trees tau is measured per configuration on the same sample prompts.
+
+A step's predicted time is the sum of the forwards it makes (draft rounds + one target forward over
+the tree) plus a per-step overhead measured once from the chain calibration run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+
+import torch
+
+import specdec
+from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
+from specdec.tree_drafting import DynamicTree, StaticTree
+
+TOKENS_PER_CALL = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@torch.inference_mode()
+def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int = 7) -> dict[int, float]:
+    """Median seconds of one forward over n tree tokens (chain mask) after a prefix, for each n."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    out = {}
+    with tree_attention_enabled(model):
+        runner = ModelRunner(model, 1, prefix + max(tokens) + 1)
+        ids = torch.randint(0, vocab, (1, prefix), device=next(model.parameters()).device)
+        runner.prefill(ids, torch.ones_like(ids))
+        for n in tokens:
+            x = torch.randint(0, vocab, (1, n), device=ids.device)
+            pos = prefix + torch.arange(n, device=ids.device)[None]
+            mask = chain_mask(n, ids.device)
+            samples = []
+            for _ in range(reps + 1):
+                t0 = time.perf_counter()
+                runner.forward(x, pos, mask)
+                samples.append(time.perf_counter() - t0)
+            out[n] = statistics.median(samples[1:])
+    return out
+
+
+def _interp(table: dict[int, float], n: int) -> float:
+    """Latency at n tokens, linear between measured points (and beyond the last one)."""
+    keys = sorted(table)
+    lo = max([k for k in keys if k <= n], default=keys[0])
+    hi = min([k for k in keys if k >= n], default=keys[-1])
+    if hi == lo:
+        if n > keys[-1]:
+            a, b = keys[-2], keys[-1]
+            return table[b] + (table[b] - table[a]) / (b - a) * (n - b)
+        return table[lo]
+    return table[lo] + (table[hi] - table[lo]) * (n - lo) / (hi - lo)
+
+
+def draft_forward_sizes(strategy) -> list[int]:
+    """Tokens per draft forward of one step (prev + root + fed nodes, see tree_drafting)."""
+    if isinstance(strategy, specdec.Chain):
+        return [2] + [1] * (strategy.k - 1)
+    if isinstance(strategy, StaticTree):
+        depth = max(map(len, strategy._paths))
+        fed = 1
+        sizes = []
+        for d in range(1, depth + 1):
+            sizes.append(1 + fed)
+            fed += len({p[:-1] for p in strategy._paths if len(p) == d + 1})
+        return sizes
+    if isinstance(strategy, DynamicTree):
+        if strategy.method == "dyspec":
+            rounds = math.ceil(strategy.budget / strategy.width)
+            return [2 + strategy.width * r for r in range(rounds)]
+        return [2 + strategy.top_k * d for d in range(strategy.depth)]
+    raise TypeError(f"no cost model for {type(strategy).__name__}")
+
+
+def verify_size(strategy) -> int:
+    return strategy.k + 1 if isinstance(strategy, specdec.Chain) else strategy.max_nodes
+
+
+@dataclasses.dataclass
+class Prediction:
+    name: str
+    strategy: object
+    tau: float
+    step_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tau / self.step_s
+
+
+def _tau(target, draft, ids_list, strategy, max_new_tokens) -> tuple[float, dict]:
+    emitted = steps = 0
+    stats = None
+    for ids in ids_list:
+        out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy)
+        stats = out.stats
+        emitted += out.stats["new_tokens"] - 1
+        steps += out.stats["steps"]
+    return emitted / max(steps, 1), stats
+
+
+def predict(target, draft, sample_ids: list[torch.Tensor], candidates: dict[str, object], *,
+            k_max: int = 8, max_new_tokens: int = 48) -> list[Prediction]:
+    """Predicted tokens/s of each candidate strategy (a name -> strategy mapping), best first."""
+    lat_t, lat_d = measure_latency(target), measure_latency(draft)
+    # One chain run with k_max drafts: acceptance histogram for every k, and the per-step overhead.
+    hist = torch.zeros(k_max + 1)
+    wall = steps = 0.0
+    for ids in sample_ids:
+        out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=specdec.Chain(k_max))
+        hist += torch.tensor(out.stats["acceptance_histogram"], dtype=torch.float)
+        wall += out.stats["wall_s"]
+        steps += out.stats["steps"]
+    p_acc = hist / hist.sum()
+    model_s = _step_model_s(specdec.Chain(k_max), lat_t, lat_d)
+    overhead = max(wall / max(steps, 1) - model_s, 0.0)
+    preds = []
+    for name, strategy in candidates.items():
+        if isinstance(strategy, specdec.Chain) and strategy.k <= k_max:
+            tau = 1 + float(sum(p_acc[a] * min(a, strategy.k) for a in range(k_max + 1)))
+        else:
+            tau, _ = _tau(target, draft, sample_ids, strategy, max_new_tokens)
+        preds.append(Prediction(name, strategy, tau, _step_model_s(strategy, lat_t, lat_d) + overhead))
+    return sorted(preds, key=lambda p: -p.tokens_per_s)
+
+
+def _step_model_s(strategy, lat_t, lat_d) -> float:
+    return sum(_interp(lat_d, n) for n in draft_forward_sizes(strategy)) + _interp(lat_t, verify_size(strategy))
+
+
+DEFAULT_CANDIDATES = {
+    **{f"chain:{k}": specdec.Chain(k) for k in (1, 2, 3, 4, 6, 8)},
+    "static-tree": StaticTree("wide16"),
+    **{f"eagle2:{b}": DynamicTree("eagle2", budget=b, top_k=min(8, max(2, b // 4)), depth=8) for b in (16, 32, 64)},
+    **{f"dyspec:{b}": DynamicTree("dyspec", budget=b, width=max(4, b // 4)) for b in (16, 32, 64)},
+}
+
+_AUTO_CACHE: dict[tuple[int, int], object] = {}
+
+
+def auto_strategy(target, draft, sample_ids: list[torch.Tensor]):
+    """The candidate with the best predicted throughput for this pair (cached per model pair)."""
+    key = (id(target), id(draft))
+    if key not in _AUTO_CACHE:
+        _AUTO_CACHE[key] = predict(target, draft, sample_ids, DEFAULT_CANDIDATES)[0].strategy
+    return _AUTO_CACHE[key]
