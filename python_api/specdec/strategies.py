@@ -83,6 +83,7 @@ class DynamicLookahead:
                 raise FileNotFoundError(f"DISCO weights not found at {path}; train them with bench/train_disco.py")
             saved = json.loads(path.read_text())
             self.weights, self.threshold = saved["weights"], saved.get("threshold", self.threshold)
+            self.k_max = saved.get("k_max", self.k_max)
         self._k: torch.Tensor | None = None
 
     def start(self, batch: int, device) -> None:
