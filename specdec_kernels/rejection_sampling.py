@@ -1,0 +1,950 @@
+"""Fused rejection sampling: lossless verification of draft tokens, chain or tree, in one launch.
+
+Terms (DESIGN.md, "Verification (lossless)"). A *node* u of the token tree carries the target's
+distribution ``p_u`` for the token after it and, when its children were sampled, the draft's
+distribution ``q_u`` they were drawn from. Verification walks from the root: at node u the children
+are tried in node order; an *accepted* child becomes the new u. When every child of u is rejected
+(or u has none) one more token is drawn: the *correction* token from the residual distribution left
+after the rejections, or the *bonus* token from ``p_u`` when nothing was rejected at u. So a sequence
+always emits ``num_accepted + 1`` tokens.
+
+- Greedy: accept the (first) child whose token is ``argmax p_u``; the bonus is ``argmax p_u``.
+- Sampled children, one per node (chain; Leviathan et al. 2023, Chen et al. 2023): accept x with
+  probability ``min(1, p(x)/q(x))``; on rejection sample from ``norm(max(0, p - q))``.
+- Sampled children, several per node (tree; SpecInfer's multi-step speculative sampling with the
+  draws taken without replacement, as in Jeon et al. 2024, "Recursive Speculative Decoding"): after
+  each rejected child x, ``p <- norm(max(0, p - q))`` and then ``q <- q`` without x, renormalised.
+- Deterministic children (``draft_probs=None``, e.g. top-k): q is one-hot at each child, i.e. accept
+  x with probability p(x), else ``p <- p`` without x, renormalised.
+
+All three are exactly lossless: the emitted tokens follow the target's distribution.
+
+How the kernel keeps the residual small. With sampled children, after k rejections at node u the
+residual is ``P_k = max(0, p_u - A_k q_u)`` for a single scalar ``A_k`` (``max(0, max(0, a - s) - t)
+= max(0, a - s - t)`` for ``t >= 0``, and a rejected token's residual is already 0, so removing it from
+q changes nothing there). The state per node is therefore three scalars: ``A`` (how much q has been
+subtracted), ``Z = sum P`` (the residual's normaliser, one pass over the vocabulary per rejection)
+and ``S`` (q's mass left after removing the rejected children). The accept test for the next child
+x is ``u * q_u(x) * Z < P(x) * S`` with ``u`` uniform in (0, 1): strict, so a zero-probability token
+is never accepted. With deterministic children the residual is ``p_u`` with the rejected tokens
+masked out and ``Z`` is updated by a subtraction, no vocabulary pass at all.
+
+Sampling from an unnormalised residual is two passes over vocabulary tiles: the sum (skipped when a
+rejection pass already computed it), then an inverse-CDF scan that stops at the tile holding the
+token. Randomness is counter-based (Philox4x32-10): key = seed, counter = (sequence index, node, 0);
+output word 0 is node j's accept test, word 1 the correction/bonus draw at node u. A fixed seed
+reproduces the result and a row's result does not depend on the other rows.
+The PyTorch reference draws the same numbers (a bit-exact Philox in int64 arithmetic), so the two
+backends agree up to float rounding at decision boundaries.
+
+Target logits with a temperature can replace target probabilities: the softmax is fused (one online
+max/sum pass per visited node), temperature 0 means greedy.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from specdec_kernels._backend import resolve_backend
+from specdec_kernels.trees import validate_parents
+
+__all__ = [
+    "ChainVerifyResult",
+    "TreeVerifyResult",
+    "chain_verify",
+    "tree_verify",
+    "philox_2x32",
+]
+
+PAD_TOKEN = -1  # padding in tokens / path outputs
+MAX_NODES = 1024  # per-program vectors of next_pow2(N) entries
+MAX_BLOCK_V = 2048  # vocabulary tile
+
+# verification modes (tl.constexpr)
+MODE_GREEDY = 0
+MODE_DETERMINISTIC = 1  # draft_probs=None: q one-hot at each child
+MODE_SAMPLED = 2  # children drawn from draft_probs without replacement
+
+_PHILOX_KEY_A = 0x9E3779B9
+_PHILOX_KEY_B = 0xBB67AE85
+_PHILOX_ROUND_A = 0xD2511F53
+_PHILOX_ROUND_B = 0xCD9E8D57
+_PHILOX_ROUNDS = 10
+_U24 = 1.0 / 16777216.0  # 2**-24
+
+_PROB_SUM_TOL = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+class ChainVerifyResult(NamedTuple):
+    """Result of :func:`chain_verify` (all int64)."""
+
+    tokens: torch.Tensor  # [B, K+1] accepted drafts then the correction/bonus token, padded with -1
+    num_emitted: torch.Tensor  # [B] accepted + 1
+    num_accepted: torch.Tensor  # [B] accepted drafts
+    next_token: torch.Tensor  # [B] the correction or bonus token (tokens[b, num_accepted[b]])
+
+
+class TreeVerifyResult(NamedTuple):
+    """Result of :func:`tree_verify` (all int64)."""
+
+    path: torch.Tensor  # [B, N] accepted node indices, path[:, 0] = 0 (the root), padded with -1
+    num_accepted: torch.Tensor  # [B] accepted draft nodes (path holds num_accepted + 1 nodes)
+    next_token: torch.Tensor  # [B] the correction or bonus token
+    tokens: torch.Tensor  # [B, N] tokens of the accepted draft nodes then next_token, padded with -1
+    num_emitted: torch.Tensor  # [B] num_accepted + 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernel
+# ----------------------------------------------------------------------------------------------------
+# Few nested @triton.jit calls on purpose: the CPU interpreter re-patches triton.language on every
+# device-function call (about a millisecond each), so per-node work is inlined in the kernel and the
+# vocabulary passes share one helper; reductions call tl.reduce with Triton's own combine functions
+# (what tl.sum / tl.max / tl.min do), which the interpreter maps to numpy.
+
+
+def _combine_fn(name, fallback):
+    fn = getattr(tl.standard, name, None)
+    return fn if fn is not None else fallback
+
+
+@triton.jit
+def _add_combine(a, b):
+    return a + b
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _min_combine(a, b):
+    return tl.minimum(a, b)
+
+
+_SUM = _combine_fn("_sum_combine", _add_combine)
+_MAX = _combine_fn("_elementwise_max", _max_combine)
+_MIN = _combine_fn("_elementwise_min", _min_combine)
+
+
+@triton.jit
+def _philox_2x32(k0, k1, c0, c1, c2):
+    """First two output words of Philox4x32-10, key (k0, k1), counter (c0, c1, c2, 0); uint32."""
+    c3 = c0 * 0
+    for _ in tl.static_range(10):
+        _c0 = c0
+        _c2 = c2
+        c0 = tl.math.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
+        c2 = tl.math.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
+        c1 = _c2 * 0xCD9E8D57
+        c3 = _c0 * 0xD2511F53
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1
+
+
+@triton.jit
+def _row_argmax(row, V, BLOCK_V: tl.constexpr):
+    """First index of the maximum of a row (probabilities or logits), tile by tile."""
+    offs0 = tl.arange(0, BLOCK_V)
+    best_v = tl.reduce(tl.full([BLOCK_V], float("-inf"), tl.float32), 0, _MAX)
+    best_i = tl.reduce(offs0, 0, _MIN)  # 0, int32
+    for start in range(0, V, BLOCK_V):
+        offs = start + offs0
+        x = tl.load(row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+        mx = tl.reduce(x, 0, _MAX)
+        take = mx > best_v  # strict: an earlier tile keeps ties
+        best_i = tl.where(take, tl.reduce(tl.where(x == mx, offs, 2147483647), 0, _MIN), best_i)
+        best_v = tl.where(take, mx, best_v)
+    return best_i
+
+
+@triton.jit
+def _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej, target,
+                   MODE: tl.constexpr, LOGITS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One pass over the residual of the current node, tile by tile, in token order.
+
+    The residual is ``p`` (``softmax(logits * inv_temp)`` from the stats ``m``, ``inv_l`` when LOGITS),
+    then ``max(0, p - a32 * q)`` where ``use_q`` (sampled), or ``p`` without the ``nrej`` tokens of
+    ``rej`` (deterministic). Inverse CDF: stops at the first token whose running sum exceeds
+    ``target`` (``u * Z``); with ``target = inf`` it is the sum pass. Returns (running sum, token or
+    -1, last token with positive residual or -1)."""
+    offs0 = tl.arange(0, BLOCK_V)
+    ar_n = tl.arange(0, BLOCK_N)
+    running = tl.reduce(tl.zeros([BLOCK_V], tl.float32), 0, _SUM)
+    tok = tl.reduce(offs0, 0, _MIN) - 1
+    last = tok
+    start = tok + 1
+    while (tok < 0) & (start < V):
+        offs = start + offs0
+        mask = offs < V
+        if LOGITS:
+            lg = tl.load(row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+            r = tl.exp(lg * inv_temp - m) * inv_l
+        else:
+            r = tl.load(row + offs, mask=mask, other=0.0).to(tl.float32)
+        if MODE == 2:
+            if use_q:
+                q = tl.load(qrow + offs, mask=mask, other=0.0).to(tl.float32)
+                r = tl.maximum(r - a32 * q, 0.0)
+        elif MODE == 1:
+            # mask the rejected child tokens that fall in this tile (few tiles hold any)
+            if tl.reduce(((rej >= start) & (rej < start + BLOCK_V)).to(tl.int32), 0, _SUM) > 0:
+                for i in range(0, nrej):
+                    r = tl.where(offs == tl.reduce(tl.where(ar_n == i, rej, 0), 0, _SUM), 0.0, r)
+        c = running + tl.associative_scan(r, 0, _SUM)
+        first = tl.reduce(tl.where((c > target) & (r > 0.0), offs, 2147483647), 0, _MIN)
+        tok = tl.where(first < 2147483647, first, -1)
+        last = tl.maximum(last, tl.reduce(tl.where(r > 0.0, offs, -1), 0, _MAX))
+        running += tl.reduce(r, 0, _SUM)
+        start += BLOCK_V
+    return running, tok, last
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "N"])
+def _verify_kernel(
+    tok_ptr,  # chain: [B, K] draft tokens (node j's token at column j - 1); tree: [B, N] node tokens
+    par_ptr,  # tree: [N] or [B, N] parents (stride_par_b = 0 when shared); chain: unused
+    lens_ptr,  # chain with HAS_LENS: [B] valid drafts per sequence
+    tgt_ptr,  # [B, N, V] target probabilities or logits (last dim contiguous)
+    drf_ptr,  # MODE_SAMPLED: [B, N or K, V] draft probabilities of node u's children
+    seeds_ptr,  # SEED_PER_ROW: [B] int64 per-sequence seeds
+    path_ptr,  # WRITE_PATH: [B, N] out, accepted node indices
+    out_tok_ptr,  # [B, N] out, emitted tokens
+    num_acc_ptr,  # [B] out
+    num_emit_ptr,  # [B] out
+    next_ptr,  # [B] out
+    seed_lo, seed_hi,  # int32 halves of the seed (SEED_PER_ROW=False)
+    N, V, inv_temp,
+    stride_tok_b, stride_par_b, stride_tgt_b, stride_tgt_n, stride_drf_b, stride_drf_n,
+    IS_CHAIN: tl.constexpr, HAS_LENS: tl.constexpr, MODE: tl.constexpr, LOGITS: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr, WRITE_PATH: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid.to(tl.int64)
+    ar = tl.arange(0, BLOCK_N)
+    in_n = ar < N
+    offs0 = tl.arange(0, BLOCK_V)
+
+    # ---- the tree of this sequence, in registers: node tokens, parents, which nodes exist
+    if IS_CHAIN:
+        tok_vec = tl.load(tok_ptr + b * stride_tok_b + ar - 1, mask=(ar >= 1) & in_n, other=-1).to(tl.int32)
+        par_vec = ar - 1
+        n_last = N - 1
+        if HAS_LENS:
+            n_last = tl.minimum(tl.load(lens_ptr + b).to(tl.int32), N - 1)
+        valid = (ar >= 1) & (ar <= n_last)
+    else:
+        tok_vec = tl.load(tok_ptr + b * stride_tok_b + ar, mask=in_n, other=-1).to(tl.int32)
+        par_vec = tl.load(par_ptr + b * stride_par_b + ar, mask=in_n, other=-2).to(tl.int32)
+        valid = (ar >= 1) & in_n
+
+    # ---- randomness: one Philox call for all of the sequence's numbers, counter (c0, node, 0):
+    # word 0 is the accept test of node j, word 1 the correction/bonus draw at node u
+    u_acc_vec = tl.zeros([BLOCK_N], tl.float64)
+    u_smp_vec = tl.zeros([BLOCK_N], tl.float32)
+    if MODE != 0:
+        if SEED_PER_ROW:
+            s = tl.load(seeds_ptr + b)
+            k0 = s.to(tl.uint32)
+            k1 = (s >> 32).to(tl.uint32)
+            c0 = (ar * 0).to(tl.uint32)
+        else:
+            k0 = seed_lo.to(tl.uint32, bitcast=True)
+            k1 = seed_hi.to(tl.uint32, bitcast=True)
+            c0 = (ar * 0 + pid).to(tl.uint32)
+        w0, w1 = _philox_2x32(k0, k1, c0, ar.to(tl.uint32), (ar * 0).to(tl.uint32))
+        u_acc_vec = ((w0 >> 8).to(tl.float64) + 0.5) * 5.9604644775390625e-08  # (0, 1), 2**-24 steps
+        u_smp_vec = (w1 >> 8).to(tl.float32) * 5.9604644775390625e-08  # [0, 1)
+
+    tgt_b = tgt_ptr + b * stride_tgt_b
+    drf_b = drf_ptr + b * stride_drf_b
+    zero_i = pid * 0
+    zero_d = zero_i.to(tl.float64)
+
+    cur = zero_i  # current node
+    jlast = zero_i  # last child tried (children of cur have larger indices)
+    n_acc = zero_i
+    pending = zero_i == 0  # per-node statistics of cur still to compute
+    amax = zero_i  # greedy: argmax p_cur
+    m = zero_i.to(tl.float32)  # logits: max of logits * inv_temp at cur
+    inv_l = m + 1.0  # logits: 1 / sum exp(logits * inv_temp - m)
+    a_sub = zero_d  # A: multiple of q subtracted from p at cur
+    s_q = zero_d + 1.0  # S: q mass left at cur
+    z_res = zero_d + 1.0  # Z: residual normaliser at cur
+    nrej = zero_i
+    rej = tl.full([BLOCK_N], -1, tl.int32)  # rejected child tokens at cur (deterministic mode)
+    path_vec = tl.where(ar == 0, 0, -1)
+    out_vec = tl.full([BLOCK_N], -1, tl.int32)
+
+    searching = pid >= 0
+    while searching:
+        row = tgt_b + cur.to(tl.int64) * stride_tgt_n
+        qrow = drf_b + cur.to(tl.int64) * stride_drf_n
+        if pending:  # entering node cur
+            pending = zero_i != 0
+            if MODE == 0:
+                amax = _row_argmax(row, V, BLOCK_V)
+            elif LOGITS:  # online softmax statistics, one pass
+                m_vec = tl.full([BLOCK_V], float("-inf"), tl.float32)
+                l_vec = tl.zeros([BLOCK_V], tl.float32)
+                for start in range(0, V, BLOCK_V):
+                    offs = start + offs0
+                    lg = tl.load(row + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
+                    m_new = tl.maximum(m_vec, lg)
+                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    l_vec = l_vec * tl.exp(m_vec - m_safe) + tl.exp(lg - m_safe)
+                    m_vec = m_new
+                m = tl.reduce(m_vec, 0, _MAX)
+                inv_l = 1.0 / tl.reduce(l_vec * tl.exp(m_vec - m), 0, _SUM)
+        j = tl.reduce(tl.where(valid & (par_vec == cur) & (ar > jlast), ar, BLOCK_N), 0, _MIN)  # next child
+        searching = j < BLOCK_N
+        if searching:
+            x = tl.reduce(tl.where(ar == j, tok_vec, 0), 0, _SUM)
+            x_ok = (x >= 0) & (x < V)
+            xs = tl.minimum(tl.maximum(x, 0), V - 1)
+            qx = zero_d
+            px_res = zero_d
+            if MODE == 0:
+                accept = x == amax
+            else:
+                u = tl.reduce(tl.where(ar == j, u_acc_vec, 0.0), 0, _SUM)
+                if LOGITS:
+                    px = (tl.exp(tl.load(row + xs).to(tl.float32) * inv_temp - m) * inv_l).to(tl.float64)
+                else:
+                    px = tl.load(row + xs).to(tl.float64)
+                if MODE == 2:
+                    qx = tl.load(qrow + xs).to(tl.float64)
+                    px_res = tl.maximum(px - a_sub * qx, 0.0)
+                    # accept w.p. min(1, p_k(x) / q_k(x)) with p_k = P / Z, q_k = q / S
+                    accept = (u * qx * z_res < px_res * s_q) & x_ok
+                else:
+                    dup = tl.reduce((rej == x).to(tl.int32), 0, _SUM) > 0
+                    px_res = tl.where(dup, 0.0, px)
+                    accept = (u * z_res < px_res) & x_ok  # accept w.p. p_k(x) = P(x) / Z
+            if accept:
+                cur = j
+                n_acc += 1
+                path_vec = tl.where(ar == n_acc, j, path_vec)
+                out_vec = tl.where(ar == n_acc - 1, x, out_vec)
+                pending = zero_i == 0
+                a_sub = zero_d
+                s_q = zero_d + 1.0
+                z_res = zero_d + 1.0
+                nrej = zero_i
+                rej = tl.full([BLOCK_N], -1, tl.int32)
+            else:
+                if MODE == 2:
+                    # p <- norm(max(0, p - q)): A += Z / S and Z from one vocabulary pass; then q loses x
+                    a_sub = a_sub + z_res / s_q
+                    z32, _t, _l = _residual_pass(row, qrow, V, m, inv_l, inv_temp, a_sub.to(tl.float32),
+                                                 zero_i == 0, rej, nrej, float("inf"),
+                                                 MODE, LOGITS, BLOCK_V, BLOCK_N)
+                    z_res = z32.to(tl.float64)
+                    s_q = tl.maximum(s_q - qx, 1e-30)
+                elif MODE == 1:
+                    z_res = z_res - px_res  # p <- p without x
+                    rej = tl.where(ar == nrej, x, rej)
+                nrej += 1
+            jlast = j
+
+    # ---- correction / bonus token at the last accepted node
+    row = tgt_b + cur.to(tl.int64) * stride_tgt_n
+    qrow = drf_b + cur.to(tl.int64) * stride_drf_n
+    if MODE == 0:
+        nxt = amax
+    else:
+        u = tl.reduce(tl.where(ar == cur, u_smp_vec, 0.0), 0, _SUM)
+        use_q = nrej > 0
+        a32 = a_sub.to(tl.float32)
+        # Z of the residual: known after a sampled rejection (the last pass computed it) and for an
+        # untouched softmax row (1); otherwise one sum pass (input probabilities are normalised only
+        # to a tolerance, and a masked deterministic residual is re-summed so that the scan agrees)
+        z_smp = z_res.to(tl.float32)
+        if MODE == 2:
+            if LOGITS:
+                need_sum = zero_i != 0
+            else:
+                need_sum = nrej == 0
+        else:
+            if LOGITS:
+                need_sum = nrej > 0
+            else:
+                need_sum = zero_i == 0
+        if need_sum:
+            z_smp, _t, _l = _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej,
+                                           float("inf"), MODE, LOGITS, BLOCK_V, BLOCK_N)
+        _r, nxt, last = _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej,
+                                       u * z_smp, MODE, LOGITS, BLOCK_V, BLOCK_N)
+        nxt = tl.where(nxt < 0, last, nxt)  # rounding left u * Z beyond the total
+        if nxt < 0:  # all-zero residual (only through rounding): fall back to argmax p
+            nxt = _row_argmax(row, V, BLOCK_V)
+
+    out_vec = tl.where(ar == n_acc, nxt, out_vec)
+    tl.store(out_tok_ptr + b * N + ar, out_vec.to(tl.int64), mask=in_n)
+    if WRITE_PATH:
+        tl.store(path_ptr + b * N + ar, path_vec.to(tl.int64), mask=in_n)
+    tl.store(num_acc_ptr + b, n_acc.to(tl.int64))
+    tl.store(num_emit_ptr + b, (n_acc + 1).to(tl.int64))
+    tl.store(next_ptr + b, nxt.to(tl.int64))
+
+# ----------------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------------
+
+
+def _launch(tok, parents, lens, tgt, drf, *, is_chain, mode, logits, inv_temp, seed, write_path, block_v=None):
+    """One kernel launch for the whole batch (one program per sequence). Inputs already checked."""
+    B, N, V = tgt.shape
+    dev = tgt.device
+    out_tok = torch.empty(B, N, dtype=torch.int64, device=dev)
+    path = torch.empty(B, N, dtype=torch.int64, device=dev) if write_path else out_tok
+    num_acc = torch.empty(B, dtype=torch.int64, device=dev)
+    num_emit = torch.empty(B, dtype=torch.int64, device=dev)
+    nxt = torch.empty(B, dtype=torch.int64, device=dev)
+    if B == 0:
+        return out_tok, path, num_acc, num_emit, nxt
+    tok = tok if tok.numel() == 0 or tok.stride(-1) == 1 else tok.contiguous()
+    tgt = tgt if tgt.stride(-1) == 1 else tgt.contiguous()
+    if drf is not None and drf.stride(-1) != 1:
+        drf = drf.contiguous()
+    if parents is not None and parents.stride(-1) != 1:
+        parents = parents.contiguous()
+    per_row = isinstance(seed, torch.Tensor)
+    seed_lo = seed_hi = 0
+    if not per_row:
+        seed_lo, seed_hi = seed & 0xFFFFFFFF, seed >> 32
+        seed_lo = seed_lo - (1 << 32) if seed_lo >= (1 << 31) else seed_lo  # as int32 bits
+        seed_hi = seed_hi - (1 << 32) if seed_hi >= (1 << 31) else seed_hi
+    block_v = block_v or min(triton.next_power_of_2(V), MAX_BLOCK_V)
+    block_n = max(triton.next_power_of_2(N), 2)
+    dummy = num_acc
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        _verify_kernel[(B,)](
+            tok,
+            parents if parents is not None else dummy,
+            lens if lens is not None else dummy,
+            tgt,
+            drf if drf is not None else tgt,
+            seed if per_row else dummy,
+            path, out_tok, num_acc, num_emit, nxt,
+            seed_lo, seed_hi, N, V, float(inv_temp),
+            tok.stride(0) if tok.dim() == 2 else 0,
+            parents.stride(0) if parents is not None and parents.dim() == 2 else 0,
+            tgt.stride(0), tgt.stride(1),
+            drf.stride(0) if drf is not None else 0, drf.stride(1) if drf is not None else 0,
+            IS_CHAIN=is_chain, HAS_LENS=lens is not None, MODE=mode, LOGITS=logits,
+            SEED_PER_ROW=per_row, WRITE_PATH=write_path, BLOCK_V=block_v, BLOCK_N=block_n,
+            num_warps=8 if block_v >= 2048 else 4,
+        )
+    return out_tok, path, num_acc, num_emit, nxt
+
+
+# ----------------------------------------------------------------------------------------------------
+# PyTorch reference (defines the semantics; the CPU path). Vectorised over the batch, a loop over nodes.
+# ----------------------------------------------------------------------------------------------------
+
+
+def _mulhilo32(a: int, b: torch.Tensor):
+    """(high, low) 32-bit words of a * b for a < 2**32 and int64 b in [0, 2**32), without overflow."""
+    b_lo, b_hi = b & 0xFFFF, b >> 16
+    t_lo = a * b_lo  # < 2**48
+    t = a * b_hi + (t_lo >> 16)  # < 2**49
+    return t >> 16, ((t & 0xFFFF) << 16) | (t_lo & 0xFFFF)
+
+
+def philox_2x32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1, c2=0):
+    """Philox4x32-10, first two output words, as int64 in [0, 2**32): the kernel's random numbers,
+    bit for bit. Key (k0, k1) and counter (c0, c1, c2, 0) are uint32 values in int64 tensors (or ints)."""
+    M = 0xFFFFFFFF
+    c0 = c0.to(torch.int64)
+    c1 = torch.as_tensor(c1, dtype=torch.int64, device=c0.device).expand_as(c0)
+    c2 = torch.as_tensor(c2, dtype=torch.int64, device=c0.device).expand_as(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = k0.to(torch.int64), k1.to(torch.int64)
+    for _ in range(_PHILOX_ROUNDS):
+        hi_b, lo_b = _mulhilo32(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo32(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _PHILOX_KEY_A) & M
+        k1 = (k1 + _PHILOX_KEY_B) & M
+    return c0, c1
+
+
+def _row_chunks(n: int, V: int):
+    step = max(1, (1 << 23) // max(V, 1))  # bounded temporaries: about 8M elements per chunk
+    for s in range(0, n, step):
+        yield slice(s, min(n, s + step))
+
+
+def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, k1, c0):
+    """Walk every sequence's tree; returns (out_tokens, path, num_accepted, next_token).
+
+    tok [B, N] node tokens (column 0 unused); par [B, N] parents; valid [B, N] which nodes exist;
+    tgt [B, N, V] target probs/logits; drf [B, >=nodes with children, V] or None; k0, k1, c0 [B] the
+    Philox key and counter word of each sequence. Mirrors the kernel step for step.
+    """
+    B, N, V = tgt.shape
+    dev = tgt.device
+    i64, f64 = torch.int64, torch.float64
+    it = torch.tensor(inv_temp, dtype=torch.float32, device=dev)
+    cur = torch.zeros(B, dtype=i64, device=dev)
+    n_acc = torch.zeros(B, dtype=i64, device=dev)
+    path = torch.full((B, N), PAD_TOKEN, dtype=i64, device=dev)
+    path[:, 0] = 0
+    out = torch.full((B, N), PAD_TOKEN, dtype=i64, device=dev)
+    a_sub = torch.zeros(B, dtype=f64, device=dev)
+    s_q = torch.ones(B, dtype=f64, device=dev)
+    z_res = torch.ones(B, dtype=f64, device=dev)
+    nrej = torch.zeros(B, dtype=i64, device=dev)
+    rej = torch.full((B, N), -1, dtype=i64, device=dev)
+    amax = torch.zeros(B, dtype=i64, device=dev)
+    m = torch.zeros(B, dtype=torch.float32, device=dev)
+    inv_l = torch.ones(B, dtype=torch.float32, device=dev)
+
+    def enter(rows, node):  # per-node statistics for the rows that just moved to `node`
+        for c in _row_chunks(rows.numel(), V):
+            r = rows[c]
+            x = tgt[r, node].float()
+            if mode == MODE_GREEDY:
+                amax[r] = x.argmax(-1)
+            elif logits:
+                xs = x * it
+                mx = xs.amax(-1)
+                m[r] = mx
+                inv_l[r] = 1.0 / torch.exp(xs - mx[:, None]).sum(-1)
+
+    def target_rows(r, nodes):  # p at each row's node, fp32 [R, V]
+        x = tgt[r, nodes].float()
+        if logits:
+            x = torch.exp(x * it - m[r, None]) * inv_l[r, None]
+        return x
+
+    def residual_rows(r, nodes, use_q):
+        p = target_rows(r, nodes)
+        if mode == MODE_SAMPLED and drf.shape[1] > 0:
+            q = drf[r, nodes.clamp(max=drf.shape[1] - 1)].float()
+            sub = torch.clamp(p - a_sub[r].float()[:, None] * q, min=0.0)
+            p = torch.where(use_q[:, None], sub, p)
+        elif mode == MODE_DETERMINISTIC:
+            rr, cc = (rej[r] >= 0).nonzero(as_tuple=True)
+            p[rr, rej[r][rr, cc]] = 0.0
+        return p
+
+    def residual_sum(rows, nodes, use_q):
+        out_z = torch.empty(rows.numel(), dtype=torch.float32, device=dev)
+        for c in _row_chunks(rows.numel(), V):
+            out_z[c] = residual_rows(rows[c], nodes[c], use_q[c]).sum(-1)
+        return out_z
+
+    all_rows = torch.arange(B, device=dev)
+    enter(all_rows, 0)
+    for j in range(1, N):
+        rows = (valid[:, j] & (par[:, j] == cur)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        x = tok[rows, j].to(i64)
+        x_ok = (x >= 0) & (x < V)
+        xs = x.clamp(0, V - 1)
+        node = cur[rows]
+        if mode == MODE_GREEDY:
+            acc = x == amax[rows]
+        else:
+            r32, _ = philox_2x32(k0[rows], k1[rows], c0[rows], j)
+            u = ((r32 >> 8).to(f64) + 0.5) * _U24  # (0, 1)
+            if logits:
+                px = (torch.exp(tgt[rows, node, xs].float() * it - m[rows]) * inv_l[rows]).to(f64)
+            else:
+                px = tgt[rows, node, xs].to(f64)
+            if mode == MODE_SAMPLED:
+                qx = drf[rows, node, xs].to(f64)
+                px_res = torch.clamp(px - a_sub[rows] * qx, min=0.0)
+                acc = (u * qx * z_res[rows] < px_res * s_q[rows]) & x_ok
+            else:
+                dup = (rej[rows] == x[:, None]).any(1)
+                px_res = torch.where(dup, torch.zeros_like(px), px)
+                acc = (u * z_res[rows] < px_res) & x_ok
+        ra, rr = rows[acc], rows[~acc]
+        if ra.numel():
+            n_acc[ra] += 1
+            cur[ra] = j
+            path[ra, n_acc[ra]] = j
+            out[ra, n_acc[ra] - 1] = x[acc]
+            a_sub[ra], s_q[ra], z_res[ra], nrej[ra], rej[ra] = 0.0, 1.0, 1.0, 0, -1
+            enter(ra, j)
+        if rr.numel():
+            if mode == MODE_SAMPLED:  # p <- norm(max(0, p - q)), then q loses x
+                a_sub[rr] += z_res[rr] / s_q[rr]
+                z_res[rr] = residual_sum(rr, cur[rr], torch.ones_like(rr, dtype=torch.bool)).to(f64)
+                s_q[rr] = torch.clamp(s_q[rr] - qx[~acc], min=1e-30)
+            elif mode == MODE_DETERMINISTIC:  # p <- p without x
+                z_res[rr] -= px_res[~acc]
+                rej[rr, nrej[rr]] = x[~acc]
+            nrej[rr] += 1
+
+    if mode == MODE_GREEDY:
+        nxt = amax.clone()
+    else:
+        _, r32 = philox_2x32(k0, k1, c0, cur)
+        u = (r32 >> 8).to(torch.float32) * _U24  # [0, 1)
+        use_q = nrej > 0
+        if mode == MODE_SAMPLED:
+            need_sum = torch.zeros_like(use_q) if logits else nrej == 0
+        else:
+            need_sum = nrej > 0 if logits else torch.ones_like(use_q)
+        nxt = torch.empty(B, dtype=i64, device=dev)
+        ar_v = torch.arange(V, device=dev)
+        for c in _row_chunks(B, V):
+            r = all_rows[c]
+            res = residual_rows(r, cur[c], use_q[c])
+            z = torch.where(need_sum[c], res.sum(-1).to(f64), z_res[c]).to(torch.float32)
+            target = u[c] * z
+            pos = res > 0
+            hit = (res.cumsum(-1) > target[:, None]) & pos
+            first = torch.where(hit.any(1), hit.to(torch.uint8).argmax(1), -1)
+            last = torch.where(pos.any(1), torch.where(pos, ar_v, -1).amax(1), -1)
+            tok_c = torch.where(first >= 0, first, last)
+            if bool((tok_c < 0).any()):  # all-zero residual (rounding only): argmax p
+                tok_c = torch.where(tok_c >= 0, tok_c, tgt[r, cur[c]].float().argmax(-1))
+            nxt[c] = tok_c
+    out[all_rows, n_acc] = nxt
+    return out, path, n_acc, nxt
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_tensor(t, name, what, dims, floating, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{what}: {name} must be float16/bfloat16/float32/float64, got {t.dtype}")
+    if not floating and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+        raise TypeError(f"{what}: {name} must be an integer tensor, got {t.dtype}")
+    if t.dim() not in dims:
+        want = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"{what}: {name} must be {want}, got shape {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{what}: {name} is on {t.device}, expected {device} (the target's device)")
+
+
+def _parse_seed(seed, B, device, what):
+    """int seed -> int in [0, 2**63); tensor -> int64 [B] per-sequence seeds; None -> a fresh int
+    drawn from torch's default generator (so torch.manual_seed makes it reproducible)."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    if isinstance(seed, torch.Tensor):
+        _check_tensor(seed, "seed", what, (1,), floating=False, device=device)
+        if seed.shape[0] != B:
+            raise ValueError(f"{what}: a seed tensor must have shape [B] = [{B}], got {tuple(seed.shape)}")
+        return seed.to(torch.int64)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{what}: seed must be None, an int or an int64 tensor [B], got {type(seed).__name__}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"{what}: seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+def _run_value_checks(checks):
+    """checks: list of (bad: bool tensor, message with {idx}). One host sync for all of them."""
+    checks = [(bad, msg) for bad, msg in checks if bad is not None and bad.numel() > 0]
+    if not checks:
+        return
+    flags = torch.stack([bad.any() for bad, _ in checks]).tolist()
+    for flag, (bad, msg) in zip(flags, checks):
+        if flag:
+            idx = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(msg.format(idx=idx))
+
+
+def _dist_checks(x, rows_used, name, what, logits):
+    """Bad-row masks for a [B, n, V] probability (or logit) tensor, restricted to rows_used [B, n]."""
+    if logits:  # NaN or +inf anywhere in a row, or no finite entry: the row's max is not finite
+        bad = ~torch.isfinite(x.amax(-1))
+        return [(bad & rows_used, f"{what}: {name} has a row (batch, node) = {{idx}} with NaN or +inf, "
+                                  "or no finite logit")]
+    tol = _PROB_SUM_TOL[x.dtype]
+    neg = ~(x.amin(-1) >= 0)  # NaN propagates
+    off = ~((x.sum(-1, dtype=torch.float32) - 1.0).abs() <= tol)
+    return [
+        (neg & rows_used, f"{what}: {name} has a negative or NaN entry in row (batch, node) = {{idx}}"),
+        (off & rows_used, f"{what}: {name} row (batch, node) = {{idx}} does not sum to 1 (tolerance {tol}); "
+                          "pass probabilities, or logits as target_logits"),
+    ]
+
+
+def _target_args(target_probs, target_logits, temperature, what):
+    if (target_probs is None) == (target_logits is None):
+        raise ValueError(f"{what}: pass exactly one of target_probs and target_logits")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"{what}: temperature must be a float, got {type(temperature).__name__}")
+    if not (temperature >= 0.0 and temperature < float("inf")):
+        raise ValueError(f"{what}: temperature must be finite and >= 0, got {temperature}")
+    if target_probs is not None:
+        if temperature != 1.0:
+            raise ValueError(f"{what}: temperature applies to target_logits; target_probs are used as given")
+        return target_probs, "target_probs", False
+    return target_logits, "target_logits", True
+
+
+def _mode(greedy, logits, temperature, draft_probs):
+    if greedy or (logits and temperature == 0.0):
+        return MODE_GREEDY
+    return MODE_DETERMINISTIC if draft_probs is None else MODE_SAMPLED
+
+
+def _reference_keys(seed, B, device):
+    if isinstance(seed, torch.Tensor):
+        return seed & 0xFFFFFFFF, seed >> 32, torch.zeros(B, dtype=torch.int64, device=device)
+    k0 = torch.full((B,), seed & 0xFFFFFFFF, dtype=torch.int64, device=device)
+    k1 = torch.full((B,), seed >> 32, dtype=torch.int64, device=device)
+    return k0, k1, torch.arange(B, dtype=torch.int64, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------
+
+
+def chain_verify(
+    draft_tokens: torch.Tensor,
+    target_probs: torch.Tensor | None = None,
+    draft_probs: torch.Tensor | None = None,
+    *,
+    draft_lens: torch.Tensor | None = None,
+    greedy: bool = False,
+    seed: int | torch.Tensor | None = None,
+    target_logits: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    validate: bool = True,
+    backend: str | None = None,
+) -> ChainVerifyResult:
+    """Verify a chain of K draft tokens per sequence against the target, losslessly, in one launch.
+
+    Accept draft k with probability ``min(1, p_k(x)/q_k(x))`` (``p_k(x)`` when ``draft_probs`` is
+    None, the argmax rule when greedy); at the first rejection emit a token from
+    ``norm(max(0, p_k - q_k))`` (``p_k`` without x when ``draft_probs`` is None); if all are accepted
+    emit a bonus token from ``p_K``. Leviathan et al. 2023, "Fast Inference from Transformers via
+    Speculative Decoding"; Chen et al. 2023, "Accelerating LLM Decoding with Speculative Sampling".
+
+    Parameters
+    ----------
+    draft_tokens : Tensor
+        Integer draft tokens. Shape: ``[B, K]``.
+    target_probs : Tensor, optional
+        Target distribution after the prefix and after each draft. Shape: ``[B, K+1, V]``.
+    draft_probs : Tensor, optional
+        Distribution each draft token was sampled from, or None for a deterministic draft. Shape:
+        ``[B, K, V]``.
+    draft_lens : Tensor, optional
+        Integer, valid drafts per sequence (ragged chains); later drafts and target rows are ignored.
+        Shape: ``[B]``.
+    greedy : bool
+        Argmax verification (no randomness).
+    seed : int, Tensor or None
+        Philox seed: an int (sequence b uses counter b) or an int64 ``[B]`` tensor of per-sequence
+        seeds (a sequence's result then depends only on its own seed and inputs). None draws one from
+        torch's default generator. A decoding loop must change it every step.
+    target_logits : Tensor, optional
+        Instead of ``target_probs``: logits ``[B, K+1, V]``; the softmax of ``logits / temperature``
+        is fused into the kernel. ``temperature=0`` means greedy.
+    temperature : float
+        Only with ``target_logits``.
+    validate : bool
+        Check values (token range, distributions, draft_lens, seeds); costs host syncs. Shapes, dtypes
+        and devices are always checked.
+    backend : {None, "triton", "reference"}
+
+    Returns
+    -------
+    ChainVerifyResult
+        ``tokens [B, K+1]`` (accepted drafts then the correction/bonus token, padded with -1),
+        ``num_emitted [B]`` (= accepted + 1), ``num_accepted [B]``, ``next_token [B]``; int64.
+
+    Examples
+    --------
+    >>> import torch, specdec_kernels as sk
+    >>> p = torch.softmax(torch.randn(2, 4, 11), -1); q = torch.softmax(torch.randn(2, 3, 11), -1)
+    >>> x = torch.multinomial(q.flatten(0, 1), 1).view(2, 3)
+    >>> res = sk.chain_verify(x, p, q, seed=0)
+    >>> bool((res.tokens >= 0).sum(1).eq(res.num_emitted).all())
+    True
+    """
+    what = "chain_verify"
+    target, tname, logits = _target_args(target_probs, target_logits, temperature, what)
+    _check_tensor(target, tname, what, (3,), floating=True)
+    dev = target.device
+    _check_tensor(draft_tokens, "draft_tokens", what, (2,), floating=False, device=dev)
+    B, N, V = target.shape
+    K = draft_tokens.shape[1]
+    if draft_tokens.shape[0] != B or N != K + 1:
+        raise ValueError(f"{what}: draft_tokens [B, K] = {tuple(draft_tokens.shape)} needs {tname} "
+                         f"[B, K+1, V] = [{draft_tokens.shape[0]}, {K + 1}, V], got {tuple(target.shape)}")
+    if V < 1 or N > MAX_NODES:
+        raise ValueError(f"{what}: need V >= 1 and K + 1 <= {MAX_NODES}, got {tname} {tuple(target.shape)}")
+    mode = _mode(greedy, logits, temperature, draft_probs)
+    if draft_probs is not None:
+        _check_tensor(draft_probs, "draft_probs", what, (3,), floating=True, device=dev)
+        if tuple(draft_probs.shape) != (B, K, V):
+            raise ValueError(f"{what}: draft_probs must have shape [B, K, V] = {(B, K, V)}, "
+                             f"got {tuple(draft_probs.shape)}")
+    if draft_lens is not None:
+        _check_tensor(draft_lens, "draft_lens", what, (1,), floating=False, device=dev)
+        if draft_lens.shape[0] != B:
+            raise ValueError(f"{what}: draft_lens must have shape [B] = [{B}], got {tuple(draft_lens.shape)}")
+    seed = _parse_seed(seed, B, dev, what) if mode != MODE_GREEDY else 0
+    impl = resolve_backend(backend, dev, what)
+
+    ar = torch.arange(N, device=dev)
+    if validate:
+        lens = draft_lens.to(torch.int64) if draft_lens is not None else torch.full((B,), K, device=dev)
+        node_ok = ar[None, :] <= lens[:, None]  # [B, K+1] target rows in use
+        checks = [
+            ((lens < 0) | (lens > K), f"{what}: draft_lens must be in [0, K={K}]; bad at batch {{idx}}"),
+            (((draft_tokens < 0) | (draft_tokens >= V)) & node_ok[:, 1:],
+             f"{what}: draft_tokens out of range [0, V={V}) at (batch, k) = {{idx}}"),
+        ]
+        if isinstance(seed, torch.Tensor):
+            checks.append((seed < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
+        if mode != MODE_GREEDY:
+            checks += _dist_checks(target, node_ok, tname, what, logits)
+            if mode == MODE_SAMPLED:
+                checks += _dist_checks(draft_probs, node_ok[:, 1:], "draft_probs", what, False)
+        _run_value_checks(checks)
+
+    inv_temp = 1.0 / temperature if logits and temperature > 0 else 1.0
+    drf = draft_probs if mode == MODE_SAMPLED else None
+    if impl == "triton":
+        out, _, n_acc, n_emit, nxt = _launch(
+            draft_tokens, None, draft_lens, target, drf, is_chain=True, mode=mode, logits=logits,
+            inv_temp=inv_temp, seed=seed, write_path=False)
+        return ChainVerifyResult(out, n_emit, n_acc, nxt)
+    tok = torch.cat([torch.zeros(B, 1, dtype=torch.int64, device=dev), draft_tokens.to(torch.int64)], 1)
+    par = (ar - 1).expand(B, N)
+    valid = ar[None, :] >= 1
+    if draft_lens is not None:
+        valid = valid & (ar[None, :] <= draft_lens.to(torch.int64)[:, None])
+    valid = valid.expand(B, N)
+    k0, k1, c0 = _reference_keys(seed, B, dev)
+    out, _, n_acc, nxt = _verify_reference(tok, par, valid, target, drf, mode=mode, logits=logits,
+                                           inv_temp=inv_temp, k0=k0, k1=k1, c0=c0)
+    return ChainVerifyResult(out, n_acc + 1, n_acc, nxt)
+
+
+def tree_verify(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    target_probs: torch.Tensor | None = None,
+    draft_probs: torch.Tensor | None = None,
+    *,
+    greedy: bool = False,
+    seed: int | torch.Tensor | None = None,
+    target_logits: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    validate: bool = True,
+    backend: str | None = None,
+) -> TreeVerifyResult:
+    """Verify a token tree per sequence against the target, losslessly, in one launch.
+
+    Walk from the root; at node u try its children in node order. Greedy: accept the first child whose
+    token is ``argmax p_u``. Sampled children (drawn from ``q_u`` without replacement, in node order):
+    accept x with probability ``min(1, p(x)/q(x))``, else ``p <- norm(max(0, p - q))`` and ``q <- q``
+    without x, renormalised. Deterministic children (``draft_probs=None``): accept x with probability
+    ``p(x)``, else ``p <- p`` without x, renormalised. When every child of the last accepted node is
+    rejected, or it has none, one token is drawn from the final p (SpecInfer, Miao et al. 2024;
+    without replacement: Jeon et al. 2024, "Recursive Speculative Decoding").
+
+    Parameters
+    ----------
+    tokens : Tensor
+        Integer node tokens, node 0 = the root (its token is not used). Shape: ``[B, N]``.
+    parents : Tensor
+        Integer parents in topological order, ``parents[0] = -1``. Shape: ``[N]`` or ``[B, N]``.
+    target_probs : Tensor, optional
+        Target distribution after node i. Shape: ``[B, N, V]``.
+    draft_probs : Tensor, optional
+        Distribution node i's children were drawn from (rows of leaves are not read), or None for
+        deterministic (top-k) children. Shape: ``[B, N, V]``.
+    greedy, seed, target_logits, temperature, validate, backend
+        As in :func:`chain_verify` (``target_logits`` shape ``[B, N, V]``).
+
+    Returns
+    -------
+    TreeVerifyResult
+        ``path [B, N]`` accepted node indices starting with the root 0, padded with -1;
+        ``num_accepted [B]`` accepted draft nodes; ``next_token [B]`` the correction/bonus token;
+        ``tokens [B, N]`` the accepted nodes' tokens then next_token, padded with -1;
+        ``num_emitted [B]`` = num_accepted + 1; int64.
+
+    Examples
+    --------
+    >>> import torch, specdec_kernels as sk
+    >>> parents = torch.tensor([-1, 0, 0, 1])           # root, two children, a grandchild
+    >>> p = torch.softmax(torch.randn(1, 4, 11), -1)
+    >>> tok = torch.tensor([[5, 3, 7, 2]])
+    >>> res = sk.tree_verify(tok, parents, p, seed=0)   # deterministic children
+    >>> int(res.path[0, 0]), int(res.num_emitted[0]) == int(res.num_accepted[0]) + 1
+    (0, True)
+    """
+    what = "tree_verify"
+    target, tname, logits = _target_args(target_probs, target_logits, temperature, what)
+    _check_tensor(target, tname, what, (3,), floating=True)
+    dev = target.device
+    _check_tensor(tokens, "tokens", what, (2,), floating=False, device=dev)
+    _check_tensor(parents, "parents", what, (1, 2), floating=False, device=dev)
+    B, N, V = target.shape
+    if tuple(tokens.shape) != (B, N):
+        raise ValueError(f"{what}: tokens must have shape [B, N] = {(B, N)} (from {tname} [B, N, V]), "
+                         f"got {tuple(tokens.shape)}")
+    if parents.shape[-1] != N or (parents.dim() == 2 and parents.shape[0] != B):
+        raise ValueError(f"{what}: parents must have shape [N] or [B, N] with N = {N}, B = {B}, "
+                         f"got {tuple(parents.shape)}")
+    if V < 1 or N < 1 or N > MAX_NODES:
+        raise ValueError(f"{what}: need V >= 1 and 1 <= N <= {MAX_NODES}, got {tname} {tuple(target.shape)}")
+    mode = _mode(greedy, logits, temperature, draft_probs)
+    if draft_probs is not None:
+        _check_tensor(draft_probs, "draft_probs", what, (3,), floating=True, device=dev)
+        if tuple(draft_probs.shape) != (B, N, V):
+            raise ValueError(f"{what}: draft_probs must have shape [B, N, V] = {(B, N, V)}, "
+                             f"got {tuple(draft_probs.shape)}")
+    seed = _parse_seed(seed, B, dev, what) if mode != MODE_GREEDY else 0
+    impl = resolve_backend(backend, dev, what)
+
+    if validate:
+        validate_parents(parents, "parents", n=N)
+        nodes_ok = torch.ones(B, N, dtype=torch.bool, device=dev)
+        checks = [(((tokens < 0) | (tokens >= V)) & (torch.arange(N, device=dev) >= 1),
+                   f"{what}: tokens out of range [0, V={V}) at (batch, node) = {{idx}}")]
+        if isinstance(seed, torch.Tensor):
+            checks.append((seed < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
+        if mode != MODE_GREEDY:
+            checks += _dist_checks(target, nodes_ok, tname, what, logits)
+            if mode == MODE_SAMPLED:
+                par = parents.to(torch.int64).expand(B, N)
+                has_child = torch.zeros(B, N + 1, dtype=torch.bool, device=dev)
+                has_child.scatter_(1, (par + (par < 0) * (N + 1)), True)  # the root's -1 -> column N
+                checks += _dist_checks(draft_probs, has_child[:, :N], "draft_probs", what, False)
+        _run_value_checks(checks)
+
+    inv_temp = 1.0 / temperature if logits and temperature > 0 else 1.0
+    drf = draft_probs if mode == MODE_SAMPLED else None
+    if impl == "triton":
+        out, path, n_acc, n_emit, nxt = _launch(
+            tokens, parents, None, target, drf, is_chain=False, mode=mode, logits=logits,
+            inv_temp=inv_temp, seed=seed, write_path=True)
+        return TreeVerifyResult(path, n_acc, nxt, out, n_emit)
+    par = parents.to(torch.int64).expand(B, N)
+    valid = (torch.arange(N, device=dev) >= 1).expand(B, N)
+    k0, k1, c0 = _reference_keys(seed, B, dev)
+    out, path, n_acc, nxt = _verify_reference(tokens.to(torch.int64), par, valid, target, drf, mode=mode,
+                                              logits=logits, inv_temp=inv_temp, k0=k0, k1=k1, c0=c0)
+    return TreeVerifyResult(path, n_acc, nxt, out, n_acc + 1)
