@@ -24,16 +24,19 @@ residual is ``P_k = max(0, p_u - A_k q_u)`` for a single scalar ``A_k`` (``max(0
 = max(0, a - s - t)`` for ``t >= 0``, and a rejected token's residual is already 0, so removing it from
 q changes nothing there). The state per node is therefore three scalars: ``A`` (how much q has been
 subtracted), ``Z = sum P`` (the residual's normaliser, one pass over the vocabulary per rejection)
-and ``S`` (q's mass left after removing the rejected children). The accept test for the next child
-x is ``u * q_u(x) * Z < P(x) * S`` with ``u`` uniform in (0, 1): strict, so a zero-probability token
-is never accepted. With deterministic children the residual is ``p_u`` with the rejected tokens
-masked out and ``Z`` is updated by a subtraction, no vocabulary pass at all.
+and ``S`` (q's mass left after removing the rejected children); a rejection of x does
+``A += Z / S``, ``Z = sum max(0, p_u - A q_u)``, ``S -= q_u(x)``. The accept test for the next child
+x is ``u * q_u(x) * Z < P(x) * S`` with ``u`` uniform in (0, 1) on a 2**-24 grid: strict, so a
+zero-probability token is never accepted and a ratio >= 1 always is. The scalars are fp64, the
+vocabulary passes fp32. With deterministic children the residual is ``p_u`` with the rejected tokens
+masked out and ``Z`` is updated by a subtraction, no pass per rejection.
 
 Sampling from an unnormalised residual is two passes over vocabulary tiles: the sum (skipped when a
 rejection pass already computed it), then an inverse-CDF scan that stops at the tile holding the
-token. Randomness is counter-based (Philox4x32-10): key = seed, counter = (sequence index, node, 0);
-output word 0 is node j's accept test, word 1 the correction/bonus draw at node u. A fixed seed
-reproduces the result and a row's result does not depend on the other rows.
+token. Randomness is counter-based (Philox4x32-10): key = seed, counter = (sequence index, node, 0),
+or key = seed[b] and counter = (0, node, 0) with per-sequence seeds; output word 0 is node j's accept
+test, word 1 the correction/bonus draw at node u. A fixed seed reproduces the result and a row's
+result does not depend on the other rows. A decoding loop must pass a new seed every step.
 The PyTorch reference draws the same numbers (a bit-exact Philox in int64 arithmetic), so the two
 backends agree up to float rounding at decision boundaries.
 
@@ -393,6 +396,7 @@ def _verify_kernel(
     tl.store(num_emit_ptr + b, (n_acc + 1).to(tl.int64))
     tl.store(next_ptr + b, nxt.to(tl.int64))
 
+
 # ----------------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------------
@@ -415,6 +419,7 @@ def _launch(tok, parents, lens, tgt, drf, *, is_chain, mode, logits, inv_temp, s
         drf = drf.contiguous()
     if parents is not None and parents.stride(-1) != 1:
         parents = parents.contiguous()
+    lens = lens.contiguous() if lens is not None else None
     per_row = isinstance(seed, torch.Tensor)
     seed_lo = seed_hi = 0
     if not per_row:
@@ -646,7 +651,7 @@ def _parse_seed(seed, B, device, what):
         _check_tensor(seed, "seed", what, (1,), floating=False, device=device)
         if seed.shape[0] != B:
             raise ValueError(f"{what}: a seed tensor must have shape [B] = [{B}], got {tuple(seed.shape)}")
-        return seed.to(torch.int64)
+        return seed.to(torch.int64).contiguous()
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"{what}: seed must be None, an int or an int64 tensor [B], got {type(seed).__name__}")
     if not 0 <= seed < 2**63:

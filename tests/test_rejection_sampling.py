@@ -12,6 +12,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 import specdec_kernels as sk
@@ -253,6 +255,27 @@ def test_triton_matches_reference(kind, mode, logits, monkeypatch):
         check_chain_invariants(tri, data[0])
     else:
         check_tree_invariants(tri, data[0], TREE)
+
+
+@settings(derandomize=True, max_examples=20, deadline=None)
+@given(data=st.data())
+def test_random_trees(data):
+    """Random topological trees, sizes, modes and seeds: invariants hold and both backends agree."""
+    N = data.draw(st.integers(1, 12), label="N")
+    V = data.draw(st.integers(N, 40), label="V")
+    B = data.draw(st.integers(1, 5), label="B")
+    parents = torch.tensor([-1] + [data.draw(st.integers(0, i - 1)) for i in range(1, N)], dtype=torch.int64)
+    mode = data.draw(st.sampled_from(["greedy", "det", "sampled"]), label="mode")
+    logits = data.draw(st.booleans(), label="logits")
+    seed = data.draw(st.integers(0, 2**63 - 1), label="seed")
+    gen = torch.Generator().manual_seed(seed % 2**32)
+    tok, p, q = _random_tree(B, parents, V, gen, sharp=data.draw(st.sampled_from([0.5, 2.0, 6.0])))
+    kw = dict(target_logits=p.log() * 0.5, temperature=0.5) if logits else dict(target_probs=p)
+    res = [sk.tree_verify(tok, parents, draft_probs=q if mode == "sampled" else None, greedy=mode == "greedy",
+                          seed=seed, backend=be, **kw) for be in BACKENDS]
+    for r in res:
+        check_tree_invariants(r, tok, parents)
+    assert int(_same(*res).sum()) >= B - 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
