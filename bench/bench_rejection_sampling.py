@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -146,7 +147,7 @@ def main(argv=None):
     lines = [
         "# Rejection sampling (chain_verify / tree_verify)",
         "",
-        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Command: `python {shlex.join(sys.argv)}`  ",
         f"Machine: {device}, {machine}; torch {torch.__version__}, Python {platform.python_version()}  ",
         *([f"Note: {args.note}  "] if args.note else []),
         f"Copy bandwidth (same-device copy of 256 MiB, read + write): {copy_gbs:.1f} GB/s  ",

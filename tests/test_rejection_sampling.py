@@ -101,7 +101,6 @@ def check_tree_invariants(res, tokens, parents):
     assert torch.equal((out != rs.PAD_TOKEN).sum(1), n_emit)
     assert torch.equal((path != rs.PAD_TOKEN).sum(1), n_acc + 1)
     assert bool((path[:, 0] == 0).all())
-    pos = torch.arange(N)
     for b in range(B):
         k = int(n_acc[b])
         assert bool((path[b, k + 1 :] == rs.PAD_TOKEN).all()) and bool((out[b, k + 1 :] == rs.PAD_TOKEN).all())
@@ -109,7 +108,6 @@ def check_tree_invariants(res, tokens, parents):
             assert int(par[b, path[b, i]]) == int(path[b, i - 1])
             assert int(out[b, i - 1]) == int(tokens[b, path[b, i]])
         assert int(out[b, k]) == int(nxt[b])
-    del pos
 
 
 def _same(r1, r2):
