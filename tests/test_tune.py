@@ -30,3 +30,38 @@ def test_auto_strategy_keeps_greedy_exact():
     ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(3))
     out = specdec.generate(target, draft, ids, max_new_tokens=12, strategy="auto")
     assert torch.equal(out.sequences, plain_greedy(target, ids, torch.ones_like(ids), 12))
+
+
+def test_sequoia_tree_is_the_best_first_set_of_paths():
+    from itertools import product
+
+    from specdec import StaticTree
+
+    rates = [0.6, 0.2, 0.1]
+    tree = StaticTree.sequoia(rates, size=6, max_depth=4)
+    paths = tree._paths
+    assert len(paths) == 6 and all(len(p) <= 4 for p in paths)
+
+    def value(ps):
+        total = 0.0
+        for p in ps:
+            v = 1.0
+            for r in p:
+                v *= rates[r]
+            total += v
+        return total
+
+    # brute force over every ancestor-closed set of 6 paths from depth <= 4, ranks < 3
+    cand = [p for d in range(1, 5) for p in product(range(3), repeat=d)]
+    best = sorted(cand, key=lambda p: -value([p]))[:6]
+    assert abs(value(paths) - value(best)) < 1e-12
+    assert abs(tree.expected_accepted - value(paths)) < 1e-12
+    # every prefix of a kept path is kept: a valid static tree
+    assert all(p[:i] in set(paths) for p in paths for i in range(1, len(p)))
+
+
+def test_measure_rank_acceptance_of_identical_draft_is_rank0():
+    target = tiny_model("llama", 1, 32, seed=3)
+    ids = [torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(1))]
+    rates = tune.measure_rank_acceptance(target, target, ids, max_new_tokens=12, ranks=4)
+    assert rates[0] == 1.0 and sum(rates[1:]) == 0.0

@@ -205,6 +205,13 @@ DEFAULT_STATIC_PATHS = {
 }
 
 
+def _prod(rates, path) -> float:
+    out = 1.0
+    for r in path:
+        out *= rates[r]
+    return out
+
+
 def _close_paths(paths) -> list[tuple[int, ...]]:
     """All prefixes of the given rank paths, ordered by depth then ranks (parents before children)."""
     out = set()
@@ -240,6 +247,34 @@ class StaticTree(_TreeStrategy):
         self._paths = _close_paths(raw)
         self.max_nodes = len(self._paths) + 1
         self.max_fed = self.max_nodes + 1  # draft tokens per forward at most: prev + root + nodes
+
+    @classmethod
+    def sequoia(cls, rank_accept, size: int, max_depth: int | None = None) -> "StaticTree":
+        """The best static tree of ``size`` draft nodes for measured acceptance rates (Sequoia-style).
+
+        ``rank_accept[r]`` is the probability that the target's token is the draft's rank-r token (see
+        :func:`specdec.tune.measure_rank_acceptance`). Under Sequoia's positional model a node at rank
+        path (r1, .., rd) is accepted with probability prod(rank_accept[ri]), and the expected accepted
+        length is the sum of that over the nodes. The dynamic program over (size, depth) then reduces to
+        best-first search: with rates sorted, the ``size`` most probable paths are ancestor- and
+        sibling-closed, so taking them greedily from a heap is optimal.
+        """
+        rates = [float(a) for a in rank_accept]
+        if size < 1 or not rates or any(not 0 <= a <= 1 for a in rates):
+            raise ValueError("StaticTree.sequoia: need size >= 1 and acceptance rates in [0, 1]")
+        heap = [(-rates[0], (0,))]
+        paths = []
+        while heap and len(paths) < size:
+            neg, path = heapq.heappop(heap)
+            paths.append(path)
+            if len(path) < (max_depth or size) and rates[0] > 0:  # first child of this node
+                heapq.heappush(heap, (neg * rates[0], path + (0,)))
+            r = path[-1] + 1
+            if r < len(rates):  # next sibling
+                heapq.heappush(heap, (neg / max(rates[r - 1], 1e-12) * rates[r], path[:-1] + (r,)))
+        tree = cls(paths)
+        tree.expected_accepted = sum(_prod(rates, p) for p in paths)
+        return tree
 
     def draft_tree(self, drf, rows, temperature: float, gen) -> DraftTree:
         g = _Growth(drf, rows, temperature)

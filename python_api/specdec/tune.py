@@ -50,6 +50,26 @@ def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int 
     return out
 
 
+@torch.inference_mode()
+def measure_rank_acceptance(target, draft, sample_ids: list[torch.Tensor], max_new_tokens: int = 64,
+                            ranks: int = 8) -> list[float]:
+    """P(the target's greedy token is the draft's rank-r token), r < ranks, along target continuations.
+
+    The per-rank acceptance rates Sequoia's tree builder takes (:meth:`StaticTree.sequoia`).
+    """
+    counts = torch.zeros(ranks)
+    total = 0
+    for ids in sample_ids:
+        seq = target.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                              pad_token_id=0)
+        logits = draft(seq).logits[0, ids.shape[1] - 1 : -1]  # draft's prediction of each new token
+        truth = seq[0, ids.shape[1]:]
+        rank = (logits > logits.gather(1, truth[:, None])).sum(1)
+        counts += torch.bincount(rank.clamp(max=ranks), minlength=ranks + 1)[:ranks].float()
+        total += truth.numel()
+    return (counts / max(total, 1)).tolist()
+
+
 def _interp(table: dict[int, float], n: int) -> float:
     """Latency at n tokens, linear between measured points (and beyond the last one)."""
     keys = sorted(table)
