@@ -183,3 +183,35 @@ def test_sampling_is_lossless_over_three_tokens(name):
     stat, p = chisquare(obs.numpy(), exp.numpy() * (obs.sum() / exp.sum()).item())
     assert p > 1e-4, f"chi-square p = {p:.2e} (stat {stat:.1f}, {int(big.sum())} cells)"
     assert math.isclose(float(counts.sum()), n)
+
+
+@pytest.mark.parametrize("branches", [1, 3])
+def test_prompt_lookup_greedy_exact_with_no_draft_model(pair, branches):
+    target, _ = pair
+    from specdec import PromptLookup
+
+    # A prompt that repeats itself: the continuation of a repeated span is a likely match.
+    g = torch.Generator().manual_seed(9)
+    span = torch.randint(0, 97, (12,), generator=g)
+    ids = torch.cat([span, span[:6]])[None]
+    ids2, mask = ragged_batch(97, [5, 18], seed=10)
+    ids2[1, :] = ids[0]
+    for x, m in ((ids, torch.ones_like(ids)), (ids2, mask)):
+        out = specdec.generate(target, None, x, attention_mask=m, max_new_tokens=20,
+                               strategy=PromptLookup(k=5, branches=branches))
+        assert torch.equal(out.sequences, plain_greedy(target, x, m, 20))
+        assert out.stats["draft_calls"] == 0
+
+
+def test_prompt_lookup_continuations():
+    from specdec import PromptLookup
+
+    pl = PromptLookup(k=3, max_ngram=2, branches=2)
+    h = [1, 2, 3, 4, 9, 1, 2, 7, 8, 5, 1, 2]
+    # last bigram (1, 2) occurs at 5 (-> 7 8 5) and at 0 (-> 3 4 9): most recent first
+    assert pl.continuations(h) == [[7, 8, 5], [3, 4, 9]]
+    assert PromptLookup(k=2).continuations([4, 5, 6]) == []
+    toks, parents = pl._trie(h)
+    assert toks[0] == 2 and parents == [-1, 0, 1, 2, 0, 4, 5]
+    with pytest.raises(ValueError, match="draft is None"):
+        specdec.generate(tiny_model("llama", 1, 16, seed=0), None, torch.tensor([[1, 2]]), strategy="chain")

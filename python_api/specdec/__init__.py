@@ -6,7 +6,8 @@
 """
 from specdec.generate import GenerateOutput, generate
 from specdec.strategies import Chain, DynamicLookahead
+from specdec.prompt_lookup import PromptLookup
 from specdec.tree_drafting import DynamicTree, StaticTree
 
 __version__ = "0.1.0"
-__all__ = ["generate", "GenerateOutput", "Chain", "DynamicLookahead", "StaticTree", "DynamicTree"]
+__all__ = ["generate", "GenerateOutput", "Chain", "DynamicLookahead", "StaticTree", "DynamicTree", "PromptLookup"]

@@ -93,16 +93,24 @@ def bench(args) -> None:
     prompts = b.load_prompts()[: args.prompts]
     names = args.configs.split(",") if args.configs else BENCH_DEFAULT
     rows = b.run(target, draft, tok, prompts, names, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+    rho = None
+    if not args.no_cost_model:
+        print("cost model: calibrating on other prompts ...", file=sys.stderr)
+        calib = b.load_prompts()[args.prompts : args.prompts + 2]
+        rho = b.add_predictions(rows, target, draft, tok, calib, names)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     header = (f"End to end, bundled pair, {len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, greedy, "
               f"median of {args.repeats} repeats; {machine}; command: `python -m specdec bench "
               f"{' '.join(sys.argv[2:])}`")
     table = b.markdown(rows, header)
+    if rho is not None:
+        table += (f"\n\nCost model (specdec.tune, calibrated on 2 other prompts): Spearman rank correlation of "
+                  f"predicted vs measured tokens/s over the specdec rows = {rho:.2f}")
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "e2e.md").write_text(table + "\n")
-    (out / "e2e.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    (out / "e2e.json").write_text(json.dumps({"header": header, "rows": rows, "cost_model_spearman": rho}, indent=1) + "\n")
     b.plot(rows, str(out / "e2e.png"), "bundled pair: speedup and tau per strategy")
     print(f"wrote {out}/e2e.md, e2e.json, e2e.png", file=sys.stderr)
 
@@ -124,6 +132,7 @@ def main(argv=None) -> None:
     bb.add_argument("--configs", help="comma-separated configurations (default: all)")
     bb.add_argument("--repeats", type=int, default=3)
     bb.add_argument("--out", default="bench/results")
+    bb.add_argument("--no-cost-model", action="store_true", help="skip the cost model's predictions")
     args = p.parse_args(argv)
     {"demo": demo, "bench": bench}[args.cmd](args)
 

@@ -154,12 +154,50 @@ def _progress(done, total, name, elapsed, log):
         print(file=sys.stderr)
 
 
-def markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| configuration | tokens/s | speedup | tau | greedy output = target-only |",
-             "|---|---:|---:|---:|:---:|"]
+def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: list[str], names: list[str]) -> float:
+    """Cost-model predictions (specdec.tune) for the specdec rows; returns the Spearman rank correlation
+    between predicted and measured tokens/s over those rows. Calibration uses other prompts than the
+    measured ones."""
+    from specdec import tune
+
+    ids = [tokenizer(p, return_tensors="pt").input_ids for p in calib_prompts]
+    cands = {n: _strategy(n) for n in names if f"specdec {n}" in {r["config"] for r in rows}}
+    cands = {n: s for n, s in cands.items() if _has_cost_model(s)}
+    preds = {p.name: p for p in tune.predict(target, draft, ids, cands)}
+    scored = []
     for r in rows:
+        name = r["config"].removeprefix("specdec ")
+        if name in preds:
+            r["predicted_tokens_per_s"] = preds[name].tokens_per_s
+            r["predicted_tau"] = preds[name].tau
+            scored.append((preds[name].tokens_per_s, r["tokens_per_s"]))
+    return _spearman([a for a, _ in scored], [b for _, b in scored])
+
+
+def _has_cost_model(strategy) -> bool:
+    from specdec.tune import draft_forward_sizes
+
+    try:
+        draft_forward_sizes(strategy)
+        return True
+    except TypeError:
+        return False
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    ra = torch.tensor(a).argsort().argsort().float()
+    rb = torch.tensor(b).argsort().argsort().float()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| configuration | tokens/s | speedup | tau | greedy output = target-only | "
+             "cost model: predicted tokens/s (tau) |", "|---|---:|---:|---:|:---:|---:|"]
+    for r in rows:
+        pred = f"{r['predicted_tokens_per_s']:.1f} ({r['predicted_tau']:.2f})" if "predicted_tokens_per_s" in r else "-"
         lines.append(f"| {r['config']} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['tau']:.2f} | "
-                     f"{'yes' if r['exact'] else 'NO'} |")
+                     f"{'yes' if r['exact'] else 'NO'} | {pred} |")
     return "\n".join(lines)
 
 

@@ -81,16 +81,20 @@ def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temp
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    tp, dp = next(target.parameters()), next(draft.parameters())
-    if tp.device != dp.device or input_ids.device != tp.device:
-        raise ValueError(f"target ({tp.device}), draft ({dp.device}) and input_ids ({input_ids.device}) must be on one device")
-    if tp.dtype != dp.dtype:
-        raise ValueError(f"target ({tp.dtype}) and draft ({dp.dtype}) must have the same dtype")
-    tv, dv = target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0]
-    if tv != dv:
-        raise ValueError(f"target and draft vocabularies differ ({tv} vs {dv} logits): they must share a tokenizer")
+    tp, tv = next(target.parameters()), target.get_output_embeddings().weight.shape[0]
+    if input_ids.device != tp.device:
+        raise ValueError(f"input_ids ({input_ids.device}) must be on the target's device ({tp.device})")
     if int(input_ids.max()) >= tv or int(input_ids.min()) < 0:
         raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {tv})")
+    if draft is None:
+        return
+    dp, dv = next(draft.parameters()), draft.get_output_embeddings().weight.shape[0]
+    if tp.device != dp.device:
+        raise ValueError(f"target ({tp.device}) and draft ({dp.device}) must be on one device")
+    if tp.dtype != dp.dtype:
+        raise ValueError(f"target ({tp.dtype}) and draft ({dp.dtype}) must have the same dtype")
+    if tv != dv:
+        raise ValueError(f"target and draft vocabularies differ ({tv} vs {dv} logits): they must share a tokenizer")
 
 
 def _choose(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -162,7 +166,8 @@ def _compact_tree(tgt: ModelRunner, drf: ModelRunner, rows: _Rows, tree: DraftTr
     base = rows.ctx - 1
     tgt.cache.compact(base[:, None] + path, base, res.num_accepted + 1)
     slots = tree.draft_slot.gather(1, path).clamp(min=0)
-    drf.cache.compact(base[:, None] + slots, base, res.num_accepted)
+    if drf is not None:
+        drf.cache.compact(base[:, None] + slots, base, res.num_accepted)
 
 
 def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
@@ -204,6 +209,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
 
         strategy = auto_strategy(target, draft, [input_ids[:1, -64:]])
     strategy = resolve_strategy(strategy)
+    if draft is None and getattr(strategy, "needs_draft_model", True):
+        raise ValueError("draft is None: only a drafter without a model (specdec.PromptLookup) can run without one")
     device, (B, T) = input_ids.device, input_ids.shape
     input_ids = input_ids.long()
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
@@ -217,15 +224,18 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     timer = _Timer(device)
     t0 = time.perf_counter()
     out: list[list[int]] = [[] for _ in range(B)]
+    prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
     hist = torch.zeros(k_cap + 1, dtype=torch.int64)
     verify_rows = verify_emitted = 0
 
-    with tree_attention_enabled(target, draft):
-        tgt, drf = ModelRunner(target, B, max_len), ModelRunner(draft, B, max_len)
+    with tree_attention_enabled(*(m for m in (target, draft) if m is not None)):
+        tgt = ModelRunner(target, B, max_len)
+        drf = ModelRunner(draft, B, max_len) if draft is not None else None
         timer.phase("verify")
         first, _ = _choose(tgt.prefill(input_ids, attention_mask), temperature, gen)
         timer.phase("draft")
-        drf.prefill(input_ids, attention_mask)
+        if drf is not None:
+            drf.prefill(input_ids, attention_mask)
         timer.phase("other")
         lens = attention_mask.sum(1)
         rows = _Rows(torch.arange(B, device=device), input_ids[:, -1], first, lens + 1)
@@ -239,7 +249,11 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
             remaining = max_new_tokens - torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
             timer.phase("draft")
             if is_tree:
-                tree = strategy.draft_tree(drf, rows, temperature, gen)
+                if drf is None:  # model-free drafter: it reads the committed tokens
+                    history = [prompts[i] + out[i] for i in rows.ids.tolist()]
+                    tree = strategy.draft_tree(None, rows, temperature, gen, history)
+                else:
+                    tree = strategy.draft_tree(drf, rows, temperature, gen)
                 timer.phase("verify")
                 res = _verify_tree(tgt, rows, tree, temperature, step_seed + step)
                 _compact_tree(tgt, drf, rows, tree, res)
@@ -268,7 +282,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     new_tokens = sum(len(o) for o in out)
     stats = {
         "target_calls": tgt.calls,
-        "draft_calls": drf.calls,
+        "draft_calls": drf.calls if drf is not None else 0,
         "new_tokens": new_tokens,
         "steps": step,
         "tau": verify_emitted / max(verify_rows, 1),
@@ -305,7 +319,8 @@ def _drop_finished(rows, finished, tgt, drf, strategy):
     if keep.numel() == 0:
         return None, finished
     for runner in (tgt, drf):
-        runner.select(keep)
+        if runner is not None:
+            runner.select(keep)
     strategy.select(keep)
     return rows.select(keep), finished
 

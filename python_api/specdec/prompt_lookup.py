@@ -1,0 +1,79 @@
+"""Prompt-lookup drafting: draft tokens copied from earlier n-gram matches in the context, no draft model.
+
+For input-grounded generation (code edits, summaries, retrieval answers) the continuation often repeats
+spans of the prompt (Saxena, 2023, "prompt lookup decoding"). The last n tokens of the context (root
+included) are searched for earlier in the context, longest n first, most recent match first; the
+tokens that followed a match are the draft. With ``branches > 1`` several distinct continuations are
+merged into a trie, so one target forward verifies them all as a tree.
+
+Drafts are deterministic, so verification uses the deterministic rule (lossless for sampling too).
+Rows of a batch get trees of different sizes; the shorter ones are padded with copies of their root's
+first child placed after it, which can never be accepted (the first copy is tried first: greedy takes
+the first matching child, and the sampling rule zeroes the token's probability once it is rejected).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from specdec.tree_drafting import DraftTree, _TreeStrategy
+
+
+@dataclasses.dataclass
+class PromptLookup(_TreeStrategy):
+    """Draft ``k`` tokens per continuation from n-gram matches (``min_ngram`` .. ``max_ngram``)."""
+
+    k: int = 8
+    max_ngram: int = 3
+    min_ngram: int = 1
+    branches: int = 1
+
+    needs_draft_model = False
+
+    def __post_init__(self):
+        if self.k < 1 or self.branches < 1 or not 1 <= self.min_ngram <= self.max_ngram:
+            raise ValueError("PromptLookup: need k >= 1, branches >= 1, 1 <= min_ngram <= max_ngram")
+        self.max_nodes = 1 + self.k * self.branches
+        self.max_fed = 0
+
+    def continuations(self, history: list[int]) -> list[list[int]]:
+        """Up to ``branches`` distinct continuations of the context's last n-gram, best first."""
+        found: list[list[int]] = []
+        L = len(history)
+        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
+            pattern = history[L - n:]
+            for i in range(L - n - 1, -1, -1):  # most recent earlier occurrence first
+                if history[i : i + n] == pattern:
+                    cont = history[i + n : i + n + self.k]
+                    if cont and all(cont[0] != c[0] or cont != c[: len(cont)] for c in found):
+                        found.append(cont)
+                        if len(found) == self.branches:
+                            return found
+            if found:
+                return found
+        return found
+
+    def _trie(self, history: list[int]) -> tuple[list[int], list[int]]:
+        tokens, parents = [history[-1]], [-1]
+        children: dict[tuple[int, int], int] = {}
+        for cont in self.continuations(history):
+            node = 0
+            for t in cont:
+                if (node, t) not in children:
+                    children[(node, t)] = len(tokens)
+                    tokens.append(t)
+                    parents.append(node)
+                node = children[(node, t)]
+        if len(tokens) == 1:  # no match: one guess (repeat the root) so every row has a first child
+            tokens.append(history[-1])
+            parents.append(0)
+        return tokens, parents
+
+    def draft_tree(self, drf, rows, temperature: float, gen, history: list[list[int]]) -> DraftTree:
+        trees = [self._trie(h) for h in history]
+        n = max(len(t) for t, _ in trees)
+        first = [t[1] for t, _ in trees]
+        tok = torch.tensor([t + [f] * (n - len(t)) for (t, _), f in zip(trees, first)], device=rows.root.device)
+        par = torch.tensor([p + [0] * (n - len(p)) for _, p in trees], device=rows.root.device)
+        return DraftTree(tok, par, None, torch.full_like(tok, -1))
