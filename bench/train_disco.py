@@ -142,7 +142,7 @@ def main(argv=None):
     lat_t, lat_d = measure_latency(target), measure_latency(draft)
     static = {k: simulate(prob[va], y[va], steps[va], index[va], a.k_max, lat_t, lat_d, k=k) for k in range(1, a.k_max + 1)}
     best_k = max(static, key=static.get)
-    grid = [i / 20 for i in range(1, 20)]
+    grid = [i / 20 for i in range(1, 19)] + [0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
     disco = {t: simulate(prob[va], y[va], steps[va], index[va], a.k_max, lat_t, lat_d, threshold=t) for t in grid}
     best_t = max(disco, key=disco.get)
     report = {

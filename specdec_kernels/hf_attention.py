@@ -48,7 +48,8 @@ def specdec_tree_attention(
 
     Shape: query ``[B, Hq, N, D]``; key, value ``[B, Hkv, S, D]``; returns ``([B, N, Hq, D], None)``.
     Keyword arguments read from the model call: ``tree_mask`` (required), ``kv_lens`` (required),
-    ``tree_attention_backend`` (None = auto), ``max_kv_len`` (optional int hint for split-K).
+    ``tree_attention_backend`` (None = auto), ``max_kv_len`` (optional int hint for split-K), ``mask_memo``
+    (optional dict, fresh per model call: the reference path builds its dense mask once per forward).
     """
     tree_mask = kwargs.get("tree_mask")
     kv_lens = kwargs.get("kv_lens")
@@ -80,6 +81,7 @@ def specdec_tree_attention(
         # Value checks cost a host sync on CUDA: once per forward (first layer) is enough.
         check=getattr(module, "layer_idx", 0) == 0,
         max_kv_len=kwargs.get("max_kv_len"),
+        mask_memo=kwargs.get("mask_memo"),
     )
     return out, None
 

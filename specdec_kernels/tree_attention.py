@@ -357,8 +357,12 @@ def tree_attention_reference(
     *,
     sm_scale: float | None = None,
     out: torch.Tensor | None = None,
+    mask_memo: dict | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch tree attention, computed in fp32; same arguments and result as :func:`tree_attention`.
+
+    ``mask_memo``: a dict that lives for one model forward (every layer sees the same kv_lens and tree);
+    the dense mask is built by the first layer and reused by the others.
 
     Vectorised: GQA by viewing q as ``[B, Hkv, G * N, D]`` (no K/V repeat), one dense ``[B, N, S]`` mask
     from ``kv_lens`` and the tree mask, one fused ``scaled_dot_product_attention`` call. On CPU tensors
@@ -371,8 +375,13 @@ def tree_attention_reference(
     if kv_lens.device.type == "cpu" and B > 0:  # free to read; skip the unused tail of the buffer
         s = min(s, int(kv_lens.max()))
     scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
-    mask = tree_attention_mask(kv_lens, tree_mask, N, s)  # [B, N, S]
-    mask = mask.unsqueeze(1).unsqueeze(1).expand(B, 1, G, N, s).reshape(B, 1, G * N, s)
+    key = (N, s, G)
+    mask = mask_memo.get(key) if mask_memo is not None else None
+    if mask is None:
+        mask = tree_attention_mask(kv_lens, tree_mask, N, s)  # [B, N, S]
+        mask = mask.unsqueeze(1).unsqueeze(1).expand(B, 1, G, N, s).reshape(B, 1, G * N, s)
+        if mask_memo is not None:
+            mask_memo[key] = mask
     qf = q.float().reshape(B, Hkv, G * N, D)  # head h = hkv * G + g: rows g * N + i
     kf = k[:, :, :s].float()
     vf = v[:, :, :s].float()
@@ -451,6 +460,7 @@ def tree_attention(
     backend: str | None = None,
     out: torch.Tensor | None = None,
     check: bool = True,
+    mask_memo: dict | None = None,
     max_kv_len: int | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:
@@ -479,6 +489,9 @@ def tree_attention(
     out : Tensor, optional
         Where to write the result (any strides, e.g. a transposed ``[B, N, Hq, D]`` buffer).
         Shape: ``[B, Hq, N, D]``.
+    mask_memo : dict, optional
+        Reference path only: a dict living for one model forward, so that the layers after the first
+        reuse the dense mask instead of rebuilding it (the HF hook passes the model call's ``mask_memo``).
     check : bool
         Also check the *values* of kv_lens (``N <= kv_lens[b] <= S``): one device-to-host sync on CUDA.
         Shapes, dtypes and devices are always checked. Unchecked out-of-range values give wrong results
@@ -523,7 +536,7 @@ def tree_attention(
         max_kv_len = hi if max_kv_len is None else min(max_kv_len, hi)
     scale = 1.0 / math.sqrt(q.shape[3]) if sm_scale is None else float(sm_scale)
     if impl == "reference" or q.numel() == 0:
-        return tree_attention_reference(q, k, v, kv_lens, tree_mask, sm_scale=scale, out=out)
+        return tree_attention_reference(q, k, v, kv_lens, tree_mask, sm_scale=scale, out=out, mask_memo=mask_memo)
     packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)

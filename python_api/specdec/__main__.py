@@ -83,7 +83,7 @@ def demo(args) -> None:
 BENCH_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-assisted confidence 0.4",
                  "chain:2", "chain:4", "chain:6", "heuristic", "confidence", "disco",
                  "static-tree", "eagle2:16", "eagle2:32", "eagle2:64", "dyspec:16", "dyspec:32", "dyspec:64",
-                 "ddd:16", "ddd:32", "ddd:64"]
+                 "ddd:16", "ddd:32", "ddd:64", "lookup:8"]
 
 
 def bench(args) -> None:

@@ -67,8 +67,11 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int) -> list[C
         return run
 
     def ours(strategy):
+        model_free = not getattr(strategy, "needs_draft_model", True)
+
         def run(ids):
-            out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy)
+            out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=max_new_tokens,
+                                   strategy=strategy)
             return out.sequences, out.stats["target_calls"]
         return run
 
@@ -90,7 +93,8 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int) -> list[C
 
 
 def _strategy(name: str):
-    """Names of the form 'chain:k' / 'eagle2:budget' / 'dyspec:budget' / 'ddd:budget', or plain names."""
+    """Names of the form 'chain:k' / 'eagle2:budget' / 'dyspec:budget' / 'ddd:budget' / 'lookup:k'
+    (prompt lookup, no draft model), or plain names."""
     if ":" not in name:
         return resolve_strategy(name)
     method, size = name.split(":")
@@ -101,6 +105,8 @@ def _strategy(name: str):
         return specdec.DynamicTree(method, budget=size, top_k=min(8, max(2, size // 4)), depth=8)
     if method == "dyspec":
         return specdec.DynamicTree("dyspec", budget=size, width=max(4, size // 4))
+    if method == "lookup":
+        return specdec.PromptLookup(k=size)
     raise ValueError(f"unknown strategy spec {name!r}")
 
 

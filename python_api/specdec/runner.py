@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -45,7 +46,7 @@ class ModelRunner:
         kv_lens = self.cache.begin_forward(tokens.shape[1], start)
         out = self.model(
             input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True,
-            tree_mask=tree_mask, kv_lens=kv_lens,
+            tree_mask=tree_mask, kv_lens=kv_lens, mask_memo={},
         )
         self.calls += 1
         return out.logits.float()
@@ -75,7 +76,9 @@ class ModelRunner:
         self.cache.select(rows)
 
 
+@functools.lru_cache(maxsize=64)
 def chain_mask(n: int, device) -> torch.Tensor:
+    """Causal [n, n] mask (a chain is a tree); cached, the loop asks for the same few sizes every step."""
     return trees.ancestor_mask(trees.chain_parents(n, device=device))
 
 
