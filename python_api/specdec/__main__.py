@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_STRATEGY = "eagle2"
+# The best strategy with the bundled draft model on the development machine (bench/results/e2e.md).
+DEFAULT_STRATEGY = "heuristic"
 
 
 def _load(args):
@@ -45,6 +46,7 @@ class _Printer:
 def demo(args) -> None:
     import specdec
     from specdec.bench import load_prompts
+    from specdec.strategies import resolve_strategy
 
     target, draft, tok = _load(args)
     prompts = load_prompts()[: args.prompts]
@@ -59,7 +61,10 @@ def demo(args) -> None:
         t_plain = time.perf_counter() - t0
         print(f"\n===== prompt {i + 1}/{len(prompts)} ({args.strategy}) =====")
         sys.stdout.write(prompt)
-        out = specdec.generate(target, draft, ids, max_new_tokens=args.max_new_tokens, strategy=args.strategy,
+        strategy = args.strategy if args.strategy == "auto" else resolve_strategy(args.strategy)
+        model_free = not getattr(strategy, "needs_draft_model", True)
+        out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=args.max_new_tokens,
+                               strategy=strategy,
                                temperature=args.temperature, seed=args.seed, streamer=_Printer(tok, ids[0]))
         t_spec = out.stats["wall_s"]
         exact = torch.equal(out.sequences, plain) if args.temperature == 0 else None
@@ -83,7 +88,7 @@ def demo(args) -> None:
 BENCH_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-assisted confidence 0.4",
                  "chain:2", "chain:4", "chain:6", "heuristic", "confidence", "disco",
                  "static-tree", "eagle2:16", "eagle2:32", "eagle2:64", "dyspec:16", "dyspec:32", "dyspec:64",
-                 "ddd:16", "ddd:32", "ddd:64", "lookup:8"]
+                 "ddd:16", "ddd:32", "ddd:64", "eagle2:12:4:4", "ddd:10:2:8", "lookup:8"]
 
 
 def bench(args) -> None:
@@ -96,7 +101,7 @@ def bench(args) -> None:
     rho = None
     if not args.no_cost_model:
         print("cost model: calibrating on other prompts ...", file=sys.stderr)
-        calib = b.load_prompts()[args.prompts : args.prompts + 2]
+        calib = b.load_prompts()[args.prompts : args.prompts + 4]
         rho = b.add_predictions(rows, target, draft, tok, calib, names)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     header = (f"End to end, bundled pair, {len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, greedy, "
@@ -104,7 +109,7 @@ def bench(args) -> None:
               f"{' '.join(sys.argv[2:])}`")
     table = b.markdown(rows, header)
     if rho is not None:
-        table += (f"\n\nCost model (specdec.tune, calibrated on 2 other prompts): Spearman rank correlation of "
+        table += (f"\n\nCost model (specdec.tune, calibrated on 4 other prompts): Spearman rank correlation of "
                   f"predicted vs measured tokens/s over the specdec rows = {rho:.2f}")
     print(table)
     out = Path(args.out)

@@ -93,12 +93,14 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int) -> list[C
 
 
 def _strategy(name: str):
-    """Names of the form 'chain:k' / 'eagle2:budget' / 'dyspec:budget' / 'ddd:budget' / 'lookup:k'
-    (prompt lookup, no draft model), or plain names."""
+    """Names of the form 'chain:k' / 'eagle2:budget[:top_k:depth]' / 'dyspec:budget' /
+    'ddd:budget[:top_k:depth]' / 'lookup:k' (prompt lookup, no draft model), or plain names."""
     if ":" not in name:
         return resolve_strategy(name)
-    method, size = name.split(":")
+    method, size, *shape = name.split(":")
     size = int(size)
+    if shape and method in ("eagle2", "ddd"):  # method:budget:top_k:depth
+        return specdec.DynamicTree(method, budget=size, top_k=int(shape[0]), depth=int(shape[1]))
     if method == "chain":
         return specdec.Chain(size)
     if method in ("eagle2", "ddd"):

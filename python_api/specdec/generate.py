@@ -149,9 +149,9 @@ def _verify(tgt: ModelRunner, rows: _Rows, drafts, lens, q, temperature: float, 
 
 def _verify_tree(tgt: ModelRunner, rows: _Rows, tree: DraftTree, temperature: float, seed: int):
     """Target forward over the whole tree (one call), fused tree verification."""
-    depth = trees.tree_depths(tree.parents)
-    logits = tgt.forward(tree.tokens, rows.ctx[:, None] - 1 + depth, trees.ancestor_mask(tree.parents),
-                         start=rows.ctx - 1)
+    mask = trees.ancestor_mask(tree.parents)
+    depth = mask.sum(-1) - 1  # strict ancestors
+    logits = tgt.forward(tree.tokens, rows.ctx[:, None] - 1 + depth, mask, start=rows.ctx - 1)
     return sk.tree_verify(tree.tokens, tree.parents, None, tree.draft_probs, greedy=temperature == 0,
                           seed=seed, target_logits=logits, temperature=temperature or 1.0, validate=False)
 

@@ -119,9 +119,11 @@ CHAIN_NAMES = {
 
 
 def _tree_names():
+    from specdec.prompt_lookup import PromptLookup
     from specdec.tree_drafting import DynamicTree, StaticTree
 
     return {
+        "lookup": lambda: PromptLookup(k=8),
         "static-tree": lambda: StaticTree("wide16"),
         "eagle2": lambda: DynamicTree("eagle2"),
         "dyspec": lambda: DynamicTree("dyspec"),

@@ -45,6 +45,10 @@ class _Growth:
         self.depth = torch.zeros(B, 1, dtype=torch.int64, device=dev)
         self.fed = torch.zeros(B, 1, dtype=torch.int64, device=dev)  # node index of each fed slot
         self.slot = torch.zeros(B, 1, dtype=torch.int64, device=dev)  # fed slot of each node, -1 if none
+        # Ancestor mask of the fed layout [prev, root, fed slot 1, ...], grown a block of rows per feed
+        # (a new node sees what its parent sees, plus itself) instead of rebuilt every round.
+        self.layout_mask = torch.ones(B, 2, 2, dtype=torch.bool, device=dev).tril()
+        self.layout_depth = torch.stack([rows.ctx - 2, rows.ctx - 1], 1)  # positions of prev and the root
 
     @property
     def n(self) -> int:
@@ -62,20 +66,28 @@ class _Growth:
         return idx
 
     def feed(self, nodes: torch.Tensor | None = None) -> torch.Tensor:
-        """Mark ``nodes`` [B, m] as fed, run the draft over prev + all fed nodes; log q of fed, [B, F, V]."""
+        """Mark ``nodes`` [B, m] as fed, run the draft over prev + all fed nodes; log q of fed, [B, F, V].
+
+        Every new node's parent must already be fed (true for all methods: a node is expanded, and so
+        fed, before its children exist).
+        """
         if nodes is not None and nodes.shape[1]:
+            B, m = nodes.shape
             F = self.fed.shape[1]
-            self.slot.scatter_(1, nodes, torch.arange(F, F + nodes.shape[1], device=nodes.device).expand_as(nodes))
+            self.slot.scatter_(1, nodes, torch.arange(F, F + m, device=nodes.device).expand_as(nodes))
             self.fed = torch.cat([self.fed, nodes], 1)
+            parent_row = 1 + self.slot.gather(1, self.parents.gather(1, nodes))  # layout rows of the parents
+            rows = self.layout_mask.gather(1, parent_row[..., None].expand(-1, -1, 1 + F))  # [B, m, 1+F]
+            L = self.layout_mask.shape[1]
+            grown = torch.zeros(B, L + m, L + m, dtype=torch.bool, device=nodes.device)
+            grown[:, :L, :L] = self.layout_mask
+            grown[:, L:, :L] = rows
+            grown[:, L:, L:] = torch.eye(m, dtype=torch.bool, device=nodes.device)
+            self.layout_mask = grown
+            self.layout_depth = torch.cat([self.layout_depth, self.rows.ctx[:, None] - 1 + self.depth.gather(1, nodes)], 1)
         r = self.rows
-        par = self.parents.gather(1, self.fed)
-        par_slot = torch.where(par >= 0, self.slot.gather(1, par.clamp(min=0)), -1)
-        # layout: [prev, fed slot 0 (root), fed slot 1, ...]; the root's parent is prev
-        layout_parents = torch.cat([torch.full_like(par[:, :1], -1), par_slot + 1], 1)
-        depth = torch.cat([torch.zeros_like(par[:, :1]), self.depth.gather(1, self.fed) + 1], 1)
         toks = torch.cat([r.prev[:, None], self.tokens.gather(1, self.fed)], 1)
-        logits = self.drf.forward(toks, r.ctx[:, None] - 2 + depth, trees.ancestor_mask(layout_parents),
-                                  start=r.ctx - 2)[:, 1:]
+        logits = self.drf.forward(toks, self.layout_depth, self.layout_mask, start=r.ctx - 2)[:, 1:]
         return torch.log_softmax(logits / (self.temperature or 1.0), -1)
 
     def finish(self, keep: torch.Tensor, q: torch.Tensor | None = None) -> DraftTree:

@@ -119,22 +119,35 @@ class Prediction:
         return self.tau / self.step_s
 
 
-def _tau(target, draft, ids_list, strategy, max_new_tokens) -> tuple[float, dict]:
-    emitted = steps = 0
-    stats = None
+def _calibrate(target, draft, ids_list, strategy, max_new_tokens) -> dict:
+    """Run a strategy on the sample prompts: tau, seconds per step, draft forwards per step."""
+    emitted = steps = wall = draft_calls = 0
     for ids in ids_list:
         out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy)
-        stats = out.stats
-        emitted += out.stats["new_tokens"] - 1
-        steps += out.stats["steps"]
-    return emitted / max(steps, 1), stats
+        s = out.stats
+        emitted += s["new_tokens"] - 1
+        steps += s["steps"]
+        wall += s["wall_s"]
+        draft_calls += s["draft_calls"] - 1  # minus the prefill
+    steps = max(steps, 1)
+    return {"tau": emitted / steps, "step_s": wall / steps, "draft_rounds": draft_calls / steps}
+
+
+def _family(strategy) -> str:
+    return getattr(strategy, "method", type(strategy).__name__)
 
 
 def predict(target, draft, sample_ids: list[torch.Tensor], candidates: dict[str, object], *,
-            k_max: int = 8, max_new_tokens: int = 48) -> list[Prediction]:
-    """Predicted tokens/s of each candidate strategy (a name -> strategy mapping), best first."""
+            k_max: int = 8, max_new_tokens: int = 64) -> list[Prediction]:
+    """Predicted tokens/s of each candidate strategy (a name -> strategy mapping), best first.
+
+    Chains: tau(k) from one k_max run's acceptance histogram. Trees: tau, and draft rounds per step
+    (DDD's depth is dynamic), from a run of each configuration on the sample prompts. Step time: the
+    forwards' latencies from the measured tables plus a per-step overhead (Python, verification,
+    compaction) measured once per family (chain, static tree, each dynamic method) on its first
+    configuration and reused for its other sizes.
+    """
     lat_t, lat_d = measure_latency(target), measure_latency(draft)
-    # One chain run with k_max drafts: acceptance histogram for every k, and the per-step overhead.
     hist = torch.zeros(k_max + 1)
     wall = steps = 0.0
     for ids in sample_ids:
@@ -143,20 +156,30 @@ def predict(target, draft, sample_ids: list[torch.Tensor], candidates: dict[str,
         wall += out.stats["wall_s"]
         steps += out.stats["steps"]
     p_acc = hist / hist.sum()
-    model_s = _step_model_s(specdec.Chain(k_max), lat_t, lat_d)
-    overhead = max(wall / max(steps, 1) - model_s, 0.0)
+    overhead = {"Chain": max(wall / max(steps, 1) - _step_model_s(specdec.Chain(k_max), lat_t, lat_d), 0.0)}
     preds = []
     for name, strategy in candidates.items():
+        rounds = None
         if isinstance(strategy, specdec.Chain) and strategy.k <= k_max:
             tau = 1 + float(sum(p_acc[a] * min(a, strategy.k) for a in range(k_max + 1)))
         else:
-            tau, _ = _tau(target, draft, sample_ids, strategy, max_new_tokens)
-        preds.append(Prediction(name, strategy, tau, _step_model_s(strategy, lat_t, lat_d) + overhead))
+            cal = _calibrate(target, draft, sample_ids, strategy, max_new_tokens)
+            tau, rounds = cal["tau"], cal["draft_rounds"]
+            overhead.setdefault(_family(strategy),
+                                max(cal["step_s"] - _step_model_s(strategy, lat_t, lat_d, rounds), 0.0))
+        step = _step_model_s(strategy, lat_t, lat_d, rounds) + overhead[_family(strategy)]
+        preds.append(Prediction(name, strategy, tau, step))
     return sorted(preds, key=lambda p: -p.tokens_per_s)
 
 
-def _step_model_s(strategy, lat_t, lat_d) -> float:
-    return sum(_interp(lat_d, n) for n in draft_forward_sizes(strategy)) + _interp(lat_t, verify_size(strategy))
+def _step_model_s(strategy, lat_t, lat_d, rounds: float | None = None) -> float:
+    """Model time of one step: its draft forwards (the first ``rounds`` of them when measured) + the
+    target's forward over the whole tree."""
+    times = [_interp(lat_d, n) for n in draft_forward_sizes(strategy)]
+    if rounds is not None and rounds < len(times):  # e.g. DDD stopped early: whole rounds + a fraction
+        whole = int(rounds)
+        times = times[:whole] + [times[whole] * (rounds - whole)]
+    return sum(times) + _interp(lat_t, verify_size(strategy))
 
 
 DEFAULT_CANDIDATES = {
