@@ -114,40 +114,48 @@ def _strategy(name: str):
 
 def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_new_tokens: int = 128,
         repeats: int = 3, log=print) -> list[dict]:
-    """Every configuration on every prompt, ``repeats`` times; returns one result row per configuration."""
+    """Every configuration on every prompt, ``repeats`` times; returns one result row per configuration.
+
+    The loops are interleaved (repeat -> prompt -> configuration) so that a slow phase of a shared
+    machine lands on every configuration alike instead of on whichever ran then; each configuration
+    is warmed up once first.
+    """
     configs = make_configs(target, draft, names, max_new_tokens)
     encoded = [tokenizer(p, return_tensors="pt").input_ids for p in prompts]
-    reference = {}
-    rows = []
-    total = len(configs) * repeats * len(encoded)
-    done = 0
-    t_start = time.perf_counter()
     for cfg in configs:
-        rates, target_calls, new_tokens, exact = [], 0, 0, True
-        for rep in range(repeats):
-            elapsed, toks = 0.0, 0
-            for i, ids in enumerate(encoded):
+        cfg.run(encoded[0])
+    elapsed = {c.name: [0.0] * repeats for c in configs}
+    toks = {c.name: [0] * repeats for c in configs}
+    calls = {c.name: 0 for c in configs}
+    exact = {c.name: True for c in configs}
+    reference = {}
+    total, done, t_start = len(configs) * repeats * len(encoded), 0, time.perf_counter()
+    for rep in range(repeats):
+        for i, ids in enumerate(encoded):
+            for cfg in configs:
                 t0 = time.perf_counter()
-                seq, calls = cfg.run(ids)
-                elapsed += time.perf_counter() - t0
+                seq, n_calls = cfg.run(ids)
+                elapsed[cfg.name][rep] += time.perf_counter() - t0
                 new = seq[0, ids.shape[1]:]
-                toks += new.numel()
+                toks[cfg.name][rep] += new.numel()
                 if rep == 0:
-                    target_calls += calls
-                    new_tokens += new.numel()
+                    calls[cfg.name] += n_calls
                     if cfg.kind == "target":
                         reference[i] = new
                     else:
-                        exact &= torch.equal(new, reference[i])
+                        exact[cfg.name] &= torch.equal(new, reference[i])
                 done += 1
                 _progress(done, total, cfg.name, time.perf_counter() - t_start, log)
-            rates.append(toks / elapsed)
+    rows = []
+    for cfg in configs:
+        rates = [t / e for t, e in zip(toks[cfg.name], elapsed[cfg.name])]
+        new_tokens = toks[cfg.name][0]
         rows.append({
             "config": cfg.name, "kind": cfg.kind, "tokens_per_s": statistics.median(rates),
             "tokens_per_s_all": rates,
             # tau counts tokens per target forward after the prefill (one forward per prompt)
-            "tau": (new_tokens - len(encoded)) / max(target_calls - len(encoded), 1),
-            "target_calls": target_calls, "new_tokens": new_tokens, "exact": exact,
+            "tau": (new_tokens - len(encoded)) / max(calls[cfg.name] - len(encoded), 1),
+            "target_calls": calls[cfg.name], "new_tokens": new_tokens, "exact": exact[cfg.name],
         })
     base = rows[0]["tokens_per_s"]
     for r in rows:
