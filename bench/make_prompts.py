@@ -1,6 +1,6 @@
 """Build the held-out code prompt set used by the demo and the benchmarks.
 
-    python bench/make_prompts.py     # writes python_api/specdec/assets/prompts/heldout_code.json
+    python bench/make_prompts.py     # writes python_api/specdec/assets/prompts/{heldout_code,input_grounded}.json
 
 Prompts come only from the bundled pair's held-out files (CPython stdlib files whose sorted index
 % 50 == 0, see bench/models/train_pair.py), so the models never saw them in training. Each prompt is
@@ -15,6 +15,45 @@ sys.path.insert(0, str(ROOT / "bench" / "models"))
 from train_pair import read_text, split_files, stdlib_files  # noqa: E402
 
 OUT = ROOT / "python_api" / "specdec" / "assets" / "prompts" / "heldout_code.json"
+GROUNDED = OUT.with_name("input_grounded.json")
+TASKS = [
+    "Add type hints to this Python function and return the complete function:",
+    "Add a short docstring to this Python function and return the complete function:",
+]
+
+
+def functions(lines: list[str], max_lines: int = 22):
+    """Whole top-level or method functions of at most max_lines lines, as text."""
+    for i, line in enumerate(lines):
+        stripped = line.lstrip()
+        if not stripped.startswith("def "):
+            continue
+        indent = len(line) - len(stripped)
+        j = i + 1
+        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+            j += 1
+        body = [l[indent:] for l in lines[i:j]]
+        while body and not body[-1].strip():
+            body.pop()
+        if 6 <= len(body) <= max_lines:
+            yield "\n".join(body)
+
+
+def grounded(held, root, n: int = 6) -> None:
+    """Input-grounded tasks (edit a given function): the answer repeats most of the prompt, the case
+    prompt lookup drafting is for. Functions come from the held-out files."""
+    prompts, sources = [], []
+    for f in held:
+        fn = next(functions(read_text(root / f).splitlines()), None)
+        if fn is None:
+            continue
+        prompts.append(f"{TASKS[len(prompts) % len(TASKS)]}\n\n```python\n{fn}\n```")
+        sources.append(f)
+        if len(prompts) == n:
+            break
+    GROUNDED.write_text(json.dumps({"about": grounded.__doc__.split(".")[0], "sources": sources,
+                                    "prompts": prompts}, indent=1) + "\n")
+    print(f"{len(prompts)} prompts -> {GROUNDED}")
 
 
 def main(n: int = 16) -> None:
@@ -34,6 +73,7 @@ def main(n: int = 16) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"about": __doc__.strip().splitlines()[0], "sources": sources, "prompts": prompts}, indent=1) + "\n")
     print(f"{len(prompts)} prompts -> {OUT}")
+    grounded(held, root)
 
 
 if __name__ == "__main__":

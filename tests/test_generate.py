@@ -206,10 +206,11 @@ def test_prompt_lookup_greedy_exact_with_no_draft_model(pair, branches):
 def test_prompt_lookup_continuations():
     from specdec import PromptLookup
 
-    pl = PromptLookup(k=3, max_ngram=2, branches=2)
+    pl = PromptLookup(k=3, max_ngram=2, branches=2, search="recent")
     h = [1, 2, 3, 4, 9, 1, 2, 7, 8, 5, 1, 2]
-    # last bigram (1, 2) occurs at 5 (-> 7 8 5) and at 0 (-> 3 4 9): most recent first
+    # last bigram (1, 2) occurs at 5 (-> 7 8 5) and at 0 (-> 3 4 9)
     assert pl.continuations(h) == [[7, 8, 5], [3, 4, 9]]
+    assert PromptLookup(k=3, max_ngram=2, branches=2, search="first").continuations(h) == [[3, 4, 9], [7, 8, 5]]
     assert PromptLookup(k=2).continuations([4, 5, 6]) == []
     toks, parents = pl._trie(h)
     assert toks[0] == 2 and parents == [-1, 0, 1, 2, 0, 4, 5]

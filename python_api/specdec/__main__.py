@@ -91,20 +91,34 @@ BENCH_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-assist
                  "ddd:16", "ddd:32", "ddd:64", "eagle2:12:4:4", "ddd:10:2:8", "lookup:8"]
 
 
+SMOLLM2_DEFAULT = ["hf-prompt-lookup k=8", "lookup:8", "lookup:8:3", "lookup:16:3"]
+
+
 def bench(args) -> None:
     from specdec import bench as b
 
-    target, draft, tok = _load(args)
-    prompts = b.load_prompts()[: args.prompts]
-    names = args.configs.split(",") if args.configs else BENCH_DEFAULT
-    rows = b.run(target, draft, tok, prompts, names, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+    if args.pair == "smollm2":  # a real pretrained target, model-free drafting on input-grounded prompts
+        from specdec.models import load_smollm2
+
+        print("loading SmolLM2-135M-Instruct ...", file=sys.stderr)
+        target, tok = load_smollm2()
+        draft, chat, eos = None, True, tok.eos_token_id
+        prompt_set, default, label = args.prompt_set or "input_grounded", SMOLLM2_DEFAULT, "SmolLM2-135M-Instruct"
+    else:
+        target, draft, tok = _load(args)
+        chat, eos = False, None
+        prompt_set, default, label = args.prompt_set or "heldout_code", BENCH_DEFAULT, "bundled pair"
+    prompts = b.load_prompts(prompt_set)[: args.prompts]
+    names = args.configs.split(",") if args.configs else default
+    rows = b.run(target, draft, tok, prompts, names, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                 chat=chat, eos_token_id=eos)
     rho = None
-    if not args.no_cost_model:
+    if not args.no_cost_model and draft is not None:
         print("cost model: calibrating on other prompts ...", file=sys.stderr)
         calib = b.load_prompts()[args.prompts : args.prompts + 4]
         rho = b.add_predictions(rows, target, draft, tok, calib, names)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
-    header = (f"End to end, bundled pair, {len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, greedy, "
+    header = (f"End to end, {label}, {len(prompts)} prompts ({prompt_set}) x up to {args.max_new_tokens} new tokens, greedy, "
               f"median of {args.repeats} repeats; {machine}; command: `python -m specdec bench "
               f"{' '.join(sys.argv[2:])}`")
     table = b.markdown(rows, header)
@@ -114,10 +128,11 @@ def bench(args) -> None:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "e2e.md").write_text(table + "\n")
-    (out / "e2e.json").write_text(json.dumps({"header": header, "rows": rows, "cost_model_spearman": rho}, indent=1) + "\n")
-    b.plot(rows, str(out / "e2e.png"), "bundled pair: speedup and tau per strategy")
-    print(f"wrote {out}/e2e.md, e2e.json, e2e.png", file=sys.stderr)
+    stem = "e2e" if args.pair == "default" else f"e2e_{args.pair}"
+    (out / f"{stem}.md").write_text(table + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"header": header, "rows": rows, "cost_model_spearman": rho}, indent=1) + "\n")
+    b.plot(rows, str(out / f"{stem}.png"), f"{label}: speedup and tau per strategy")
+    print(f"wrote {out}/{stem}.md, .json, .png", file=sys.stderr)
 
 
 def main(argv=None) -> None:
@@ -138,6 +153,9 @@ def main(argv=None) -> None:
     bb.add_argument("--repeats", type=int, default=3)
     bb.add_argument("--out", default="bench/results")
     bb.add_argument("--no-cost-model", action="store_true", help="skip the cost model's predictions")
+    bb.add_argument("--pair", choices=["default", "smollm2"], default="default",
+                    help="smollm2: SmolLM2-135M-Instruct with model-free (prompt lookup) drafting")
+    bb.add_argument("--prompt-set", help="heldout_code (default pair) or input_grounded (smollm2)")
     args = p.parse_args(argv)
     {"demo": demo, "bench": bench}[args.cmd](args)
 

@@ -49,20 +49,17 @@ class _CallCounter:
         self.n += 1
 
 
-def make_configs(target, draft, names: list[str], max_new_tokens: int) -> list[Config]:
+def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token_id: int | None = None) -> list[Config]:
+    """Runners for each configuration name. Without ``eos_token_id`` every run makes exactly
+    max_new_tokens (EOS suppressed in transformers, never special in specdec); with it, all stop
+    after EOS, so outputs stay comparable token for token."""
     counter = _CallCounter(target)
+    stop = (dict(min_new_tokens=max_new_tokens) if eos_token_id is None else dict(eos_token_id=eos_token_id))
 
-    def plain(ids):
-        counter.n = 0
-        out = target.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=0)
-        return out, counter.n
-
-    def assisted(**kw):
+    def hf_generate(**kw):
         def run(ids):
             counter.n = 0
-            out = target.generate(ids, assistant_model=draft, max_new_tokens=max_new_tokens,
-                                  min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, **kw)
+            out = target.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, **stop, **kw)
             return out, counter.n
         return run
 
@@ -71,22 +68,25 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int) -> list[C
 
         def run(ids):
             out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=max_new_tokens,
-                                   strategy=strategy)
+                                   strategy=strategy, eos_token_id=eos_token_id)
             return out.sequences, out.stats["target_calls"]
         return run
 
-    configs = [Config("target-only (HF generate, greedy)", "target", plain)]
+    configs = [Config("target-only (HF generate, greedy)", "target", hf_generate())]
     hf = {
-        "hf-assisted k=4 constant": dict(num_assistant_tokens=4, num_assistant_tokens_schedule="constant",
-                                         assistant_confidence_threshold=0.0),
-        "hf-assisted heuristic": dict(num_assistant_tokens=5, num_assistant_tokens_schedule="heuristic_transient",
+        "hf-assisted k=4 constant": dict(assistant_model=draft, num_assistant_tokens=4,
+                                         num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0),
+        "hf-assisted heuristic": dict(assistant_model=draft, num_assistant_tokens=5,
+                                      num_assistant_tokens_schedule="heuristic_transient",
                                       assistant_confidence_threshold=0.0),
-        "hf-assisted confidence 0.4": dict(num_assistant_tokens=20, num_assistant_tokens_schedule="constant",
+        "hf-assisted confidence 0.4": dict(assistant_model=draft, num_assistant_tokens=20,
+                                           num_assistant_tokens_schedule="constant",
                                            assistant_confidence_threshold=0.4),
+        "hf-prompt-lookup k=8": dict(prompt_lookup_num_tokens=8),
     }
     for name in names:
         if name in hf:
-            configs.append(Config(name, "hf-assisted", assisted(**hf[name])))
+            configs.append(Config(name, "hf-assisted", hf_generate(**hf[name])))
         else:
             configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name))))
     return configs
@@ -107,21 +107,30 @@ def _strategy(name: str):
         return specdec.DynamicTree(method, budget=size, top_k=min(8, max(2, size // 4)), depth=8)
     if method == "dyspec":
         return specdec.DynamicTree("dyspec", budget=size, width=max(4, size // 4))
-    if method == "lookup":
-        return specdec.PromptLookup(k=size)
+    if method == "lookup":  # lookup:k[:branches[:recent]]
+        return specdec.PromptLookup(k=size, branches=int(shape[0]) if shape else 1,
+                                    search=shape[1] if len(shape) > 1 else "first")
     raise ValueError(f"unknown strategy spec {name!r}")
 
 
+def encode(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
+    """[1, T] token ids; instruct models get their chat template around the prompt."""
+    if chat:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             return_tensors="pt", return_dict=True)["input_ids"]
+    return tokenizer(prompt, return_tensors="pt").input_ids
+
+
 def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_new_tokens: int = 128,
-        repeats: int = 3, log=print) -> list[dict]:
+        repeats: int = 3, log=print, chat: bool = False, eos_token_id: int | None = None) -> list[dict]:
     """Every configuration on every prompt, ``repeats`` times; returns one result row per configuration.
 
     The loops are interleaved (repeat -> prompt -> configuration) so that a slow phase of a shared
     machine lands on every configuration alike instead of on whichever ran then; each configuration
     is warmed up once first.
     """
-    configs = make_configs(target, draft, names, max_new_tokens)
-    encoded = [tokenizer(p, return_tensors="pt").input_ids for p in prompts]
+    configs = make_configs(target, draft, names, max_new_tokens, eos_token_id)
+    encoded = [encode(tokenizer, p, chat) for p in prompts]
     for cfg in configs:
         cfg.run(encoded[0])
     elapsed = {c.name: [0.0] * repeats for c in configs}

@@ -2,9 +2,11 @@
 
 For input-grounded generation (code edits, summaries, retrieval answers) the continuation often repeats
 spans of the prompt (Saxena, 2023, "prompt lookup decoding"). The last n tokens of the context (root
-included) are searched for earlier in the context, longest n first, most recent match first; the
-tokens that followed a match are the draft. With ``branches > 1`` several distinct continuations are
-merged into a trie, so one target forward verifies them all as a tree.
+included) are searched for earlier in the context, longest n first; the tokens that followed a match
+are the draft. ``search="first"`` takes the earliest occurrence first (for edits and summaries that is
+the prompt's copy of the span, and it is what transformers' prompt lookup does), ``"recent"`` the
+latest. With ``branches > 1`` several distinct continuations are merged into a trie, so one target
+forward verifies them all as a tree.
 
 Drafts are deterministic, so verification uses the deterministic rule (lossless for sampling too).
 Rows of a batch get trees of different sizes; the shorter ones are padded with copies of their root's
@@ -28,12 +30,15 @@ class PromptLookup(_TreeStrategy):
     max_ngram: int = 3
     min_ngram: int = 1
     branches: int = 1
+    search: str = "first"  # "first": earliest occurrence first (the prompt's copy); "recent": latest first
 
     needs_draft_model = False
 
     def __post_init__(self):
         if self.k < 1 or self.branches < 1 or not 1 <= self.min_ngram <= self.max_ngram:
             raise ValueError("PromptLookup: need k >= 1, branches >= 1, 1 <= min_ngram <= max_ngram")
+        if self.search not in ("first", "recent"):
+            raise ValueError(f"PromptLookup: search must be 'first' or 'recent', got {self.search!r}")
         self.max_nodes = 1 + self.k * self.branches
         self.max_fed = 0
 
@@ -43,7 +48,8 @@ class PromptLookup(_TreeStrategy):
         L = len(history)
         for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
             pattern = history[L - n:]
-            for i in range(L - n - 1, -1, -1):  # most recent earlier occurrence first
+            starts = range(L - n) if self.search == "first" else range(L - n - 1, -1, -1)
+            for i in starts:
                 if history[i : i + n] == pattern:
                     cont = history[i + n : i + n + self.k]
                     if cont and all(cont[0] != c[0] or cont != c[: len(cont)] for c in found):
