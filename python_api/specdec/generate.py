@@ -170,6 +170,40 @@ def _compact_tree(tgt: ModelRunner, drf: ModelRunner, rows: _Rows, tree: DraftTr
         drf.cache.compact(base[:, None] + slots, base, res.num_accepted)
 
 
+def _speculate(tgt, drf, rows: _Rows, strategy, timer: _Timer, temperature: float, gen, seed: int, k_cap: int,
+               remaining: torch.Tensor, history: list[list[int]] | None):
+    """One step: draft (a chain or a tree), verify it with one target forward, keep the accepted K/V.
+
+    Returns the verifier's result: ``tokens`` [Ba, *] emitted (accepted drafts + correction/bonus),
+    ``num_emitted`` [Ba].
+    """
+    timer.phase("draft")
+    if hasattr(strategy, "draft_tree"):
+        if drf is None:  # a model-free drafter reads the committed tokens instead
+            tree = strategy.draft_tree(None, rows, temperature, gen, history)
+        else:
+            tree = strategy.draft_tree(drf, rows, temperature, gen)
+        timer.phase("verify")
+        res = _verify_tree(tgt, rows, tree, temperature, seed)
+        _compact_tree(tgt, drf, rows, tree, res)
+    else:
+        drafts, dlens, q = _draft(drf, rows, strategy, min(k_cap, int(remaining.max())), temperature, gen)
+        dlens = torch.minimum(dlens, (remaining - 1).clamp(min=0))  # never draft past max_new_tokens
+        timer.phase("verify")
+        res = _verify(tgt, rows, drafts, dlens, q, temperature, seed)
+        strategy.observe(dlens, res.num_emitted - 1)
+    timer.phase("other")
+    return res
+
+
+def _advance(rows: _Rows, res) -> _Rows:
+    """The last emitted token becomes the root, the one before it ``prev``; ctx grows by the emitted."""
+    n = res.num_emitted
+    emitted = torch.cat([rows.root[:, None], res.tokens.clamp(min=0)], 1)
+    idx = torch.arange(n.numel(), device=n.device)
+    return _Rows(rows.ids, emitted[idx, n - 1], emitted[idx, n], rows.ctx + n)
+
+
 def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
              max_new_tokens: int = 128, strategy="chain", temperature: float = 0.0, seed: int | None = None,
              eos_token_id: int | None = None, pad_token_id: int | None = None,
@@ -214,8 +248,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     device, (B, T) = input_ids.device, input_ids.shape
     input_ids = input_ids.long()
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
-    is_tree = hasattr(strategy, "draft_tree")
-    k_cap = strategy.max_nodes - 1 if is_tree else max(getattr(strategy, "k_max", 0), getattr(strategy, "k", 0))
+    k_cap = strategy.max_nodes - 1 if hasattr(strategy, "draft_tree") else max(getattr(strategy, "k_max", 0), getattr(strategy, "k", 0))
     # room for the prompt, the output, and the widest forward past the committed context
     max_len = T + max_new_tokens + max(k_cap, getattr(strategy, "max_fed", 0)) + 2
     gen = torch.Generator(device=device)
@@ -242,39 +275,22 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         strategy.start(B, device)
         finished = _commit(out, rows.ids, first[:, None], torch.ones_like(first), max_new_tokens, eos_token_id,
                            streamer)
-        rows, finished = _drop_finished(rows, finished, tgt, drf, strategy)
+        rows = _drop_finished(rows, finished, tgt, drf, strategy)
 
         step = 0
         while rows is not None:
             remaining = max_new_tokens - torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
-            timer.phase("draft")
-            if is_tree:
-                if drf is None:  # model-free drafter: it reads the committed tokens
-                    history = [prompts[i] + out[i] for i in rows.ids.tolist()]
-                    tree = strategy.draft_tree(None, rows, temperature, gen, history)
-                else:
-                    tree = strategy.draft_tree(drf, rows, temperature, gen)
-                timer.phase("verify")
-                res = _verify_tree(tgt, rows, tree, temperature, step_seed + step)
-                _compact_tree(tgt, drf, rows, tree, res)
-            else:
-                drafts, dlens, q = _draft(drf, rows, strategy, min(k_cap, int(remaining.max())), temperature, gen)
-                dlens = torch.minimum(dlens, (remaining - 1).clamp(min=0))
-                timer.phase("verify")
-                res = _verify(tgt, rows, drafts, dlens, q, temperature, step_seed + step)
-                strategy.observe(dlens, res.num_emitted - 1)
-            timer.phase("other")
+            history = [prompts[i] + out[i] for i in rows.ids.tolist()] if drf is None else None
+            res = _speculate(tgt, drf, rows, strategy, timer, temperature, gen, step_seed + step, k_cap, remaining,
+                             history)
             n = res.num_emitted
             hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
             verify_rows += n.numel()
             verify_emitted += int(n.sum())
             finished = _commit(out, rows.ids, res.tokens, n, max_new_tokens, eos_token_id, streamer)
-            # Advance: the last emitted token becomes the root, the one before it prev.
-            emitted = torch.cat([rows.root[:, None], res.tokens.clamp(min=0)], 1)
-            idx = torch.arange(n.numel(), device=device)
-            rows = _Rows(rows.ids, emitted[idx, n - 1], emitted[idx, n], rows.ctx + n)
+            rows = _advance(rows, res)
             tgt.cache.lens = rows.ctx - 1
-            rows, finished = _drop_finished(rows, finished, tgt, drf, strategy)
+            rows = _drop_finished(rows, finished, tgt, drf, strategy)
             step += 1
     timer.phase("other")
 
@@ -312,17 +328,18 @@ def _commit(out, ids, tokens, n, max_new_tokens, eos_token_id, streamer=None) ->
 
 
 def _drop_finished(rows, finished, tgt, drf, strategy):
-    """Remove finished rows from the batch (caches, strategy state) so they stop consuming work."""
+    """Remove finished rows from the batch (caches, strategy state) so they stop consuming work;
+    None once every row is done."""
     if not bool(finished.any()):
-        return rows, finished
+        return rows
     keep = (~finished).nonzero().squeeze(1).to(rows.ids.device)
     if keep.numel() == 0:
-        return None, finished
+        return None
     for runner in (tgt, drf):
         if runner is not None:
             runner.select(keep)
     strategy.select(keep)
-    return rows.select(keep), finished
+    return rows.select(keep)
 
 
 def _assemble(input_ids, out, pad) -> torch.Tensor:

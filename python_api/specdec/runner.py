@@ -6,7 +6,6 @@ import functools
 
 import torch
 
-import specdec_kernels as sk
 from specdec_kernels import hf_attention, trees
 
 from specdec.cache import SpecCache
@@ -82,4 +81,4 @@ def chain_mask(n: int, device) -> torch.Tensor:
     return trees.ancestor_mask(trees.chain_parents(n, device=device))
 
 
-__all__ = ["ModelRunner", "tree_attention_enabled", "chain_mask", "sk"]
+__all__ = ["ModelRunner", "tree_attention_enabled", "chain_mask"]
