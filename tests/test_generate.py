@@ -110,6 +110,26 @@ def test_eos_stops_a_sequence_and_pads(pair):
     assert all(t == 0 for t in row0[stop + 1 :])
 
 
+def test_long_ragged_prompts_prefill_in_chunks(pair, monkeypatch):
+    # Prompts longer than a prefill chunk (shrunk to 8 here) go through several chunked forwards.
+    import specdec.runner
+
+    monkeypatch.setattr(specdec.runner, "PREFILL_CHUNK", 8)
+    target, draft = pair
+    ids, mask = ragged_batch(97, [21, 8, 3], seed=12)
+    out = specdec.generate(target, draft, ids, attention_mask=mask, max_new_tokens=16, strategy=Chain(3))
+    assert torch.equal(out.sequences, plain_greedy(target, ids, mask, 16))
+
+
+def test_eos_list_is_honoured(pair):
+    target, draft = pair
+    ids, mask = ragged_batch(97, [7], seed=4)
+    free = plain_greedy(target, ids, mask, 12)
+    eos = int(free[0, 7 + 2])
+    out = specdec.generate(target, draft, ids, max_new_tokens=12, eos_token_id=[96 if eos != 96 else 95, eos])
+    assert out.sequences[0, 7:].tolist() == free[0, 7 : 7 + 3].tolist()
+
+
 def test_bad_inputs(pair):
     target, draft = pair
     ids = torch.randint(0, 97, (1, 5))
@@ -121,6 +141,10 @@ def test_bad_inputs(pair):
         specdec.generate(target, draft, ids, attention_mask=torch.zeros_like(ids))
     with pytest.raises(ValueError, match="left-padded"):
         specdec.generate(target, draft, ids, attention_mask=torch.tensor([[1, 1, 1, 1, 0]]))
+    with pytest.raises(ValueError, match="left-padded"):  # a gap inside the prompt
+        specdec.generate(target, draft, ids, attention_mask=torch.tensor([[0, 1, 0, 1, 1]]))
+    with pytest.raises(ValueError, match="needs a draft model"):
+        specdec.generate(target, None, ids, strategy="auto")
     with pytest.raises(ValueError, match="vocabularies differ"):
         specdec.generate(target, tiny_model("llama", 1, 32, seed=2, vocab=50), ids)
     with pytest.raises(ValueError, match="same dtype"):

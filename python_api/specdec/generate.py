@@ -75,8 +75,9 @@ def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temp
             raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
         if bool((attention_mask.sum(1) == 0).any()):
             raise ValueError("attention_mask: every sequence needs at least one prompt token (empty prompt)")
-        if bool((attention_mask[:, -1] == 0).any()):
-            raise ValueError("attention_mask: prompts must be left-padded (the last column must be real tokens)")
+        m = attention_mask.bool()
+        if bool((m[:, 1:] < m[:, :-1]).any()):
+            raise ValueError("attention_mask: prompts must be left-padded (each row zeros, then ones)")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if temperature < 0:
@@ -221,8 +222,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         (:mod:`specdec.tune`) once per model pair.
     temperature : 0 for greedy; > 0 samples exactly from softmax(target_logits / temperature).
     seed : makes sampling reproducible.
-    eos_token_id, pad_token_id : a sequence stops after EOS; finished rows are padded with
-        ``pad_token_id`` (default: EOS, else 0).
+    eos_token_id, pad_token_id : a sequence stops after EOS (one id or a list); finished rows are
+        padded with ``pad_token_id`` (default: the first EOS, else 0).
     streamer : optional callable, called with the list of new token ids of row 0 as they are accepted.
 
     Returns
@@ -238,6 +239,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     >>> out = specdec.generate(target, draft, ids, max_new_tokens=32)
     """
     _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature)
+    if isinstance(strategy, str) and strategy == "auto" and draft is None:
+        raise ValueError('strategy="auto" chooses among draft-model strategies: it needs a draft model')
     if strategy == "auto":  # the cost model's pick for this pair, calibrated once on this prompt
         from specdec.tune import auto_strategy
 
@@ -294,7 +297,9 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
             step += 1
     timer.phase("other")
 
-    sequences = _assemble(input_ids, out, pad_token_id if pad_token_id is not None else (eos_token_id or 0))
+    if pad_token_id is None:  # transformers' convention: pad finished rows with (the first) EOS
+        pad_token_id = eos_token_id if isinstance(eos_token_id, int) else (list(eos_token_id)[0] if eos_token_id else 0)
+    sequences = _assemble(input_ids, out, pad_token_id)
     new_tokens = sum(len(o) for o in out)
     stats = {
         "target_calls": tgt.calls,
@@ -312,13 +317,16 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
 
 
 def _commit(out, ids, tokens, n, max_new_tokens, eos_token_id, streamer=None) -> torch.Tensor:
-    """Append each row's emitted tokens, cut at EOS and max_new_tokens; returns finished [Ba] bool."""
+    """Append each row's emitted tokens, cut at EOS and max_new_tokens; returns finished [Ba] bool.
+
+    ``eos_token_id``: None, one id, or several (transformers configs often list more than one)."""
+    eos = set() if eos_token_id is None else {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
     finished = []
     for row, toks, count in zip(ids.tolist(), tokens.tolist(), n.tolist()):
         done, before = False, len(out[row])
         for t in toks[:count]:
             out[row].append(t)
-            if t == eos_token_id or len(out[row]) >= max_new_tokens:
+            if t in eos or len(out[row]) >= max_new_tokens:
                 done = True
                 break
         if streamer is not None and row == 0:

@@ -25,6 +25,9 @@ def tree_attention_enabled(*models):
             m.set_attn_implementation(impl)
 
 
+PREFILL_CHUNK = 512  # prompt tokens per prefill forward (the Triton kernel takes up to 1024 nodes)
+
+
 class ModelRunner:
     """Runs one model over trees of tokens; ``cache.lens`` holds each sequence's committed length."""
 
@@ -53,23 +56,29 @@ class ModelRunner:
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run left-padded prompts; afterwards sequence b's real tokens sit at positions 0..len_b-1.
 
-        The prompt is one forward whose "tree" is the whole padded row: causal, pads hidden from every
-        real token. Compaction then moves each row's real entries to the front of its cache.
-        Returns the logits after the last prompt token, [B, V].
+        Each row is first shifted left (its real tokens to the front, filler after them), then the rows
+        run in causal chunks of at most ``PREFILL_CHUNK`` tokens: chunk j is a chain "tree" over the
+        prefix of the j previous chunks. A real token only ever sees real tokens (they form a prefix);
+        filler entries sit at or past ``lens`` and are overwritten later. Chunks keep every forward
+        within the tree-attention kernel's node limit, whatever the prompt length.
+        Returns the logits after each row's last prompt token, [B, V].
         """
         B, T = input_ids.shape
-        mask = attention_mask.bool()
-        lens = mask.sum(1)
-        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-        causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-        tree_mask = (causal & mask[:, None, :]) | torch.eye(T, dtype=torch.bool, device=input_ids.device)
-        logits = self.forward(input_ids, positions, tree_mask, start=torch.zeros_like(lens))
-        pads = T - lens
-        if bool((pads > 0).any()):
-            src = pads[:, None] + torch.arange(T, device=lens.device)
-            self.cache.compact(src.clamp(max=T - 1), torch.zeros_like(lens), lens)
+        lens = attention_mask.sum(1)
+        cols = (torch.arange(T, device=input_ids.device) + (T - lens)[:, None]).clamp(max=T - 1)
+        ids = input_ids.gather(1, cols)  # [B, T]: real tokens first
+        last = lens - 1  # position of each row's last real token
+        out = None
+        for start in range(0, T, PREFILL_CHUNK):
+            n = min(PREFILL_CHUNK, T - start)
+            pos = torch.arange(start, start + n, device=ids.device).expand(B, n)
+            logits = self.forward(ids[:, start : start + n], pos, chain_mask(n, ids.device),
+                                  start=torch.full_like(lens, start))
+            here = (last >= start) & (last < start + n)
+            picked = logits.gather(1, (last - start).clamp(0, n - 1)[:, None, None].expand(B, 1, logits.shape[-1]))[:, 0]
+            out = picked if out is None else torch.where(here[:, None], picked, out)
         self.cache.lens = lens.clone()
-        return logits[:, -1]
+        return out
 
     def select(self, rows: torch.Tensor) -> None:
         self.cache.select(rows)
@@ -77,8 +86,8 @@ class ModelRunner:
 
 @functools.lru_cache(maxsize=64)
 def chain_mask(n: int, device) -> torch.Tensor:
-    """Causal [n, n] mask (a chain is a tree); cached, the loop asks for the same few sizes every step."""
-    return trees.ancestor_mask(trees.chain_parents(n, device=device))
+    """Causal [n, n] mask: the ancestor mask of a chain. Cached, the loop asks for the same few sizes."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
 __all__ = ["ModelRunner", "tree_attention_enabled", "chain_mask"]

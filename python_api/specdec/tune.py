@@ -28,6 +28,11 @@ from specdec.tree_drafting import DynamicTree, StaticTree
 TOKENS_PER_CALL = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.inference_mode()
 def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int = 7) -> dict[int, float]:
     """Median seconds of one forward over n tree tokens (chain mask) after a prefix, for each n."""
@@ -43,8 +48,10 @@ def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int 
             mask = chain_mask(n, ids.device)
             samples = []
             for _ in range(reps + 1):
+                _sync(ids.device)
                 t0 = time.perf_counter()
                 runner.forward(x, pos, mask)
+                _sync(ids.device)
                 samples.append(time.perf_counter() - t0)
             out[n] = statistics.median(samples[1:])
     return out
