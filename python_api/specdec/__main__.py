@@ -56,16 +56,16 @@ def demo(args) -> None:
     for i, prompt in enumerate(prompts):
         ids = tok(prompt, return_tensors="pt").input_ids
         t0 = time.perf_counter()
-        plain = target.generate(ids, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
-                                do_sample=False, pad_token_id=0)
+        plain = target.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False,
+                                eos_token_id=tok.eos_token_id, pad_token_id=0)
         t_plain = time.perf_counter() - t0
         print(f"\n===== prompt {i + 1}/{len(prompts)} ({args.strategy}) =====")
         sys.stdout.write(prompt)
         strategy = args.strategy if args.strategy == "auto" else resolve_strategy(args.strategy)
         model_free = not getattr(strategy, "needs_draft_model", True)
         out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=args.max_new_tokens,
-                               strategy=strategy,
-                               temperature=args.temperature, seed=args.seed, streamer=_Printer(tok, ids[0]))
+                               strategy=strategy, temperature=args.temperature, seed=args.seed,
+                               eos_token_id=tok.eos_token_id, streamer=_Printer(tok, ids[0]))
         t_spec = out.stats["wall_s"]
         exact = torch.equal(out.sequences, plain) if args.temperature == 0 else None
         exact_all &= bool(exact) if exact is not None else True
@@ -106,7 +106,7 @@ def bench(args) -> None:
         prompt_set, default, label = args.prompt_set or "input_grounded", SMOLLM2_DEFAULT, "SmolLM2-135M-Instruct"
     else:
         target, draft, tok = _load(args)
-        chat, eos = False, None
+        chat, eos = False, tok.eos_token_id  # everyone stops at EOS, so outputs compare token for token
         prompt_set, default, label = args.prompt_set or "heldout_code", BENCH_DEFAULT, "bundled pair"
     prompts = b.load_prompts(prompt_set)[: args.prompts]
     names = args.configs.split(",") if args.configs else default
