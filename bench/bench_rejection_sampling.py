@@ -105,24 +105,15 @@ def copy_bandwidth_gbs(device, reps, nbytes=1 << 28):
 
 
 def cases(device):
-    if device == "cuda":
-        V = 128256
-        yield "chain fp32 probs, sampled", "B=32 K=8", lambda g: ("chain", make_chain(32, 8, V, device, gen=g))
-        yield "chain bf16 logits, sampled", "B=32 K=8", lambda g: (
-            "chain", make_chain(32, 8, V, device, torch.bfloat16, gen=g))
-        for B in (1, 32):
-            yield "tree fp32 probs, sampled", f"B={B} N=64", lambda g, B=B: ("tree", make_tree(B, 64, V, device, gen=g))
-            yield "tree bf16 logits, top-k", f"B={B} N=64", lambda g, B=B: (
-                "tree", make_tree(B, 64, V, device, torch.bfloat16, gen=g))
-    else:
-        V = 32000
-        yield "chain fp32 probs, sampled", "B=8 K=8", lambda g: ("chain", make_chain(8, 8, V, device, gen=g))
-        yield "chain bf16 logits, sampled", "B=8 K=8", lambda g: (
-            "chain", make_chain(8, 8, V, device, torch.bfloat16, gen=g))
-        for B in (1, 8):
-            yield "tree fp32 probs, sampled", f"B={B} N=64", lambda g, B=B: ("tree", make_tree(B, 64, V, device, gen=g))
-            yield "tree bf16 logits, top-k", f"B={B} N=64", lambda g, B=B: (
-                "tree", make_tree(B, 64, V, device, torch.bfloat16, gen=g))
+    # The shapes on CUDA (V=128256, chain B=32, trees B=1/32); smaller ones for the CPU reference.
+    V, chain_b, tree_bs = (128256, 32, (1, 32)) if device == "cuda" else (32000, 8, (1, 8))
+    yield "chain fp32 probs, sampled", f"B={chain_b} K=8", lambda g: ("chain", make_chain(chain_b, 8, V, device, gen=g))
+    yield "chain bf16 logits, sampled", f"B={chain_b} K=8", lambda g: (
+        "chain", make_chain(chain_b, 8, V, device, torch.bfloat16, gen=g))
+    for B in tree_bs:
+        yield "tree fp32 probs, sampled", f"B={B} N=64", lambda g, B=B: ("tree", make_tree(B, 64, V, device, gen=g))
+        yield "tree bf16 logits, top-k", f"B={B} N=64", lambda g, B=B: (
+            "tree", make_tree(B, 64, V, device, torch.bfloat16, gen=g))
 
 
 def main(argv=None):
