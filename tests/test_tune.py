@@ -17,6 +17,28 @@ def test_identical_draft_predicts_full_acceptance_and_ranks_longer_chains_higher
         assert preds[f"chain:{k}"].step_s > 0
 
 
+def test_dynamic_lookahead_and_prompt_lookup_are_predicted_from_their_runs():
+    """Identical draft: the heuristic schedule accepts everything, so every step verifies its whole
+    chain (tau = rounds + 1). Prompt lookup needs no draft model; its predicted tau is the tau of the
+    same run on the same prompts, and its step time has no draft forwards."""
+    import pytest
+
+    target = tiny_model("llama", 2, 64, seed=0)
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, 7, (1, 24), generator=g)]  # few distinct tokens: n-gram matches exist
+    heur = specdec.DynamicLookahead("heuristic", k=2, k_max=6)
+    pred = tune.predict(target, target, ids, {"heuristic": heur}, max_new_tokens=24)[0]
+    assert pred.tau > 3 and pred.step_s > 0
+
+    lookup = specdec.PromptLookup(k=4)
+    pred = tune.predict(target, None, ids, {"lookup:4": lookup}, max_new_tokens=24)[0]
+    out = specdec.generate(target, None, ids[0], max_new_tokens=24, strategy=specdec.PromptLookup(k=4))
+    assert abs(pred.tau - (out.stats["new_tokens"] - 1) / out.stats["steps"]) < 1e-9
+    assert tune.draft_forward_sizes(lookup) == []
+    with pytest.raises(ValueError, match="needs a draft model"):
+        tune.predict(target, None, ids, {"chain:2": specdec.Chain(2)})
+
+
 def test_latency_table_and_interpolation():
     model = tiny_model("llama", 1, 32, seed=1)
     lat = tune.measure_latency(model, tokens=(1, 4, 16), prefix=8, reps=2)

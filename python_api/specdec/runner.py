@@ -36,6 +36,7 @@ class ModelRunner:
         p = next(model.parameters())
         self.cache = SpecCache(model.config, batch_size, max_len, dtype=p.dtype, device=p.device)
         self.calls = 0
+        self.tokens = 0  # tokens fed per row, summed over forwards (prefill included)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor,
@@ -51,6 +52,7 @@ class ModelRunner:
             tree_mask=tree_mask, kv_lens=kv_lens, mask_memo={},
         )
         self.calls += 1
+        self.tokens += tokens.shape[1]
         return out.logits.float()
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

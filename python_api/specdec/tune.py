@@ -7,10 +7,12 @@ per step, and both factors are measured separately instead of guessed:
   attention over a prefix), measured here (:func:`measure_latency`);
 - acceptance: tokens per target call (tau) on a few sample prompts. For chains one greedy run with
   k_max drafts gives tau(k) = 1 + E[min(A, k)] for every k <= k_max (greedy drafts do not depend on k);
-  for trees tau is measured per configuration on the same sample prompts.
+  for trees, dynamic lookahead and prompt lookup, tau -- and, where they vary per step, the draft
+  rounds and the verify width -- are measured per configuration on the same sample prompts.
 
 A step's predicted time is the sum of the forwards it makes (draft rounds + one target forward over
-the tree) plus a per-step overhead measured once from the chain calibration run.
+the tree) plus a per-step overhead measured once per family (from the chain calibration run for chains).
+Prompt lookup makes no draft forwards: its step is the target forward plus the n-gram search (overhead).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import torch
 
 import specdec
 from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
+from specdec.prompt_lookup import PromptLookup
+from specdec.strategies import DynamicLookahead
 from specdec.tree_drafting import DynamicTree, StaticTree
 
 TOKENS_PER_CALL = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -36,7 +40,7 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int = 7) -> dict[int, float]:
     """Median seconds of one forward over n tree tokens (chain mask) after a prefix, for each n."""
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.config.vocab_size  # (a draft's head may score only a subset)
     out = {}
     with tree_attention_enabled(model):
         runner = ModelRunner(model, 1, prefix + max(tokens) + 1)
@@ -94,6 +98,10 @@ def draft_forward_sizes(strategy) -> list[int]:
     """Tokens per draft forward of one step (prev + root + fed nodes, see tree_drafting)."""
     if isinstance(strategy, specdec.Chain):
         return [2] + [1] * (strategy.k - 1)
+    if isinstance(strategy, DynamicLookahead):  # up to k_max; the measured rounds cut it short
+        return [2] + [1] * (strategy.k_max - 1)
+    if isinstance(strategy, PromptLookup):
+        return []
     if isinstance(strategy, StaticTree):
         depth = max(map(len, strategy._paths))
         fed = 1
@@ -111,7 +119,12 @@ def draft_forward_sizes(strategy) -> list[int]:
 
 
 def verify_size(strategy) -> int:
-    return strategy.k + 1 if isinstance(strategy, specdec.Chain) else strategy.max_nodes
+    """Tokens of the target's verify forward (the widest one, for strategies whose width varies)."""
+    if isinstance(strategy, specdec.Chain):
+        return strategy.k + 1
+    if isinstance(strategy, DynamicLookahead):
+        return strategy.k_max + 1
+    return strategy.max_nodes
 
 
 @dataclasses.dataclass
@@ -128,65 +141,76 @@ class Prediction:
 
 def _calibrate(target, draft, ids_list, strategy, max_new_tokens) -> dict:
     """Run a strategy on the sample prompts: tau, seconds per step, draft forwards per step."""
-    emitted = steps = wall = draft_calls = 0
+    emitted = steps = wall = draft_calls = verify_tokens = 0
+    model_free = not getattr(strategy, "needs_draft_model", True)
     for ids in ids_list:
-        out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy)
+        out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=max_new_tokens,
+                               strategy=strategy)
         s = out.stats
         emitted += s["new_tokens"] - 1
         steps += s["steps"]
         wall += s["wall_s"]
-        draft_calls += s["draft_calls"] - 1  # minus the prefill
+        draft_calls += max(s["draft_calls"] - 1, 0)  # minus the prefill
+        verify_tokens += s["verify_tokens"] * s["steps"]
     steps = max(steps, 1)
-    return {"tau": emitted / steps, "step_s": wall / steps, "draft_rounds": draft_calls / steps}
+    return {"tau": emitted / steps, "step_s": wall / steps, "draft_rounds": draft_calls / steps,
+            "verify_tokens": verify_tokens / steps}
 
 
 def _family(strategy) -> str:
-    return getattr(strategy, "method", type(strategy).__name__)
+    return getattr(strategy, "method", getattr(strategy, "policy", type(strategy).__name__))
 
 
 def predict(target, draft, sample_ids: list[torch.Tensor], candidates: dict[str, object], *,
             k_max: int = 8, max_new_tokens: int = 64) -> list[Prediction]:
     """Predicted tokens/s of each candidate strategy (a name -> strategy mapping), best first.
 
-    Chains: tau(k) from one k_max run's acceptance histogram. Trees: tau, and draft rounds per step
-    (DDD's depth is dynamic), from a run of each configuration on the sample prompts. Step time: the
-    forwards' latencies from the measured tables plus a per-step overhead (Python, verification,
-    compaction) measured once per family (chain, static tree, each dynamic method) on its first
-    configuration and reused for its other sizes.
+    Chains: tau(k) from one k_max run's acceptance histogram. Trees, dynamic lookahead and prompt
+    lookup: tau, draft rounds per step (DDD's depth, a dynamic lookahead's k) and the mean verify width,
+    from a run of each configuration on the sample prompts. Step time: the forwards' latencies from the
+    measured tables plus a per-step overhead (Python, verification, compaction, n-gram search) measured
+    once per family (chain, static tree, each dynamic method or policy, prompt lookup) on its first
+    configuration and reused for its other sizes. ``draft`` may be None when every candidate is
+    model-free (prompt lookup).
     """
-    lat_t, lat_d = measure_latency(target), measure_latency(draft)
-    hist = torch.zeros(k_max + 1)
-    wall = steps = 0.0
-    for ids in sample_ids:
-        out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=specdec.Chain(k_max))
-        hist += torch.tensor(out.stats["acceptance_histogram"], dtype=torch.float)
-        wall += out.stats["wall_s"]
-        steps += out.stats["steps"]
-    p_acc = hist / hist.sum()
-    overhead = {"Chain": max(wall / max(steps, 1) - _step_model_s(specdec.Chain(k_max), lat_t, lat_d), 0.0)}
+    lat_t = measure_latency(target)
+    lat_d = measure_latency(draft) if draft is not None else None
+    overhead: dict[str, float] = {}
+    if draft is not None and any(isinstance(s, specdec.Chain) for s in candidates.values()):
+        hist = torch.zeros(k_max + 1)
+        wall = steps = 0.0
+        for ids in sample_ids:
+            out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=specdec.Chain(k_max))
+            hist += torch.tensor(out.stats["acceptance_histogram"], dtype=torch.float)
+            wall += out.stats["wall_s"]
+            steps += out.stats["steps"]
+        p_acc = hist / hist.sum()
+        overhead["Chain"] = max(wall / max(steps, 1) - _step_model_s(specdec.Chain(k_max), lat_t, lat_d), 0.0)
     preds = []
     for name, strategy in candidates.items():
-        rounds = None
+        if draft is None and getattr(strategy, "needs_draft_model", True):
+            raise ValueError(f"candidate {name!r} needs a draft model")
+        rounds = width = None
         if isinstance(strategy, specdec.Chain) and strategy.k <= k_max:
             tau = 1 + float(sum(p_acc[a] * min(a, strategy.k) for a in range(k_max + 1)))
         else:
             cal = _calibrate(target, draft, sample_ids, strategy, max_new_tokens)
-            tau, rounds = cal["tau"], cal["draft_rounds"]
+            tau, rounds, width = cal["tau"], cal["draft_rounds"], cal["verify_tokens"]
             overhead.setdefault(_family(strategy),
-                                max(cal["step_s"] - _step_model_s(strategy, lat_t, lat_d, rounds), 0.0))
-        step = _step_model_s(strategy, lat_t, lat_d, rounds) + overhead[_family(strategy)]
+                                max(cal["step_s"] - _step_model_s(strategy, lat_t, lat_d, rounds, width), 0.0))
+        step = _step_model_s(strategy, lat_t, lat_d, rounds, width) + overhead[_family(strategy)]
         preds.append(Prediction(name, strategy, tau, step))
     return sorted(preds, key=lambda p: -p.tokens_per_s)
 
 
-def _step_model_s(strategy, lat_t, lat_d, rounds: float | None = None) -> float:
+def _step_model_s(strategy, lat_t, lat_d, rounds: float | None = None, width: float | None = None) -> float:
     """Model time of one step: its draft forwards (the first ``rounds`` of them when measured) + the
-    target's forward over the whole tree."""
+    target's forward over the tree (``width`` tokens when measured, else the strategy's widest)."""
     times = [_interp(lat_d, n) for n in draft_forward_sizes(strategy)]
     if rounds is not None and rounds < len(times):  # e.g. DDD stopped early: whole rounds + a fraction
         whole = int(rounds)
         times = times[:whole] + [times[whole] * (rounds - whole)]
-    return sum(times) + _interp(lat_t, verify_size(strategy))
+    return sum(times) + _interp(lat_t, width if width is not None else verify_size(strategy))
 
 
 DEFAULT_CANDIDATES = {
