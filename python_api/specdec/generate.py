@@ -65,6 +65,12 @@ class _Timer:
         self._phase, self._t = name, now
 
 
+def _logits_width(model) -> int:
+    """Logits per position: the head's out_features (a subset head still returns full-vocabulary logits)."""
+    head = model.get_output_embeddings()
+    return int(getattr(head, "out_features", None) or head.weight.shape[0])
+
+
 def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature):
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError("input_ids must be an int64 tensor of shape [B, T]")
@@ -82,14 +88,14 @@ def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temp
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    tp, tv = next(target.parameters()), target.get_output_embeddings().weight.shape[0]
+    tp, tv = next(target.parameters()), _logits_width(target)
     if input_ids.device != tp.device:
         raise ValueError(f"input_ids ({input_ids.device}) must be on the target's device ({tp.device})")
     if int(input_ids.max()) >= tv or int(input_ids.min()) < 0:
         raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {tv})")
     if draft is None:
         return
-    dp, dv = next(draft.parameters()), draft.get_output_embeddings().weight.shape[0]
+    dp, dv = next(draft.parameters()), _logits_width(draft)
     if tp.device != dp.device:
         raise ValueError(f"target ({tp.device}) and draft ({dp.device}) must be on one device")
     if tp.dtype != dp.dtype:
@@ -269,6 +275,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         drf = ModelRunner(draft, B, max_len) if draft is not None else None
         timer.phase("verify")
         first, _ = _choose(tgt.prefill(input_ids, attention_mask), temperature, gen)
+        prefill_tokens = tgt.tokens
         timer.phase("draft")
         if drf is not None:
             drf.prefill(input_ids, attention_mask)
@@ -306,6 +313,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         "draft_calls": drf.calls if drf is not None else 0,
         "new_tokens": new_tokens,
         "steps": step,
+        "verify_tokens": (tgt.tokens - prefill_tokens) / max(step, 1),  # mean width of a verify forward
         "tau": verify_emitted / max(verify_rows, 1),
         "acceptance_histogram": hist.tolist(),
         "wall_s": time.perf_counter() - t0,
