@@ -33,7 +33,8 @@ class _Printer:
     """Streams decoded text as tokens are accepted (the loop calls it with each row-0 token batch)."""
 
     def __init__(self, tokenizer, prompt_ids):
-        self.tok, self.ids, self.shown = tokenizer, prompt_ids.tolist(), 0
+        self.tok, self.ids = tokenizer, prompt_ids.tolist()
+        self.shown = len(tokenizer.decode(self.ids))  # the prompt is printed by the caller
 
     def __call__(self, tokens: list[int]) -> None:
         self.ids += tokens
@@ -45,24 +46,35 @@ class _Printer:
 
 def demo(args) -> None:
     import specdec
-    from specdec.bench import load_prompts
+    from specdec.bench import encode, load_prompts
     from specdec.strategies import resolve_strategy
 
-    target, draft, tok = _load(args)
-    prompts = load_prompts()[: args.prompts]
+    if args.pair == "smollm2":  # a real pretrained target with its distilled draft, on chat prompts
+        from specdec.models import load_smollm2_pair
+
+        print("loading SmolLM2-135M-Instruct and its distilled draft ...", file=sys.stderr)
+        target, draft, tok = load_smollm2_pair()
+        prompts, chat = load_prompts("input_grounded")[: args.prompts], True
+    else:
+        target, draft, tok = _load(args)
+        prompts, chat = load_prompts()[: args.prompts], False
+    strategy = args.strategy if args.strategy == "auto" else resolve_strategy(args.strategy)
+    model_free = not getattr(strategy, "needs_draft_model", True)
+    # Warm-up (first-call allocations, kernel set-up) so that neither side's timing carries it.
+    warm = encode(tok, prompts[0], chat)
+    target.generate(warm, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    specdec.generate(target, None if model_free else draft, warm, max_new_tokens=8, strategy=strategy)
     total_new = total_plain = total_spec = 0.0
     exact_all = True
     taus = []
     for i, prompt in enumerate(prompts):
-        ids = tok(prompt, return_tensors="pt").input_ids
+        ids = encode(tok, prompt, chat)
         t0 = time.perf_counter()
         plain = target.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False,
                                 eos_token_id=tok.eos_token_id, pad_token_id=0)
         t_plain = time.perf_counter() - t0
         print(f"\n===== prompt {i + 1}/{len(prompts)} ({args.strategy}) =====")
         sys.stdout.write(prompt)
-        strategy = args.strategy if args.strategy == "auto" else resolve_strategy(args.strategy)
-        model_free = not getattr(strategy, "needs_draft_model", True)
         out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=args.max_new_tokens,
                                strategy=strategy, temperature=args.temperature, seed=args.seed,
                                eos_token_id=tok.eos_token_id, streamer=_Printer(tok, ids[0]))
@@ -91,19 +103,26 @@ BENCH_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-assist
                  "ddd:16", "ddd:32", "ddd:64", "eagle2:12:4:4", "ddd:10:2:8", "lookup:8"]
 
 
-SMOLLM2_DEFAULT = ["hf-prompt-lookup k=8", "lookup:8", "lookup:8:3", "lookup:16:3"]
+SMOLLM2_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-prompt-lookup k=8",
+                   "chain:2", "chain:4", "heuristic", "eagle2:16", "lookup:8", "lookup:8:3", "lookup:16:3"]
+SMOLLM2_NO_DRAFT = [n for n in SMOLLM2_DEFAULT if "lookup" in n]
 
 
 def bench(args) -> None:
     from specdec import bench as b
 
-    if args.pair == "smollm2":  # a real pretrained target, model-free drafting on input-grounded prompts
-        from specdec.models import load_smollm2
+    if args.pair == "smollm2":  # a real pretrained target: its distilled draft and prompt lookup
+        from specdec.models import load_smollm2, load_smollm2_draft
 
-        print("loading SmolLM2-135M-Instruct ...", file=sys.stderr)
+        print("loading SmolLM2-135M-Instruct and its distilled draft ...", file=sys.stderr)
         target, tok = load_smollm2()
-        draft, chat, eos = None, True, tok.eos_token_id
-        prompt_set, default, label = args.prompt_set or "input_grounded", SMOLLM2_DEFAULT, "SmolLM2-135M-Instruct"
+        try:
+            draft, default = load_smollm2_draft(target), SMOLLM2_DEFAULT
+        except FileNotFoundError as e:
+            print(f"no draft model ({e}): prompt lookup only", file=sys.stderr)
+            draft, default = None, SMOLLM2_NO_DRAFT
+        chat, eos = True, tok.eos_token_id
+        prompt_set, label = args.prompt_set or "input_grounded", "SmolLM2-135M-Instruct"
     else:
         target, draft, tok = _load(args)
         chat, eos = False, tok.eos_token_id  # everyone stops at EOS, so outputs compare token for token
@@ -113,10 +132,10 @@ def bench(args) -> None:
     rows = b.run(target, draft, tok, prompts, names, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                  chat=chat, eos_token_id=eos)
     rho = None
-    if not args.no_cost_model and draft is not None:
+    if not args.no_cost_model:
         print("cost model: calibrating on other prompts ...", file=sys.stderr)
-        calib = b.load_prompts()[args.prompts : args.prompts + 4]
-        rho = b.add_predictions(rows, target, draft, tok, calib, names)
+        calib = b.load_prompts(prompt_set)[args.prompts : args.prompts + 4]
+        rho = b.add_predictions(rows, target, draft, tok, calib, names, chat=chat)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     header = (f"End to end, {label}, {len(prompts)} prompts ({prompt_set}) x up to {args.max_new_tokens} new tokens, greedy, "
               f"median of {args.repeats} repeats; {machine}; command: `python -m specdec bench "
@@ -144,6 +163,9 @@ def main(argv=None) -> None:
         s.add_argument("--draft", help="path of its draft model (default: the bundled draft)")
         s.add_argument("--max-new-tokens", type=int, default=128)
         s.add_argument("--prompts", type=int, default=3 if name == "demo" else 8)
+        s.add_argument("--pair", choices=["default", "smollm2"], default="default",
+                       help="smollm2: SmolLM2-135M-Instruct with its distilled draft (and prompt lookup), "
+                            "on input-grounded chat prompts")
     d = sub.choices["demo"]
     d.add_argument("--strategy", default=DEFAULT_STRATEGY)
     d.add_argument("--temperature", type=float, default=0.0)
@@ -153,8 +175,6 @@ def main(argv=None) -> None:
     bb.add_argument("--repeats", type=int, default=3)
     bb.add_argument("--out", default="bench/results")
     bb.add_argument("--no-cost-model", action="store_true", help="skip the cost model's predictions")
-    bb.add_argument("--pair", choices=["default", "smollm2"], default="default",
-                    help="smollm2: SmolLM2-135M-Instruct with model-free (prompt lookup) drafting")
     bb.add_argument("--prompt-set", help="heldout_code (default pair) or input_grounded (smollm2)")
     args = p.parse_args(argv)
     {"demo": demo, "bench": bench}[args.cmd](args)
