@@ -1,4 +1,4 @@
-"""Build the held-out code prompt set used by the demo and the benchmarks.
+"""Build the held-out prompt sets used by the demo and the benchmarks.
 
     python bench/make_prompts.py     # writes python_api/specdec/assets/prompts/{heldout_code,input_grounded}.json
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "models"))
-from train_pair import read_text, split_files, stdlib_files  # noqa: E402
+from train_pair import functions, prose_paragraphs, read_text, split_files, stdlib_files  # noqa: E402
 
 OUT = ROOT / "python_api" / "specdec" / "assets" / "prompts" / "heldout_code.json"
 GROUNDED = OUT.with_name("input_grounded.json")
@@ -22,35 +22,26 @@ TASKS = [
 ]
 
 
-def functions(lines: list[str], max_lines: int = 22):
-    """Whole top-level or method functions of at most max_lines lines, as text."""
-    for i, line in enumerate(lines):
-        stripped = line.lstrip()
-        if not stripped.startswith("def "):
-            continue
-        indent = len(line) - len(stripped)
-        j = i + 1
-        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
-            j += 1
-        body = [l[indent:] for l in lines[i:j]]
-        while body and not body[-1].strip():
-            body.pop()
-        if 6 <= len(body) <= max_lines:
-            yield "\n".join(body)
+SUMMARY_TASK = "Summarize the following text in two sentences:"
 
 
 def grounded(held, root, n: int = 6) -> None:
-    """Input-grounded tasks (edit a given function): the answer repeats most of the prompt, the case
-    prompt lookup drafting is for. Functions come from the held-out files."""
-    prompts, sources = [], []
+    """Input-grounded tasks (edit a given function, summarize a given text): the answer repeats or
+    condenses the prompt, the case prompt lookup drafting is for. Functions come from the held-out files,
+    texts from the held-out topics of the Python reference (pydoc_data.topics, see train_pair.py)."""
+    edits, sources = [], []
     for f in held:
         fn = next(functions(read_text(root / f).splitlines()), None)
         if fn is None:
             continue
-        prompts.append(f"{TASKS[len(prompts) % len(TASKS)]}\n\n```python\n{fn}\n```")
+        edits.append(f"{TASKS[len(edits) % len(TASKS)]}\n\n```python\n{fn}\n```")
         sources.append(f)
-        if len(prompts) == n:
+        if len(edits) == n:
             break
+    paras = [p for p in prose_paragraphs(held_out=True) if len(p) <= 900]
+    summaries = [f"{SUMMARY_TASK}\n\n{paras[i * len(paras) // n]}" for i in range(n)]
+    prompts = [p for pair in zip(edits, summaries) for p in pair]  # alternate, so --prompts N takes both kinds
+    sources = [s for f in sources for s in (f, "pydoc_data.topics (held-out topic)")]
     GROUNDED.write_text(json.dumps({"about": grounded.__doc__.split(".")[0], "sources": sources,
                                     "prompts": prompts}, indent=1) + "\n")
     print(f"{len(prompts)} prompts -> {GROUNDED}")

@@ -62,6 +62,39 @@ def read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
+def functions(lines: list[str], min_lines: int = 6, max_lines: int = 22):
+    """Whole top-level or method functions of min_lines..max_lines lines, dedented, as text."""
+    for i, line in enumerate(lines):
+        stripped = line.lstrip()
+        if not stripped.startswith("def "):
+            continue
+        indent = len(line) - len(stripped)
+        j = i + 1
+        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+            j += 1
+        body = [l[indent:] for l in lines[i:j]]
+        while body and not body[-1].strip():
+            body.pop()
+        if min_lines <= len(body) <= max_lines:
+            yield "\n".join(body)
+
+
+def prose_paragraphs(held_out: bool) -> list[str]:
+    """Paragraphs of the Python reference's prose (pydoc_data.topics, on every machine); every 10th
+    topic in sorted order is held out."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for i, name in enumerate(sorted(topics)):
+        if (i % 10 == 0) != held_out:
+            continue
+        for para in topics[name].split("\n\n"):
+            para = " ".join(para.split())
+            if 200 <= len(para) <= 1200 and not para.startswith(("*", "-", ">>>", "[")):
+                out.append(para)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ tokenizer
 def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
