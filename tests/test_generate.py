@@ -177,6 +177,25 @@ SAMPLING_STRATEGIES = {
 }
 
 
+def _chi_square_first_three(target, draft, strategy, V: int, n: int = 12000, temperature: float = 1.0):
+    """Samples n sequences of 3 new tokens after a fixed prompt; returns (chi-square p, stats).
+    Cells with expected count < 5 are merged into one."""
+    from scipy.stats import chisquare
+
+    prompt = torch.tensor([[1, 3, 0, 2]])
+    out = specdec.generate(target, draft, prompt.expand(n, -1).contiguous(), max_new_tokens=3, strategy=strategy,
+                           temperature=temperature, seed=2024)
+    toks = out.sequences[:, 4:]
+    counts = torch.bincount(toks[:, 0] * V * V + toks[:, 1] * V + toks[:, 2], minlength=V ** 3).double()
+    assert math.isclose(float(counts.sum()), n)
+    expected = _exact_joint(target, prompt, V, temperature).flatten() * n
+    big = expected >= 5
+    obs = torch.cat([counts[big], counts[~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    stat, p = chisquare(obs.numpy(), exp.numpy() * (obs.sum() / exp.sum()).item())
+    return p, f"chi-square p = {p:.2e} (stat {stat:.1f}, {int(big.sum())} cells)", out.stats, toks
+
+
 @pytest.mark.parametrize("name", list(SAMPLING_STRATEGIES))
 def test_sampling_is_lossless_over_three_tokens(name):
     """Chi-square test of the joint law of the first three sampled tokens against the target's.
@@ -184,29 +203,49 @@ def test_sampling_is_lossless_over_three_tokens(name):
     V = 5 (125 cells), 12000 independent sequences in one batch, drafts from a different model, so
     tokens 2-3 come from speculative verification (accepts and residual resamples both occur): a chain
     with sampled drafts, a DySpec tree with children sampled without replacement, and an EAGLE-2 tree
-    of deterministic top-k children.
-    Cells with expected count < 5 are merged; with a fixed seed the test is deterministic; it fails
-    when p < 1e-4.
+    of deterministic top-k children. With a fixed seed the test is deterministic; it fails when p < 1e-4.
     """
-    from scipy.stats import chisquare
-
-    V, n, temperature = 5, 12000, 1.0
+    V = 5
     target = tiny_model("llama", 2, 32, seed=5, vocab=V)
     draft = tiny_model("llama", 1, 16, seed=6, vocab=V)
-    prompt = torch.tensor([[1, 3, 0, 2]])
-    out = specdec.generate(target, draft, prompt.expand(n, -1).contiguous(), max_new_tokens=3,
-                           strategy=SAMPLING_STRATEGIES[name](),
-                           temperature=temperature, seed=2024)
-    toks = out.sequences[:, 4:]
-    assert out.stats["acceptance_histogram"][0] > 0 and sum(out.stats["acceptance_histogram"][1:]) > 0
-    counts = torch.bincount(toks[:, 0] * V * V + toks[:, 1] * V + toks[:, 2], minlength=V ** 3).double()
-    expected = _exact_joint(target, prompt, V, temperature).flatten() * n
-    big = expected >= 5
-    obs = torch.cat([counts[big], counts[~big].sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    stat, p = chisquare(obs.numpy(), exp.numpy() * (obs.sum() / exp.sum()).item())
-    assert p > 1e-4, f"chi-square p = {p:.2e} (stat {stat:.1f}, {int(big.sum())} cells)"
-    assert math.isclose(float(counts.sum()), n)
+    p, msg, stats, _ = _chi_square_first_three(target, draft, SAMPLING_STRATEGIES[name](), V)
+    assert stats["acceptance_histogram"][0] > 0 and sum(stats["acceptance_histogram"][1:]) > 0
+    assert p > 1e-4, msg
+
+
+def _subset_head_draft(draft, keep: list[int]):
+    """A copy of ``draft`` whose head scores only the ``keep`` token ids (specdec.models.SubsetLMHead)."""
+    import copy
+
+    from specdec.models import SubsetLMHead
+
+    d = copy.deepcopy(draft)
+    d.lm_head = SubsetLMHead(d.lm_head.weight.detach(), torch.tensor(keep))
+    return d.eval()
+
+
+@pytest.mark.parametrize("name", ["chain", "dyspec-sampled"])
+def test_sampling_with_a_subset_head_draft_is_lossless(name):
+    """A draft that can only propose tokens {0, 2, 3} of V = 5 (q = 0 for 1 and 4): tokens 1 and 4 then
+    come only from residual resampling, and the joint law must still be the target's. Same sample size,
+    seed and threshold (p < 1e-4 fails) as above."""
+    V = 5
+    target = tiny_model("llama", 2, 32, seed=5, vocab=V)
+    draft = _subset_head_draft(tiny_model("llama", 1, 16, seed=6, vocab=V), [0, 2, 3])
+    p, msg, stats, toks = _chi_square_first_three(target, draft, SAMPLING_STRATEGIES[name](), V)
+    assert sum(stats["acceptance_histogram"][1:]) > 0  # drafts were accepted, not only resampled
+    assert bool(((toks[:, 1:] == 1) | (toks[:, 1:] == 4)).any())  # reached only through the residual
+    assert p > 1e-4, msg
+
+
+@pytest.mark.parametrize("policy", ["chain4", "heuristic", "eagle2", "dyspec"])
+def test_subset_head_draft_greedy_exact(pair, policy):
+    target, draft = pair
+    keep = torch.randperm(97, generator=torch.Generator().manual_seed(4))[:60].tolist()
+    ids, mask = ragged_batch(97, [7, 3], seed=9)
+    out = specdec.generate(target, _subset_head_draft(draft, keep), ids, attention_mask=mask, max_new_tokens=20,
+                           strategy=POLICIES[policy]())
+    assert torch.equal(out.sequences, plain_greedy(target, ids, mask, 20))
 
 
 @pytest.mark.parametrize("branches", [1, 3])

