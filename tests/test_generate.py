@@ -279,3 +279,35 @@ def test_prompt_lookup_continuations():
     assert toks[0] == 2 and parents == [-1, 0, 1, 2, 0, 4, 5]
     with pytest.raises(ValueError, match="draft is None"):
         specdec.generate(tiny_model("llama", 1, 16, seed=0), None, torch.tensor([[1, 2]]), strategy="chain")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_cpu_padding_of_small_forwards_changes_nothing(pair, monkeypatch, n):
+    """Forwards of 2-3 tokens run padded to 4 on CPU (runner.CPU_PAD_WIDTH): the real nodes' logits
+    and the K/V they write equal those of the unpadded forward."""
+    from specdec import runner as R
+    from specdec_kernels import trees
+
+    target, _ = pair
+    ids, mask = ragged_batch(97, [5, 8], seed=12)
+    lens = mask.sum(1)
+    parents = torch.tensor([-1, 0, 0][:n])
+    x = torch.randint(0, 97, (2, n), generator=torch.Generator().manual_seed(1))
+    depth = trees.ancestor_mask(parents).sum(-1) - 1
+
+    def run():
+        with R.tree_attention_enabled(target):
+            r = R.ModelRunner(target, 2, 32)
+            r.prefill(ids, mask)
+            logits = r.forward(x, lens[:, None] + depth, trees.ancestor_mask(parents))
+        kv = [r.cache.buffer[:, :, b, :, : int(lens[b]) + n] for b in range(2)]
+        return logits, kv, r.tokens
+
+    padded, kv_padded, fed_padded = run()
+    monkeypatch.setattr(R, "CPU_PAD_WIDTH", 1)  # 1 < n < 1 never holds: no padding
+    plain, kv_plain, fed_plain = run()
+    assert padded.shape == plain.shape == (2, n, 97)
+    assert fed_padded > fed_plain  # the padded run did feed extra tokens
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(kv_padded, kv_plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

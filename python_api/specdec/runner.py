@@ -27,6 +27,26 @@ def tree_attention_enabled(*models):
 
 PREFILL_CHUNK = 512  # prompt tokens per prefill forward (the Triton kernel takes up to 1024 nodes)
 
+# On CPU, torch 2.13's BLAS runs matmuls of 2 or 3 rows slower than of 4 (SmolLM2's 576 x 49152 head:
+# 6.8 / 14.7 / 20.7 / 12.1 ms for 1 / 2 / 3 / 4 rows; a whole target forward of 3 tokens 79 ms, of 5
+# tokens 53 ms, see bench/results/latency_cpu.md). Forwards of 2-3 tokens are therefore padded to 4.
+CPU_PAD_WIDTH = 4
+
+
+def _pad_forward(tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor, width: int):
+    """Append width - N filler nodes: each sees the prefix and itself only, and no real node sees them.
+    Their K/V land just past the tree, where nothing reads them (kv_lens ends at the real tree for
+    every later forward, which rewrites those slots first); their logits are dropped."""
+    B, N = tokens.shape
+    extra = width - N
+    tokens = torch.cat([tokens, tokens[:, -1:].expand(B, extra)], 1)
+    positions = torch.cat([positions, positions[:, -1:].expand(B, extra)], 1)
+    mask = torch.zeros(*tree_mask.shape[:-2], width, width, dtype=torch.bool, device=tree_mask.device)
+    mask[..., :N, :N] = tree_mask
+    pad = torch.arange(N, width, device=tree_mask.device)
+    mask[..., pad, pad] = True
+    return tokens, positions, mask
+
 
 class ModelRunner:
     """Runs one model over trees of tokens; ``cache.lens`` holds each sequence's committed length."""
@@ -46,6 +66,10 @@ class ModelRunner:
         tokens, positions: [B, N]; tree_mask: [N, N] or [B, N, N] bool. Returns logits [B, N, V] (fp32).
         Does not move ``lens``: the caller commits what was accepted.
         """
+        n = tokens.shape[1]
+        first = self.cache.lens if start is None else start
+        if tokens.device.type == "cpu" and 1 < n < CPU_PAD_WIDTH and int(first.max()) + CPU_PAD_WIDTH <= self.cache.max_len:
+            tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, CPU_PAD_WIDTH)
         kv_lens = self.cache.begin_forward(tokens.shape[1], start)
         out = self.model(
             input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True,
@@ -53,7 +77,7 @@ class ModelRunner:
         )
         self.calls += 1
         self.tokens += tokens.shape[1]
-        return out.logits.float()
+        return out.logits[:, :n].float()
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run left-padded prompts; afterwards sequence b's real tokens sit at positions 0..len_b-1.
