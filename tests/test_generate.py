@@ -281,33 +281,59 @@ def test_prompt_lookup_continuations():
         specdec.generate(tiny_model("llama", 1, 16, seed=0), None, torch.tensor([[1, 2]]), strategy="chain")
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, 3, 7])
 def test_cpu_padding_of_small_forwards_changes_nothing(pair, monkeypatch, n):
-    """Forwards of 2-3 tokens run padded to 4 on CPU (runner.CPU_PAD_WIDTH): the real nodes' logits
-    and the K/V they write equal those of the unpadded forward."""
+    """Forwards of slow widths run padded on CPU (runner.cpu_pad_map; forced here): the real nodes'
+    logits and the K/V they write equal those of the unpadded forward."""
     from specdec import runner as R
     from specdec_kernels import trees
 
     target, _ = pair
     ids, mask = ragged_batch(97, [5, 8], seed=12)
     lens = mask.sum(1)
-    parents = torch.tensor([-1, 0, 0][:n])
+    parents = torch.tensor([-1, 0, 0, 1, 1, 2, 3][:n])
     x = torch.randint(0, 97, (2, n), generator=torch.Generator().manual_seed(1))
     depth = trees.ancestor_mask(parents).sum(-1) - 1
 
     def run():
         with R.tree_attention_enabled(target):
-            r = R.ModelRunner(target, 2, 32)
+            r = R.ModelRunner(target, 2, 40)
             r.prefill(ids, mask)
             logits = r.forward(x, lens[:, None] + depth, trees.ancestor_mask(parents))
         kv = [r.cache.buffer[:, :, b, :, : int(lens[b]) + n] for b in range(2)]
         return logits, kv, r.tokens
 
+    monkeypatch.setattr(R, "cpu_pad_map", lambda model: {2: 5, 3: 5, 7: 8})
     padded, kv_padded, fed_padded = run()
-    monkeypatch.setattr(R, "CPU_PAD_WIDTH", 1)  # 1 < n < 1 never holds: no padding
+    monkeypatch.setattr(R, "CPU_PADDING", False)
     plain, kv_plain, fed_plain = run()
     assert padded.shape == plain.shape == (2, n, 97)
     assert fed_padded > fed_plain  # the padded run did feed extra tokens
     torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(kv_padded, kv_plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_pad_map_pads_only_to_faster_wider_widths():
+    from specdec.runner import pad_map_from_latency
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        lat = {w: float(v) for w, v in zip(range(1, 9), torch.rand(8, generator=g) + 0.5)}
+        m = pad_map_from_latency(lat, gain=0.9)
+        for n in lat:
+            faster = [w for w in lat if w > n and lat[w] < 0.9 * lat[n]]
+            if n in m:
+                assert m[n] > n and lat[m[n]] == min(lat[w] for w in lat if w >= n)
+            else:
+                assert not faster or min(lat[w] for w in lat if w >= n) >= 0.9 * lat[n]
+    assert pad_map_from_latency({1: 1.0, 2: 3.0, 3: 3.0, 4: 2.0}) == {2: 4, 3: 4}
+
+
+def test_cpu_pad_map_is_measured_once_per_model(pair):
+    from specdec import runner as R
+
+    target, _ = pair
+    m = R.cpu_pad_map(target)
+    assert all(1 <= n < w <= R.PAD_SEARCH for n, w in m.items())
+    assert R.cpu_pad_map(target) is m  # cached

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import statistics
+import time
+import weakref
 
 import torch
 
@@ -27,10 +30,47 @@ def tree_attention_enabled(*models):
 
 PREFILL_CHUNK = 512  # prompt tokens per prefill forward (the Triton kernel takes up to 1024 nodes)
 
-# On CPU, torch 2.13's BLAS runs matmuls of 2 or 3 rows slower than of 4 (SmolLM2's 576 x 49152 head:
-# 6.8 / 14.7 / 20.7 / 12.1 ms for 1 / 2 / 3 / 4 rows; a whole target forward of 3 tokens 79 ms, of 5
-# tokens 53 ms, see bench/results/latency_cpu.md). Forwards of 2-3 tokens are therefore padded to 4.
-CPU_PAD_WIDTH = 4
+# On CPU, torch's BLAS runs some small row counts slower than larger ones (SmolLM2-135M through this
+# runner: 2-4 tokens ~60 ms, 5 tokens 53 ms, 7 tokens 70 ms, 8 tokens 57 ms; bench/results/latency_cpu.md).
+# Which widths are slow depends on the model's shapes and the machine, so each model is timed once on
+# CPU, widths 1..PAD_SEARCH (a few ms for a tiny model, ~2 s for SmolLM2), and a forward of a slow
+# width is padded to the fastest wider one when that takes under PAD_MIN_GAIN of its time.
+CPU_PADDING = True
+PAD_SEARCH = 8
+PAD_MIN_GAIN = 0.9
+_PAD_MAPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def pad_map_from_latency(latency: dict[int, float], gain: float = PAD_MIN_GAIN) -> dict[int, int]:
+    """{width: padded width} from a {width: seconds} table: the fastest wider width, where it pays."""
+    out = {}
+    for n in sorted(latency):
+        best = min((w for w in latency if w >= n), key=lambda w: latency[w])
+        if best != n and latency[best] < gain * latency[n]:
+            out[n] = best
+    return out
+
+
+@torch.inference_mode()
+def cpu_pad_map(model) -> dict[int, int]:
+    """The padding map of ``model`` on CPU, measured on first use and cached per model."""
+    if model not in _PAD_MAPS:
+        prefix = 32
+        vocab = model.config.vocab_size
+        r = ModelRunner(model, 1, prefix + PAD_SEARCH + 1, pad=False)
+        with tree_attention_enabled(model):
+            ids = torch.randint(0, vocab, (1, prefix))
+            r.prefill(ids, torch.ones_like(ids))
+            samples = {w: [] for w in range(1, PAD_SEARCH + 1)}
+            for rep in range(4):  # widths interleaved, so drift on a shared machine hits all alike
+                for w in samples:
+                    x = torch.randint(0, vocab, (1, w))
+                    t0 = time.perf_counter()
+                    r.forward(x, prefix + torch.arange(w)[None], chain_mask(w, x.device))
+                    if rep:  # the first round is warm-up
+                        samples[w].append(time.perf_counter() - t0)
+        _PAD_MAPS[model] = pad_map_from_latency({w: statistics.median(v) for w, v in samples.items()})
+    return _PAD_MAPS[model]
 
 
 def _pad_forward(tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor, width: int):
@@ -51,9 +91,10 @@ def _pad_forward(tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch
 class ModelRunner:
     """Runs one model over trees of tokens; ``cache.lens`` holds each sequence's committed length."""
 
-    def __init__(self, model, batch_size: int, max_len: int):
+    def __init__(self, model, batch_size: int, max_len: int, pad: bool = True):
         self.model = model
         p = next(model.parameters())
+        self.pad = cpu_pad_map(model) if pad and CPU_PADDING and p.device.type == "cpu" else {}
         self.cache = SpecCache(model.config, batch_size, max_len, dtype=p.dtype, device=p.device)
         self.calls = 0
         self.tokens = 0  # tokens fed per row, summed over forwards (prefill included)
@@ -68,8 +109,9 @@ class ModelRunner:
         """
         n = tokens.shape[1]
         first = self.cache.lens if start is None else start
-        if tokens.device.type == "cpu" and 1 < n < CPU_PAD_WIDTH and int(first.max()) + CPU_PAD_WIDTH <= self.cache.max_len:
-            tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, CPU_PAD_WIDTH)
+        width = self.pad.get(n)
+        if width and int(first.max()) + width <= self.cache.max_len:
+            tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, width)
         kv_lens = self.cache.begin_forward(tokens.shape[1], start)
         out = self.model(
             input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True,
