@@ -103,8 +103,8 @@ BENCH_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-assist
                  "ddd:16", "ddd:32", "ddd:64", "eagle2:12:4:4", "ddd:10:2:8", "lookup:8"]
 
 
-SMOLLM2_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-prompt-lookup k=8",
-                   "chain:2", "chain:4", "heuristic", "eagle2:16", "lookup:8", "lookup:8:3", "lookup:16:3"]
+SMOLLM2_DEFAULT = ["hf-assisted heuristic", "hf-assisted confidence 0.4", "hf-prompt-lookup k=8",
+                   "chain:2", "chain:3", "chain:4", "heuristic", "confidence", "eagle2:16", "lookup:8", "lookup:8:3"]
 SMOLLM2_NO_DRAFT = [n for n in SMOLLM2_DEFAULT if "lookup" in n]
 
 

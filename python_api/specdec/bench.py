@@ -179,13 +179,14 @@ def _progress(done, total, name, elapsed, log):
         print(file=sys.stderr)
 
 
-def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: list[str], names: list[str]) -> float:
+def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: list[str], names: list[str],
+                    chat: bool = False) -> float:
     """Cost-model predictions (specdec.tune) for the specdec rows; returns the Spearman rank correlation
     between predicted and measured tokens/s over those rows. Calibration uses other prompts than the
     measured ones."""
     from specdec import tune
 
-    ids = [tokenizer(p, return_tensors="pt").input_ids for p in calib_prompts]
+    ids = [encode(tokenizer, p, chat) for p in calib_prompts]
     cands = {n: _strategy(n) for n in names if f"specdec {n}" in {r["config"] for r in rows}}
     cands = {n: s for n, s in cands.items() if _has_cost_model(s)}
     preds = {p.name: p for p in tune.predict(target, draft, ids, cands)}
