@@ -19,6 +19,9 @@ from specdec_kernels import trees
 from specdec_kernels.tree_attention import tree_attention_mask, tree_attention_reference
 
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+# Unit roundoff: a low-precision kernel rounds its output (and, like every flash-attention kernel, the
+# softmax weights before the PV product) once more than the naive low-precision computation may.
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -77,7 +80,8 @@ def assert_within_tolerance(out, q, k, v, mask, scale, what=""):
     base = (low.double() - truth).abs().max().item()
     err = (out.double() - truth).abs().max().item()
     assert out.dtype == q.dtype
-    assert err <= 2 * base + FLOOR[q.dtype], f"{what}: error {err:.3g} vs low-precision naive error {base:.3g}"
+    bound = 2 * base + FLOOR[q.dtype] + 2 * UNIT_ROUNDOFF[q.dtype] * truth.abs().max().item()
+    assert err <= bound, f"{what}: error {err:.3g} vs low-precision naive error {base:.3g} (bound {bound:.3g})"
 
 
 def make_case(*, b=2, hkv=2, g=2, n=7, d=32, prefix=(70, 0), kind="random", dtype=torch.float32,
@@ -121,7 +125,7 @@ def test_kernel_matches_fp64(n, kind, g, dtype, packed, per_seq, num_splits, pre
     assert_within_tolerance(ref, q, k, v, dense, scale, "reference")
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 40),
     g=st.sampled_from([1, 2, 4, 8]),
