@@ -250,7 +250,7 @@ def test_subset_head_draft_greedy_exact(pair, policy):
 
 @pytest.mark.parametrize("branches", [1, 3])
 def test_prompt_lookup_greedy_exact_with_no_draft_model(pair, branches):
-    target, _ = pair
+    target, draft = pair
     from specdec import PromptLookup
 
     # A prompt that repeats itself: the continuation of a repeated span is a likely match.
@@ -260,10 +260,11 @@ def test_prompt_lookup_greedy_exact_with_no_draft_model(pair, branches):
     ids2, mask = ragged_batch(97, [5, 18], seed=10)
     ids2[1, :] = ids[0]
     for x, m in ((ids, torch.ones_like(ids)), (ids2, mask)):
-        out = specdec.generate(target, None, x, attention_mask=m, max_new_tokens=20,
-                               strategy=PromptLookup(k=5, branches=branches))
-        assert torch.equal(out.sequences, plain_greedy(target, x, m, 20))
-        assert out.stats["draft_calls"] == 0
+        for d in (None, draft):  # a draft model given to a model-free drafter is left idle
+            out = specdec.generate(target, d, x, attention_mask=m, max_new_tokens=20,
+                                   strategy=PromptLookup(k=5, branches=branches))
+            assert torch.equal(out.sequences, plain_greedy(target, x, m, 20))
+            assert out.stats["draft_calls"] == 0
 
 
 def test_prompt_lookup_continuations():

@@ -27,11 +27,6 @@ sys.path.insert(0, str(REPO / "bench" / "models"))
 from distill_smollm2_draft import build_prompts  # noqa: E402
 
 
-def encode(tok, prompt: str) -> torch.Tensor:
-    return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                   return_tensors="pt", return_dict=True)["input_ids"]
-
-
 @torch.no_grad()
 def agreement(target, draft, ids: torch.Tensor, new_tokens: int) -> tuple[int, int]:
     seq = target.generate(ids, max_new_tokens=new_tokens, do_sample=False)
@@ -51,6 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import specdec
+    from specdec.bench import encode
     from specdec.models import load_smollm2_pair
 
     target, draft, tok = load_smollm2_pair()
@@ -62,13 +58,12 @@ def main() -> None:
     emitted = {n: [0, 0] for n in strategies}
     t0 = time.time()
     for i, (p, kind) in enumerate(zip(prompts, kinds)):
-        ids = encode(tok, p)
+        ids = encode(tok, p, chat=True)
         h, n = agreement(target, draft, ids, args.new_tokens)
         hits[kind][0] += h
         hits[kind][1] += n
         for name, s in strategies.items():
-            d = None if isinstance(s, specdec.PromptLookup) else draft
-            out = specdec.generate(target, d, ids, max_new_tokens=args.new_tokens, strategy=s,
+            out = specdec.generate(target, draft, ids, max_new_tokens=args.new_tokens, strategy=s,
                                    eos_token_id=tok.eos_token_id)
             emitted[name][0] += out.stats["new_tokens"] - 1  # the prefill's token is not speculative
             emitted[name][1] += out.stats["target_calls"] - 1

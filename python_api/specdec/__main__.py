@@ -59,11 +59,10 @@ def demo(args) -> None:
         target, draft, tok = _load(args)
         prompts, chat = load_prompts()[: args.prompts], False
     strategy = args.strategy if args.strategy == "auto" else resolve_strategy(args.strategy)
-    model_free = not getattr(strategy, "needs_draft_model", True)
     # Warm-up (first-call allocations, kernel set-up) so that neither side's timing carries it.
     warm = encode(tok, prompts[0], chat)
     target.generate(warm, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    specdec.generate(target, None if model_free else draft, warm, max_new_tokens=8, strategy=strategy)
+    specdec.generate(target, draft, warm, max_new_tokens=8, strategy=strategy)
     total_new = total_plain = total_spec = 0.0
     exact_all = True
     taus = []
@@ -75,7 +74,7 @@ def demo(args) -> None:
         t_plain = time.perf_counter() - t0
         print(f"\n===== prompt {i + 1}/{len(prompts)} ({args.strategy}) =====")
         sys.stdout.write(prompt)
-        out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=args.max_new_tokens,
+        out = specdec.generate(target, draft, ids, max_new_tokens=args.max_new_tokens,
                                strategy=strategy, temperature=args.temperature, seed=args.seed,
                                eos_token_id=tok.eos_token_id, streamer=_Printer(tok, ids[0]))
         t_spec = out.stats["wall_s"]

@@ -64,11 +64,9 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token
         return run
 
     def ours(strategy):
-        model_free = not getattr(strategy, "needs_draft_model", True)
-
         def run(ids):
-            out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=max_new_tokens,
-                                   strategy=strategy, eos_token_id=eos_token_id)
+            out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy,
+                                   eos_token_id=eos_token_id)
             return out.sequences, out.stats["target_calls"]
         return run
 

@@ -252,7 +252,9 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
 
         strategy = auto_strategy(target, draft, [input_ids[:1, -64:]])
     strategy = resolve_strategy(strategy)
-    if draft is None and getattr(strategy, "needs_draft_model", True):
+    if not getattr(strategy, "needs_draft_model", True):
+        draft = None  # a model-free drafter (prompt lookup) reads the context; a draft model would only idle
+    elif draft is None:
         raise ValueError("draft is None: only a drafter without a model (specdec.PromptLookup) can run without one")
     device, (B, T) = input_ids.device, input_ids.shape
     input_ids = input_ids.long()

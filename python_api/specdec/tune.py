@@ -142,10 +142,8 @@ class Prediction:
 def _calibrate(target, draft, ids_list, strategy, max_new_tokens) -> dict:
     """Run a strategy on the sample prompts: tau, seconds per step, draft forwards per step."""
     emitted = steps = wall = draft_calls = verify_tokens = 0
-    model_free = not getattr(strategy, "needs_draft_model", True)
     for ids in ids_list:
-        out = specdec.generate(target, None if model_free else draft, ids, max_new_tokens=max_new_tokens,
-                               strategy=strategy)
+        out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy)
         s = out.stats
         emitted += s["new_tokens"] - 1
         steps += s["steps"]
