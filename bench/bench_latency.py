@@ -26,14 +26,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=11)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latency_cpu.md")
     args = ap.parse_args()
-    from specdec import runner, tune
+    from specdec import runner
     from specdec.models import load_default_pair, load_smollm2_pair
 
     target, draft, _ = load_smollm2_pair() if args.pair == "smollm2" else load_default_pair()
     tables = {}
-    for label, on in (("padded", True), ("unpadded", False)):
-        runner.CPU_PADDING = on
-        tables[label] = [tune.measure_latency(m, tokens=TOKENS, prefix=args.prefix, reps=args.reps) for m in (target, draft)]
+    for label, pad in (("padded", True), ("unpadded", False)):
+        tables[label] = [runner.time_forwards(m, TOKENS, prefix=args.prefix, reps=args.reps, pad=pad)
+                         for m in (target, draft)]
         print(f"{label} done", file=sys.stderr)
     name = "SmolLM2-135M-Instruct + distilled draft" if args.pair == "smollm2" else "bundled pair"
     lines = [f"Forward latency, {name}, through specdec's runner, B=1, prefix {args.prefix}, median of {args.reps}; "

@@ -31,7 +31,7 @@ def tree_attention_enabled(*models):
 PREFILL_CHUNK = 512  # prompt tokens per prefill forward (the Triton kernel takes up to 1024 nodes)
 
 # On CPU, torch's BLAS runs some small row counts slower than larger ones (SmolLM2-135M through this
-# runner: 2-4 tokens ~60 ms, 5 tokens 53 ms, 7 tokens 70 ms, 8 tokens 57 ms; bench/results/latency_cpu.md).
+# runner, unpadded: 2 / 3 / 4 / 5 tokens 70 / 88 / 66 / 59 ms; bench/results/latency_cpu.md).
 # Which widths are slow depends on the model's shapes and the machine, so each model is timed once on
 # CPU, widths 1..PAD_SEARCH (a few ms for a tiny model, ~2 s for SmolLM2), and a forward of a slow
 # width is padded to the fastest wider one when that takes under PAD_MIN_GAIN of its time.
@@ -51,26 +51,43 @@ def pad_map_from_latency(latency: dict[int, float], gain: float = PAD_MIN_GAIN) 
     return out
 
 
-@torch.inference_mode()
 def cpu_pad_map(model) -> dict[int, int]:
     """The padding map of ``model`` on CPU, measured on first use and cached per model."""
     if model not in _PAD_MAPS:
-        prefix = 32
-        vocab = model.config.vocab_size
-        r = ModelRunner(model, 1, prefix + PAD_SEARCH + 1, pad=False)
-        with tree_attention_enabled(model):
-            ids = torch.randint(0, vocab, (1, prefix))
-            r.prefill(ids, torch.ones_like(ids))
-            samples = {w: [] for w in range(1, PAD_SEARCH + 1)}
-            for rep in range(4):  # widths interleaved, so drift on a shared machine hits all alike
-                for w in samples:
-                    x = torch.randint(0, vocab, (1, w))
-                    t0 = time.perf_counter()
-                    r.forward(x, prefix + torch.arange(w)[None], chain_mask(w, x.device))
-                    if rep:  # the first round is warm-up
-                        samples[w].append(time.perf_counter() - t0)
-        _PAD_MAPS[model] = pad_map_from_latency({w: statistics.median(v) for w, v in samples.items()})
+        latency = time_forwards(model, range(1, PAD_SEARCH + 1), prefix=32, reps=3, pad=False)
+        _PAD_MAPS[model] = pad_map_from_latency(latency)
     return _PAD_MAPS[model]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def time_forwards(model, widths, prefix: int, reps: int, pad: bool = True) -> dict[int, float]:
+    """Median seconds of one forward over n chain tokens after a random ``prefix``-token prompt, for
+    each n in ``widths`` (B = 1). Widths are interleaved within each of the reps + 1 rounds, so drift on a
+    shared machine hits all alike; the first round is warm-up. ``pad``: with this runner's CPU padding."""
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size  # (a draft's head may score only a subset)
+    widths = list(widths)
+    with tree_attention_enabled(model):
+        r = ModelRunner(model, 1, prefix + max(widths) + 1, pad=pad)
+        ids = torch.randint(0, vocab, (1, prefix), device=device)
+        r.prefill(ids, torch.ones_like(ids))
+        samples = {w: [] for w in widths}
+        for rep in range(reps + 1):
+            for w in widths:
+                x = torch.randint(0, vocab, (1, w), device=device)
+                pos = prefix + torch.arange(w, device=device)[None]
+                _sync(device)
+                t0 = time.perf_counter()
+                r.forward(x, pos, chain_mask(w, device))
+                _sync(device)
+                if rep:
+                    samples[w].append(time.perf_counter() - t0)
+    return {w: statistics.median(v) for w, v in samples.items()}
 
 
 def _pad_forward(tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor, width: int):
@@ -158,4 +175,4 @@ def chain_mask(n: int, device) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
-__all__ = ["ModelRunner", "tree_attention_enabled", "chain_mask"]
+__all__ = ["ModelRunner", "tree_attention_enabled", "chain_mask", "time_forwards"]

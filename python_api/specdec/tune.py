@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
-import time
 
 import torch
 
 import specdec
-from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
+from specdec.runner import time_forwards
 from specdec.prompt_lookup import PromptLookup
 from specdec.strategies import DynamicLookahead
 from specdec.tree_drafting import DynamicTree, StaticTree
@@ -32,33 +30,10 @@ from specdec.tree_drafting import DynamicTree, StaticTree
 TOKENS_PER_CALL = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
 def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int = 7) -> dict[int, float]:
-    """Median seconds of one forward over n tree tokens (chain mask) after a prefix, for each n."""
-    vocab = model.config.vocab_size  # (a draft's head may score only a subset)
-    out = {}
-    with tree_attention_enabled(model):
-        runner = ModelRunner(model, 1, prefix + max(tokens) + 1)
-        ids = torch.randint(0, vocab, (1, prefix), device=next(model.parameters()).device)
-        runner.prefill(ids, torch.ones_like(ids))
-        for n in tokens:
-            x = torch.randint(0, vocab, (1, n), device=ids.device)
-            pos = prefix + torch.arange(n, device=ids.device)[None]
-            mask = chain_mask(n, ids.device)
-            samples = []
-            for _ in range(reps + 1):
-                _sync(ids.device)
-                t0 = time.perf_counter()
-                runner.forward(x, pos, mask)
-                _sync(ids.device)
-                samples.append(time.perf_counter() - t0)
-            out[n] = statistics.median(samples[1:])
-    return out
+    """Median seconds of one forward over n tree tokens (chain mask) after a prefix, for each n, through
+    the loop's own runner (so with its CPU padding of slow widths)."""
+    return time_forwards(model, tokens, prefix=prefix, reps=reps)
 
 
 @torch.inference_mode()
