@@ -254,8 +254,7 @@ def choose_subset(records: list[dict], vocab: int, size: int, always: list[int])
 
 
 def build_draft(target, layers: list[int], subset: torch.Tensor):
-    from specdec.models import SubsetLMHead
-    from transformers import LlamaForCausalLM
+    from specdec.models import draft_shell
 
     cfg = copy.deepcopy(target.config)
     cfg.num_hidden_layers = len(layers)
@@ -263,15 +262,11 @@ def build_draft(target, layers: list[int], subset: torch.Tensor):
     cfg.tie_word_embeddings = False
     cfg.specdec_vocab_subset = int(len(subset))
     cfg.specdec_init_layers = list(layers)
-    with torch.device("meta"):
-        draft = LlamaForCausalLM(cfg)
-    draft.model.embed_tokens = target.model.embed_tokens  # shared, frozen
-    draft.model.rotary_emb = copy.deepcopy(target.model.rotary_emb)
+    draft = draft_shell(target, cfg, subset)  # shared, frozen embeddings; subset head
     draft.model.norm = copy.deepcopy(target.model.norm)
     draft.model.layers = torch.nn.ModuleList(copy.deepcopy(target.model.layers[i]) for i in layers)
     for i, layer in enumerate(draft.model.layers):
         layer.self_attn.layer_idx = i
-    draft.lm_head = SubsetLMHead(target.model.embed_tokens.weight, subset)
     for name, p in draft.named_parameters():  # the target's parameters come in frozen
         p.requires_grad_(not name.startswith("model.embed_tokens"))
     return draft

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load_default_pair", "load_smollm2", "load_smollm2_draft", "load_smollm2_pair", "SubsetLMHead",
+__all__ = ["load_default_pair", "load_smollm2", "load_smollm2_draft", "load_smollm2_pair", "SubsetLMHead", "draft_shell",
            "default_pair_dir", "default_pair_heldout_snippets"]
 
 _ASSETS = Path(__file__).resolve().parent.parent / "assets" / "default_pair"
@@ -187,6 +187,21 @@ class SubsetLMHead(torch.nn.Module):
         return out.index_copy_(-1, self.token_ids, sub)
 
 
+def draft_shell(target, config, token_ids: torch.Tensor):
+    """A LlamaForCausalLM for ``config`` around ``target``'s embedding module (shared, not copied) with a
+    :class:`SubsetLMHead` over ``token_ids``; its decoder layers and final norm are left on the meta
+    device for the caller to fill (from a checkpoint, or from copies of target layers)."""
+    from transformers import LlamaForCausalLM
+
+    emb = target.get_input_embeddings()
+    with torch.device("meta"):
+        draft = LlamaForCausalLM(config)
+    draft.model.embed_tokens = emb
+    draft.model.rotary_emb = type(draft.model.rotary_emb)(config=config)  # a buffer-only module: rebuilt off meta
+    draft.lm_head = SubsetLMHead(emb.weight, token_ids.to(emb.weight.device))
+    return draft
+
+
 def load_smollm2_draft(target, path: str | Path | None = None):
     """The distilled SmolLM2 draft, sharing ``target``'s (frozen) token embeddings.
 
@@ -196,7 +211,7 @@ def load_smollm2_draft(target, path: str | Path | None = None):
     device and dtype.
     """
     from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     root = Path(path) if path is not None else _SMOLLM2_DRAFT
     if not (root / "model.safetensors").is_file():
@@ -210,16 +225,11 @@ def load_smollm2_draft(target, path: str | Path | None = None):
     state = load_file(str(root / "model.safetensors"))
     token_ids = state.pop("lm_head.token_ids").long()
     dtype, device = emb.weight.dtype, emb.weight.device
-    with torch.device("meta"):
-        draft = LlamaForCausalLM(config)
-    draft.model.embed_tokens = emb  # shared with the target, never trained
-    draft.lm_head = SubsetLMHead(emb.weight, token_ids.to(device))
+    draft = draft_shell(target, config, token_ids)  # embeddings shared with the target, never trained
     missing, unexpected = draft.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
     missing = [k for k in missing if not k.startswith(("model.embed_tokens", "lm_head"))]
     if missing or unexpected:
         raise ValueError(f"draft checkpoint {root} does not match its config: missing {missing}, unexpected {unexpected}")
-    # Non-persistent buffers (rotary inverse frequencies) are still on meta: rebuild that module.
-    draft.model.rotary_emb = type(draft.model.rotary_emb)(config=config)
     return draft.to(device=device).eval()
 
 
