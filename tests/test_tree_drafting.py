@@ -5,8 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specdec import DynamicTree, StaticTree
+from specdec.drafters import ModelDrafter
 from specdec.generate import _Rows
-from specdec.runner import ModelRunner, tree_attention_enabled
+from specdec.runner import tree_attention_enabled
+from specdec.strategies import DraftContext
 from specdec_kernels import trees
 from test_generate import tiny_model
 
@@ -20,10 +22,11 @@ def draft_one_tree(strategy, batch, temperature, seed):
     T = 7
     ids = torch.randint(0, VOCAB, (batch, T), generator=g)
     with tree_attention_enabled(DRAFT):
-        runner = ModelRunner(DRAFT, batch, T + 4 + strategy.max_fed + 4)
-        runner.prefill(ids, torch.ones_like(ids))
+        drafter = ModelDrafter(DRAFT, batch, T + 4 + strategy.max_fed + 4)
+        drafter.prefill(ids, torch.ones_like(ids), ids[:, -1])
         rows = _Rows(torch.arange(batch), ids[:, -2], ids[:, -1], torch.full((batch,), T))
-        return strategy.draft_tree(runner, rows, temperature, g), ids
+        ctx = DraftContext(rows, drafter, temperature, g, torch.full((batch,), 64), lambda: ids.tolist())
+        return strategy.propose(ctx), ids
 
 
 def check_tree(tree, ids, max_nodes):

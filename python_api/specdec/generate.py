@@ -1,18 +1,18 @@
-"""Speculative decoding: prefill -> (draft -> verify -> accept)* -> sequences.
+"""Speculative decoding: prefill -> (propose -> verify -> accept)* -> sequences.
 
-Each step, per sequence: the draft proposes up to k tokens after the root (the last token chosen but
-not yet run through the target); the target runs root + drafts in ONE forward (tree attention with a
-chain mask, writing their K/V in place); ``chain_verify`` accepts a prefix of the drafts and adds the
-correction or bonus token. Greedy output equals the target's own greedy decoding; with temperature
+Each step, per sequence: the strategy proposes a chain or a tree of drafts after the root (the last
+token chosen but not yet run through the target), with distributions from the drafter (a draft model
+or an EAGLE head on the target's features, :mod:`specdec.drafters`) or from the context alone (prompt
+lookup); the target runs root + drafts in ONE forward (tree attention, writing their K/V in place);
+``chain_verify`` / ``tree_verify`` accept a path and add the correction or bonus token. Greedy output equals the target's own greedy decoding; with temperature
 > 0, drafts are sampled from the draft's distribution q and verification accepts x with probability
 min(1, p(x)/q(x)), resampling from norm(max(0, p - q)) on rejection, so the output is distributed
 exactly as the target's samples (Leviathan et al., 2023; Chen et al., 2023).
 
-Cache bookkeeping needs no compaction for chains: the accepted drafts are already contiguous after
-the committed context, in both caches. Per sequence, with ``ctx`` = committed length (root included):
-the target's cache holds ``ctx - 1`` entries (all but the root); the draft's cache is trusted up to
-``ctx - 2`` and each step re-feeds the last two committed tokens, which covers both "all drafts
-accepted" (the last draft was never run through the draft model) and "some rejected" in one shape.
+Cache bookkeeping: per sequence, with ``ctx`` = committed length (root included), the target's cache
+holds ``ctx - 1`` entries (all but the root). Chains need no compaction (the accepted drafts are already
+contiguous after the committed context); a tree's root + accepted path is moved with
+``compact_kv_cache``. Each drafter keeps its own cache in step (:mod:`specdec.drafters`).
 """
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ import specdec_kernels as sk
 
 from specdec_kernels import trees
 
+from specdec.drafters import make_drafter
+from specdec.eagle import EagleHead, check_head_fits
 from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
-from specdec.strategies import resolve_strategy
+from specdec.strategies import DraftContext, _choose, resolve_strategy
 from specdec.tree_drafting import DraftTree
 
 
@@ -95,7 +97,11 @@ def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temp
         raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {tv})")
     if draft is None:
         return
-    dp, dv = next(draft.parameters()), _logits_width(draft)
+    if isinstance(draft, EagleHead):
+        check_head_fits(draft, target)
+    elif not hasattr(draft, "get_output_embeddings"):
+        raise TypeError(f"draft must be a transformers causal LM, a specdec.eagle.EagleHead or None, got {type(draft).__name__}")
+    dp, dv = next(draft.parameters()), (draft.config.vocab_size if isinstance(draft, EagleHead) else _logits_width(draft))
     if tp.device != dp.device:
         raise ValueError(f"target ({tp.device}) and draft ({dp.device}) must be on one device")
     if tp.dtype != dp.dtype:
@@ -104,58 +110,19 @@ def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temp
         raise ValueError(f"target and draft vocabularies differ ({tv} vs {dv} logits): they must share a tokenizer")
 
 
-def _choose(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Next token from logits [B, V]: argmax (temperature 0) or a sample; also the sampling distribution."""
-    if temperature == 0:
-        return logits.argmax(-1), None
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1), probs
-
-
-def _draft(drf: ModelRunner, rows: _Rows, strategy, k_cap: int, temperature: float, gen):
-    """Draft up to k tokens per sequence. Returns drafts [Ba, K], their lengths [Ba], q [Ba, K, V] or None."""
-    budget = strategy.budget()
-    lens = (budget if isinstance(budget, torch.Tensor) else torch.full_like(rows.ctx, budget)).clamp(max=k_cap)
-    k = int(lens.max())
-    alive = torch.ones_like(lens, dtype=torch.bool)
-    tokens, probs = [], []
-    # First forward re-feeds the last two committed tokens (see the module docstring).
-    x = torch.stack([rows.prev, rows.root], 1)
-    pos = torch.stack([rows.ctx - 2, rows.ctx - 1], 1)
-    logits = drf.forward(x, pos, chain_mask(2, x.device), start=rows.ctx - 2)[:, -1]
-    for j in range(1, k + 1):
-        d, q = _choose(logits, temperature, gen)
-        tokens.append(d)
-        probs.append(q)
-        go = strategy.keep_going(j, q if q is not None else torch.softmax(logits, -1))
-        if go is not None:
-            lens = torch.where(alive & ~go, torch.full_like(lens, j), lens)
-            alive &= go
-        alive &= lens > j
-        if not bool(alive.any()):
-            break
-        pos = (rows.ctx - 1 + j)[:, None]
-        logits = drf.forward(d[:, None], pos, chain_mask(1, x.device), start=rows.ctx - 1 + j)[:, 0]
-    drafts = torch.stack(tokens, 1)
-    q = torch.stack(probs, 1) if temperature > 0 else None
-    return drafts, lens.clamp(max=drafts.shape[1]), q
-
-
-def _verify(tgt: ModelRunner, rows: _Rows, drafts, lens, q, temperature: float, seed: int):
-    """Target forward over root + drafts (one call), then fused chain verification."""
-    K = drafts.shape[1]
-    x = torch.cat([rows.root[:, None], drafts], 1)
-    pos = rows.ctx[:, None] - 1 + torch.arange(K + 1, device=x.device)
-    logits = tgt.forward(x, pos, chain_mask(K + 1, x.device), start=rows.ctx - 1)
-    # The verifier takes the target's logits: softmax(logits / temperature) is fused into it.
-    if temperature == 0:
-        return sk.chain_verify(drafts, draft_lens=lens, greedy=True, target_logits=logits, validate=False)
-    return sk.chain_verify(drafts, None, q, draft_lens=lens, seed=seed, target_logits=logits,
-                           temperature=temperature, validate=False)
-
-
-def _verify_tree(tgt: ModelRunner, rows: _Rows, tree: DraftTree, temperature: float, seed: int):
-    """Target forward over the whole tree (one call), fused tree verification."""
+def _verify(tgt: ModelRunner, rows: _Rows, tree: DraftTree, temperature: float, seed: int):
+    """Target forward over the proposal (one call), then fused verification: ``chain_verify`` for a
+    chain (the verifier takes the target's logits: softmax(logits / temperature) is fused into it),
+    ``tree_verify`` for a tree."""
+    if tree.lens is not None:
+        K = tree.tokens.shape[1] - 1
+        pos = rows.ctx[:, None] - 1 + torch.arange(K + 1, device=tree.tokens.device)
+        logits = tgt.forward(tree.tokens, pos, chain_mask(K + 1, tree.tokens.device), start=rows.ctx - 1)
+        drafts = tree.tokens[:, 1:]
+        if temperature == 0:
+            return sk.chain_verify(drafts, draft_lens=tree.lens, greedy=True, target_logits=logits, validate=False)
+        return sk.chain_verify(drafts, None, tree.draft_probs, draft_lens=tree.lens, seed=seed, target_logits=logits,
+                               temperature=temperature, validate=False)
     mask = trees.ancestor_mask(tree.parents)
     depth = mask.sum(-1) - 1  # strict ancestors
     logits = tgt.forward(tree.tokens, rows.ctx[:, None] - 1 + depth, mask, start=rows.ctx - 1)
@@ -163,42 +130,22 @@ def _verify_tree(tgt: ModelRunner, rows: _Rows, tree: DraftTree, temperature: fl
                           seed=seed, target_logits=logits, temperature=temperature or 1.0, validate=False)
 
 
-def _compact_tree(tgt: ModelRunner, drf: ModelRunner, rows: _Rows, tree: DraftTree, res) -> None:
-    """Move the accepted path's K/V to contiguous positions after the committed context, both models.
-
-    Target: the tree sat at ctx-1+node; keep the root and the accepted nodes. Draft: fed nodes sat at
-    ctx-1+slot; keep the path except its last node (the draft trusts its cache up to ctx'-2).
-    """
-    path = res.path.clamp(min=0)  # [B, N], ascending node indices from the root
-    base = rows.ctx - 1
-    tgt.cache.compact(base[:, None] + path, base, res.num_accepted + 1)
-    slots = tree.draft_slot.gather(1, path).clamp(min=0)
-    if drf is not None:
-        drf.cache.compact(base[:, None] + slots, base, res.num_accepted)
-
-
-def _speculate(tgt, drf, rows: _Rows, strategy, timer: _Timer, temperature: float, gen, seed: int, k_cap: int,
-               remaining: torch.Tensor, history: list[list[int]] | None):
-    """One step: draft (a chain or a tree), verify it with one target forward, keep the accepted K/V.
-
-    Returns the verifier's result: ``tokens`` [Ba, *] emitted (accepted drafts + correction/bonus),
-    ``num_emitted`` [Ba].
-    """
+def _speculate(tgt, drafter, rows: _Rows, strategy, timer: _Timer, temperature: float, gen, seed: int,
+               remaining: torch.Tensor, history):
+    """One step: the strategy proposes (a chain or a tree), one target forward verifies it, both caches
+    keep what was accepted. Returns the verifier's result: ``tokens`` [Ba, *] emitted (accepted drafts
+    + correction/bonus), ``num_emitted`` [Ba]."""
     timer.phase("draft")
-    if hasattr(strategy, "draft_tree"):
-        if drf is None:  # a model-free drafter reads the committed tokens instead
-            tree = strategy.draft_tree(None, rows, temperature, gen, history)
-        else:
-            tree = strategy.draft_tree(drf, rows, temperature, gen)
-        timer.phase("verify")
-        res = _verify_tree(tgt, rows, tree, temperature, seed)
-        _compact_tree(tgt, drf, rows, tree, res)
-    else:
-        drafts, dlens, q = _draft(drf, rows, strategy, min(k_cap, int(remaining.max())), temperature, gen)
-        dlens = torch.minimum(dlens, (remaining - 1).clamp(min=0))  # never draft past max_new_tokens
-        timer.phase("verify")
-        res = _verify(tgt, rows, drafts, dlens, q, temperature, seed)
-        strategy.observe(dlens, res.num_emitted - 1)
+    ctx = DraftContext(rows, drafter, temperature, gen, (remaining - 1).clamp(min=0), history)
+    tree = strategy.propose(ctx)
+    timer.phase("verify")
+    res = _verify(tgt, rows, tree, temperature, seed)
+    if tree.lens is None:  # the target kept the whole tree: move the root + accepted path together
+        base = rows.ctx - 1
+        tgt.cache.compact(base[:, None] + res.path.clamp(min=0), base, res.num_accepted + 1)
+    if drafter is not None:
+        drafter.accept(rows, tree, res)
+    strategy.observe(tree, res)
     timer.phase("other")
     return res
 
@@ -219,13 +166,16 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
 
     Parameters
     ----------
-    target, draft : transformers causal LMs sharing a tokenizer, on one device and dtype.
+    target : a transformers causal LM.
+    draft : what drafts: a causal LM sharing the target's tokenizer (device and dtype), an
+        :class:`specdec.EagleHead` built for this target (drafts from its hidden states, see
+        :mod:`specdec.eagle`), or None for a model-free strategy (:class:`specdec.PromptLookup`).
     input_ids : [B, T] int64, left-padded when ragged (``attention_mask`` [B, T] marks real tokens).
     max_new_tokens : int >= 1.
     strategy : a name ("chain", "disco", "heuristic", "confidence", "static-tree", "eagle2", "dyspec",
         "ddd", "auto") or an object (:class:`specdec.Chain`, :class:`specdec.DynamicLookahead`,
-        :class:`specdec.StaticTree`, :class:`specdec.DynamicTree`). "auto" asks the cost model
-        (:mod:`specdec.tune`) once per model pair.
+        :class:`specdec.StaticTree`, :class:`specdec.DynamicTree`, :class:`specdec.PromptLookup`: any
+        :class:`specdec.Proposer`). "auto" asks the cost model (:mod:`specdec.tune`) once per model pair.
     temperature : 0 for greedy; > 0 samples exactly from softmax(target_logits / temperature).
     seed : makes sampling reproducible.
     eos_token_id, pad_token_id : a sequence stops after EOS (one id or a list); finished rows are
@@ -243,25 +193,26 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     >>> target, draft, tok = specdec.load_default_pair()
     >>> ids = tok("def fib(n):", return_tensors="pt").input_ids
     >>> out = specdec.generate(target, draft, ids, max_new_tokens=32)
+    >>> target, head, tok = specdec.load_default_pair(draft="eagle")
+    >>> out = specdec.generate(target, head, ids, max_new_tokens=32, strategy="eagle2")
     """
     _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature)
     if isinstance(strategy, str) and strategy == "auto" and draft is None:
-        raise ValueError('strategy="auto" chooses among draft-model strategies: it needs a draft model')
-    if strategy == "auto":  # the cost model's pick for this pair, calibrated once on this prompt
+        raise ValueError('strategy="auto" chooses among draft-model strategies: it needs a draft model or head')
+    if isinstance(strategy, str) and strategy == "auto":  # the cost model's pick for this pair, calibrated once
         from specdec.tune import auto_strategy
 
         strategy = auto_strategy(target, draft, [input_ids[:1, -64:]])
     strategy = resolve_strategy(strategy)
-    if not getattr(strategy, "needs_draft_model", True):
+    if not strategy.needs_drafter:
         draft = None  # a model-free drafter (prompt lookup) reads the context; a draft model would only idle
     elif draft is None:
         raise ValueError("draft is None: only a drafter without a model (specdec.PromptLookup) can run without one")
     device, (B, T) = input_ids.device, input_ids.shape
     input_ids = input_ids.long()
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
-    k_cap = strategy.max_nodes - 1 if hasattr(strategy, "draft_tree") else max(getattr(strategy, "k_max", 0), getattr(strategy, "k", 0))
     # room for the prompt, the output, and the widest forward past the committed context
-    max_len = T + max_new_tokens + max(k_cap, getattr(strategy, "max_fed", 0)) + 2
+    max_len = T + max_new_tokens + max(strategy.max_nodes, strategy.max_fed) + 2
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
     step_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=device))
@@ -269,41 +220,48 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     t0 = time.perf_counter()
     out: list[list[int]] = [[] for _ in range(B)]
     prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
-    hist = torch.zeros(k_cap + 1, dtype=torch.int64)
+    hist = torch.zeros(strategy.max_nodes, dtype=torch.int64)
     verify_rows = verify_emitted = 0
 
-    with tree_attention_enabled(*(m for m in (target, draft) if m is not None)):
-        tgt = ModelRunner(target, B, max_len)
-        drf = ModelRunner(draft, B, max_len) if draft is not None else None
-        timer.phase("verify")
-        first, _ = _choose(tgt.prefill(input_ids, attention_mask), temperature, gen)
-        prefill_tokens = tgt.tokens
-        timer.phase("draft")
-        if drf is not None:
-            drf.prefill(input_ids, attention_mask)
-        timer.phase("other")
-        lens = attention_mask.sum(1)
-        rows = _Rows(torch.arange(B, device=device), input_ids[:, -1], first, lens + 1)
-        strategy.start(B, device)
-        finished = _commit(out, rows.ids, first[:, None], torch.ones_like(first), max_new_tokens, eos_token_id,
-                           streamer)
-        rows = _drop_finished(rows, finished, tgt, drf, strategy)
+    models = [target] + ([draft] if draft is not None and not isinstance(draft, EagleHead) else [])
+    drafter = None
+    with tree_attention_enabled(*models):
+        try:
+            tgt = ModelRunner(target, B, max_len)
+            drafter = make_drafter(draft, target, B, max_len)
+            tgt.tap = getattr(drafter, "tap", None)  # a head reads the target's features
+            timer.phase("verify")
+            first, _ = _choose(tgt.prefill(input_ids, attention_mask), temperature, gen)
+            prefill_tokens = tgt.tokens
+            timer.phase("draft")
+            if drafter is not None:
+                drafter.prefill(input_ids, attention_mask, first, tgt.prefill_features)
+            timer.phase("other")
+            lens = attention_mask.sum(1)
+            rows = _Rows(torch.arange(B, device=device), input_ids[:, -1], first, lens + 1)
+            strategy.start(B, device)
+            finished = _commit(out, rows.ids, first[:, None], torch.ones_like(first), max_new_tokens, eos_token_id,
+                               streamer)
+            rows = _drop_finished(rows, finished, tgt, drafter, strategy)
 
-        step = 0
-        while rows is not None:
-            remaining = max_new_tokens - torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
-            history = [prompts[i] + out[i] for i in rows.ids.tolist()] if drf is None else None
-            res = _speculate(tgt, drf, rows, strategy, timer, temperature, gen, step_seed + step, k_cap, remaining,
-                             history)
-            n = res.num_emitted
-            hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
-            verify_rows += n.numel()
-            verify_emitted += int(n.sum())
-            finished = _commit(out, rows.ids, res.tokens, n, max_new_tokens, eos_token_id, streamer)
-            rows = _advance(rows, res)
-            tgt.cache.lens = rows.ctx - 1
-            rows = _drop_finished(rows, finished, tgt, drf, strategy)
-            step += 1
+            step = 0
+            while rows is not None:
+                emitted = torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
+                ids_now = rows.ids.tolist()
+                res = _speculate(tgt, drafter, rows, strategy, timer, temperature, gen, step_seed + step,
+                                 max_new_tokens - emitted, lambda: [prompts[i] + out[i] for i in ids_now])
+                n = res.num_emitted
+                hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
+                verify_rows += n.numel()
+                verify_emitted += int(n.sum())
+                finished = _commit(out, rows.ids, res.tokens, n, max_new_tokens, eos_token_id, streamer)
+                rows = _advance(rows, res)
+                tgt.cache.lens = rows.ctx - 1
+                rows = _drop_finished(rows, finished, tgt, drafter, strategy)
+                step += 1
+        finally:
+            if drafter is not None and hasattr(drafter, "release"):
+                drafter.release()
     timer.phase("other")
 
     if pad_token_id is None:  # transformers' convention: pad finished rows with (the first) EOS
@@ -312,7 +270,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     new_tokens = sum(len(o) for o in out)
     stats = {
         "target_calls": tgt.calls,
-        "draft_calls": drf.calls if drf is not None else 0,
+        "draft_calls": drafter.calls if drafter is not None else 0,
         "new_tokens": new_tokens,
         "steps": step,
         "verify_tokens": (tgt.tokens - prefill_tokens) / max(step, 1),  # mean width of a verify forward
@@ -345,7 +303,7 @@ def _commit(out, ids, tokens, n, max_new_tokens, eos_token_id, streamer=None) ->
     return torch.tensor(finished, dtype=torch.bool)
 
 
-def _drop_finished(rows, finished, tgt, drf, strategy):
+def _drop_finished(rows, finished, tgt, drafter, strategy):
     """Remove finished rows from the batch (caches, strategy state) so they stop consuming work;
     None once every row is done."""
     if not bool(finished.any()):
@@ -353,7 +311,7 @@ def _drop_finished(rows, finished, tgt, drf, strategy):
     keep = (~finished).nonzero().squeeze(1).to(rows.ids.device)
     if keep.numel() == 0:
         return None
-    for runner in (tgt, drf):
+    for runner in (tgt, drafter):
         if runner is not None:
             runner.select(keep)
     strategy.select(keep)

@@ -32,7 +32,7 @@ class PromptLookup(_TreeStrategy):
     branches: int = 1
     search: str = "first"  # "first": earliest occurrence first (the prompt's copy); "recent": latest first
 
-    needs_draft_model = False
+    needs_drafter = False
 
     def __post_init__(self):
         if self.k < 1 or self.branches < 1 or not 1 <= self.min_ngram <= self.max_ngram:
@@ -41,6 +41,9 @@ class PromptLookup(_TreeStrategy):
             raise ValueError(f"PromptLookup: search must be 'first' or 'recent', got {self.search!r}")
         self.max_nodes = 1 + self.k * self.branches
         self.max_fed = 0
+
+    def draft_forward_sizes(self) -> list[int]:
+        return []  # no draft forwards: the step is the target's forward plus the n-gram search
 
     def continuations(self, history: list[int]) -> list[list[int]]:
         """Up to ``branches`` distinct continuations of the context's last n-gram, best first."""
@@ -76,10 +79,56 @@ class PromptLookup(_TreeStrategy):
             parents.append(0)
         return tokens, parents
 
-    def draft_tree(self, drf, rows, temperature: float, gen, history: list[list[int]]) -> DraftTree:
-        trees = [self._trie(h) for h in history]
+    def propose(self, ctx) -> DraftTree:
+        rows = ctx.rows
+        trees = [self._trie(h) for h in ctx.history()]
         n = max(len(t) for t, _ in trees)
         first = [t[1] for t, _ in trees]
         tok = torch.tensor([t + [f] * (n - len(t)) for (t, _), f in zip(trees, first)], device=rows.root.device)
         par = torch.tensor([p + [0] * (n - len(p)) for _, p in trees], device=rows.root.device)
         return DraftTree(tok, par, None, torch.full_like(tok, -1))
+
+
+@dataclasses.dataclass
+class LookupOrChain(_TreeStrategy):
+    """Prompt lookup where every row's context has an n-gram match of at least ``lookup.min_ngram``
+    tokens, else a chain from the drafter (``fallback``): copies where the answer repeats the input,
+    the model's own guesses elsewhere.
+
+    Needs a drafter that catches up by itself over tokens it did not draft (an EAGLE head,
+    :class:`specdec.eagle.HeadDrafter`): a draft model's cache trusts only the step before.
+    """
+
+    lookup: PromptLookup = dataclasses.field(default_factory=lambda: PromptLookup(k=8, min_ngram=2))
+    fallback: object = None
+
+    def __post_init__(self):
+        from specdec.strategies import Chain
+
+        self.fallback = self.fallback if self.fallback is not None else Chain(4)
+        self.max_nodes = max(self.lookup.max_nodes, self.fallback.max_nodes)
+        self.max_fed = self.fallback.max_fed
+        self._from_fallback = False
+
+    def draft_forward_sizes(self) -> list[int]:
+        return self.fallback.draft_forward_sizes()
+
+    def start(self, batch: int, device) -> None:
+        self.fallback.start(batch, device)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.fallback.select(rows)
+
+    def propose(self, ctx) -> DraftTree:
+        if getattr(ctx.drafter, "kind", None) != "head":
+            raise ValueError("LookupOrChain needs an EAGLE head as the drafter (its cache catches up over "
+                             "prompt-lookup steps; a draft model's does not)")
+        history = ctx.history()
+        self._from_fallback = not all(self.lookup.continuations(h) for h in history)
+        if self._from_fallback:
+            return self.fallback.propose(ctx)
+        return self.lookup.propose(dataclasses.replace(ctx, history=lambda: history))
+
+    def observe(self, tree: DraftTree, result) -> None:
+        if self._from_fallback:
+            self.fallback.observe(tree, result)

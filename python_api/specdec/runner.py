@@ -115,6 +115,8 @@ class ModelRunner:
         self.cache = SpecCache(model.config, batch_size, max_len, dtype=p.dtype, device=p.device)
         self.calls = 0
         self.tokens = 0  # tokens fed per row, summed over forwards (prefill included)
+        self.tap = None  # a specdec.eagle.FeatureTap on ``model``: prefill then keeps its features
+        self.prefill_features: torch.Tensor | None = None  # [B, T, F] (shifted layout) when tapped
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor,
@@ -153,16 +155,19 @@ class ModelRunner:
         cols = (torch.arange(T, device=input_ids.device) + (T - lens)[:, None]).clamp(max=T - 1)
         ids = input_ids.gather(1, cols)  # [B, T]: real tokens first
         last = lens - 1  # position of each row's last real token
-        out = None
+        out, feats = None, []
         for start in range(0, T, PREFILL_CHUNK):
             n = min(PREFILL_CHUNK, T - start)
             pos = torch.arange(start, start + n, device=ids.device).expand(B, n)
             logits = self.forward(ids[:, start : start + n], pos, chain_mask(n, ids.device),
                                   start=torch.full_like(lens, start))
+            if self.tap is not None:
+                feats.append(self.tap.features(n))
             here = (last >= start) & (last < start + n)
             picked = logits.gather(1, (last - start).clamp(0, n - 1)[:, None, None].expand(B, 1, logits.shape[-1]))[:, 0]
             out = picked if out is None else torch.where(here[:, None], picked, out)
         self.cache.lens = lens.clone()
+        self.prefill_features = torch.cat(feats, 1) if feats else None
         return out
 
     def select(self, rows: torch.Tensor) -> None:

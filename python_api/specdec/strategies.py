@@ -1,22 +1,135 @@
-"""How many tokens to draft: static chains and dynamic lookahead policies.
+"""The drafter protocol, static chains and dynamic lookahead policies.
 
-A chain strategy answers three questions per step, per sequence: the most drafts to try
-(``budget``), whether to keep drafting after each draft token (``keep_going``, from the draft's own
-distribution), and how to adapt after verification (``observe``). Batch rows keep their own state.
+Every strategy is a :class:`Proposer`: once per step it proposes a :class:`~specdec.tree_drafting.DraftTree`
+(a chain is a tree whose ``lens`` is set; it goes to ``chain_verify``, anything else to ``tree_verify``),
+then observes the verification result. Strategies that need draft distributions get them from the
+step's drafter (a draft model or an EAGLE head, :mod:`specdec.drafters`); prompt lookup needs none.
+
+Chain strategies answer three questions per step, per sequence: the most drafts to try (``budget``),
+whether to keep drafting after each draft token (``keep_going``, from the draft's own distribution),
+and how to adapt after verification (``update``). Batch rows keep their own state.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
+
+from specdec.tree_drafting import DraftTree
 
 ASSETS = Path(__file__).parent / "assets"
 
 
 @dataclasses.dataclass
-class Chain:
+class DraftContext:
+    """What a proposer sees in one step (rows still generating, index i <-> batch row i)."""
+
+    rows: object  # per-row prev / root / ctx [Ba]: the last two committed tokens and the committed length
+    drafter: object | None  # specdec.drafters.ModelDrafter / specdec.eagle.HeadDrafter, None for model-free
+    temperature: float
+    gen: torch.Generator | None
+    limit: torch.Tensor  # [Ba] most draft tokens a row can still use before max_new_tokens
+    history: Callable[[], list[list[int]]]  # committed tokens per row (prompt + output), built on demand
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """A drafting strategy as the loop sees it."""
+
+    max_nodes: int  # verify-forward width at most (root included)
+    max_fed: int  # draft tokens in one draft forward at most
+    needs_drafter: bool  # False: proposes from the context alone (prompt lookup)
+
+    def start(self, batch: int, device) -> None: ...
+
+    def propose(self, ctx: DraftContext) -> DraftTree: ...
+
+    def observe(self, tree: DraftTree, result) -> None: ...
+
+    def select(self, rows: torch.Tensor) -> None: ...
+
+    def draft_forward_sizes(self) -> list[int]:
+        """Tokens of each draft forward of a full step (for the cost model, :mod:`specdec.tune`)."""
+        ...
+
+
+def _choose(logits: torch.Tensor, temperature: float, gen: torch.Generator | None):
+    """Next token from logits [B, V]: argmax (temperature 0) or a sample; also the sampling distribution."""
+    if temperature == 0:
+        return logits.argmax(-1), None
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1), probs
+
+
+class _ChainStrategy:
+    """Drafts one chain per row; subclasses say how long (``budget``, ``keep_going``, ``update``)."""
+
+    needs_drafter = True
+
+    @property
+    def max_nodes(self) -> int:
+        return self.k_cap + 1
+
+    @property
+    def max_fed(self) -> int:
+        return 2
+
+    def draft_forward_sizes(self) -> list[int]:
+        return [2] + [1] * (self.k_cap - 1)
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        """Draft up to ``budget`` tokens per row, one drafter forward per token after the root's."""
+        rows, drafter, temperature = ctx.rows, ctx.drafter, ctx.temperature
+        budget = self.budget()
+        lens = (budget if isinstance(budget, torch.Tensor) else torch.full_like(rows.ctx, budget)).clamp(max=self.k_cap)
+        k = max(1, min(int(lens.max()), int(ctx.limit.max())))
+        alive = torch.ones_like(lens, dtype=torch.bool)
+        tokens, probs = [], []
+        logits = drafter.begin(rows)
+        for j in range(1, k + 1):
+            d, q = _choose(logits, temperature, ctx.gen)
+            tokens.append(d)
+            probs.append(q)
+            go = self.keep_going(j, q if q is not None else torch.softmax(logits, -1))
+            if go is not None:
+                lens = torch.where(alive & ~go, torch.full_like(lens, j), lens)
+                alive &= go
+            alive &= lens > j
+            if j == k or not bool(alive.any()):
+                break
+            pos = (rows.ctx - 1 + j)[:, None]
+            logits = drafter.forward(d[:, None], pos, _chain1(d.device), rows.ctx - 1 + j)[:, 0]
+        drafts = torch.stack(tokens, 1)
+        K = drafts.shape[1]
+        parents = torch.arange(-1, K, device=drafts.device).expand(drafts.shape[0], K + 1)
+        lens = torch.minimum(lens.clamp(max=K), ctx.limit.clamp(min=0))  # never draft past max_new_tokens
+        return DraftTree(torch.cat([rows.root[:, None], drafts], 1), parents,
+                         torch.stack(probs, 1) if temperature > 0 else None, None, lens=lens)
+
+    def observe(self, tree: DraftTree, result) -> None:
+        self.update(tree.lens, result.num_emitted - 1)
+
+    def update(self, drafted: torch.Tensor, accepted: torch.Tensor) -> None:
+        pass
+
+    def start(self, batch: int, device) -> None:
+        pass
+
+    def select(self, rows: torch.Tensor) -> None:
+        pass
+
+
+def _chain1(device) -> torch.Tensor:
+    from specdec.runner import chain_mask
+
+    return chain_mask(1, device)
+
+
+@dataclasses.dataclass
+class Chain(_ChainStrategy):
     """Static lookahead: draft ``k`` tokens every step."""
 
     k: int = 4
@@ -25,20 +138,15 @@ class Chain:
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"Chain: k must be an int >= 1, got {self.k!r}")
 
-    def start(self, batch: int, device) -> None:
-        pass
+    @property
+    def k_cap(self) -> int:
+        return self.k
 
     def budget(self) -> torch.Tensor | int:
         return self.k
 
     def keep_going(self, step: int, draft_probs: torch.Tensor) -> torch.Tensor | None:
         return None  # never stops early
-
-    def observe(self, drafted: torch.Tensor, accepted: torch.Tensor) -> None:
-        pass
-
-    def select(self, rows: torch.Tensor) -> None:
-        pass
 
 
 def draft_features(step: int, probs: torch.Tensor) -> torch.Tensor:
@@ -54,7 +162,7 @@ def draft_features(step: int, probs: torch.Tensor) -> torch.Tensor:
 
 
 @dataclasses.dataclass
-class DynamicLookahead:
+class DynamicLookahead(_ChainStrategy):
     """Per-sequence lookahead that changes during generation.
 
     policy:
@@ -86,6 +194,10 @@ class DynamicLookahead:
             self.k_max = saved.get("k_max", self.k_max)
         self._k: torch.Tensor | None = None
 
+    @property
+    def k_cap(self) -> int:
+        return self.k_max
+
     def start(self, batch: int, device) -> None:
         self._k = torch.full((batch,), self.k, dtype=torch.int64, device=device)
 
@@ -101,7 +213,7 @@ class DynamicLookahead:
         logit = draft_features(step, draft_probs) @ w
         return torch.sigmoid(logit) >= self.threshold
 
-    def observe(self, drafted: torch.Tensor, accepted: torch.Tensor) -> None:
+    def update(self, drafted: torch.Tensor, accepted: torch.Tensor) -> None:
         if self.policy == "heuristic":
             self._k = torch.where(accepted >= drafted, self._k + 2, (self._k - 1).clamp(min=1)).clamp(max=self.k_max)
 
@@ -119,11 +231,12 @@ CHAIN_NAMES = {
 
 
 def _tree_names():
-    from specdec.prompt_lookup import PromptLookup
+    from specdec.prompt_lookup import LookupOrChain, PromptLookup
     from specdec.tree_drafting import DynamicTree, StaticTree
 
     return {
         "lookup": lambda: PromptLookup(k=8),
+        "hybrid": lambda: LookupOrChain(),
         "static-tree": lambda: StaticTree("wide16"),
         "eagle2": lambda: DynamicTree("eagle2"),
         "dyspec": lambda: DynamicTree("dyspec"),
@@ -131,15 +244,14 @@ def _tree_names():
     }
 
 
-def resolve_strategy(strategy):
+def resolve_strategy(strategy) -> Proposer:
     """A strategy object from a name or an object; clear error for anything else."""
     if isinstance(strategy, str):
         names = {**CHAIN_NAMES, **_tree_names()}
         if strategy in names:
             return names[strategy]()
         raise ValueError(f"strategy: unknown name {strategy!r}; known: {sorted(names)}")
-    if isinstance(strategy, (Chain, DynamicLookahead)) or hasattr(strategy, "draft_tree"):
+    if isinstance(strategy, Proposer):
         return strategy
-    raise TypeError(f"strategy must be a name or a specdec strategy object, got {type(strategy).__name__}")
-
-
+    raise TypeError(f"strategy must be a name or a specdec strategy object (a specdec.strategies.Proposer), "
+                    f"got {type(strategy).__name__}")

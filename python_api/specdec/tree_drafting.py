@@ -1,11 +1,11 @@
 """Token trees drafted by the draft model: static trees, EAGLE-2, DySpec and Dynamic Depth Decoding.
 
-Every method grows candidate nodes below the root (the last committed token) and runs the draft
-model once per expansion round over the nodes it needs distributions for, with tree attention on
-the draft's own cache. A round re-feeds every node fed so far (plus ``prev``, the committed token
-before the root), so each forward is a plain "prefix + tree" tree-attention call; nodes never fed
-are leaves. Fed nodes keep their slot across rounds, so after verification the draft's K/V of the
-accepted path is found at fixed positions and moved with ``compact_kv_cache``.
+Every method grows candidate nodes below the root (the last committed token). The drafter (a draft
+model or an EAGLE head, :mod:`specdec.drafters`) first gives the root's distribution (``begin``), then
+runs once per expansion round over the nodes it needs distributions for, with tree attention on its
+own cache. A round re-feeds every non-root node fed so far, so each forward is a plain "prefix + tree"
+tree-attention call (the root is in the prefix); nodes never fed are leaves. Fed nodes keep their slot
+across rounds, so after verification the drafter's K/V of the accepted path is found at fixed positions.
 
 Children of a node are distinct tokens. With ``temperature == 0`` or a deterministic method they are
 the top-ranked tokens and verification uses the deterministic rule (lossless for any tree shape the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import math
 
 import torch
 
@@ -27,17 +28,22 @@ from specdec_kernels import trees
 
 @dataclasses.dataclass
 class DraftTree:
+    """One step's proposal. A chain is the tree with ``parents = [-1, 0, 1, ..]`` and ``lens`` set."""
+
     tokens: torch.Tensor  # [B, N] node 0 = root
     parents: torch.Tensor  # [B, N] topological, -1 for the root
-    draft_probs: torch.Tensor | None  # [B, N, V]: q that node i's children were drawn from, or None
-    draft_slot: torch.Tensor  # [B, N] node's position in the draft cache minus (ctx - 1); -1 if never fed
+    # Trees: [B, N, V], q that node i's children were drawn from. Chains: [B, K, V], q draft j+1 was
+    # drawn from. None for deterministic drafts (verified with the deterministic rule).
+    draft_probs: torch.Tensor | None
+    draft_slot: torch.Tensor | None  # [B, N] node's position in the drafter's cache minus (ctx - 1); -1 if never fed
+    lens: torch.Tensor | None = None  # chains: [B] drafts to verify per row (<= N - 1)
 
 
 class _Growth:
-    """Candidate nodes of every sequence (index 0 = root) and the draft forwards over the fed ones."""
+    """Candidate nodes of every sequence (index 0 = root) and the drafter forwards over the fed ones."""
 
-    def __init__(self, drf, rows, temperature: float):
-        self.drf, self.rows, self.temperature = drf, rows, temperature
+    def __init__(self, drafter, rows, temperature: float):
+        self.drafter, self.rows, self.temperature = drafter, rows, temperature
         B, dev = rows.root.shape[0], rows.root.device
         self.tokens = rows.root[:, None].clone()
         self.parents = torch.full((B, 1), -1, dtype=torch.int64, device=dev)
@@ -46,9 +52,11 @@ class _Growth:
         self.fed = torch.zeros(B, 1, dtype=torch.int64, device=dev)  # node index of each fed slot
         self.slot = torch.zeros(B, 1, dtype=torch.int64, device=dev)  # fed slot of each node, -1 if none
         # Ancestor mask of the fed layout [prev, root, fed slot 1, ...], grown a block of rows per feed
-        # (a new node sees what its parent sees, plus itself) instead of rebuilt every round.
+        # (a new node sees what its parent sees, plus itself) instead of rebuilt every round. Forwards
+        # run its non-root part: prev and the root are in the drafter's cache after ``begin``.
         self.layout_mask = torch.ones(B, 2, 2, dtype=torch.bool, device=dev).tril()
         self.layout_depth = torch.stack([rows.ctx - 2, rows.ctx - 1], 1)  # positions of prev and the root
+        self.root_logq: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -66,11 +74,14 @@ class _Growth:
         return idx
 
     def feed(self, nodes: torch.Tensor | None = None) -> torch.Tensor:
-        """Mark ``nodes`` [B, m] as fed, run the draft over prev + all fed nodes; log q of fed, [B, F, V].
+        """Mark ``nodes`` [B, m] as fed, run the drafter over all fed non-root nodes; log q of every fed
+        node (root first), [B, F, V].
 
         Every new node's parent must already be fed (true for all methods: a node is expanded, and so
         fed, before its children exist).
         """
+        if self.root_logq is None:
+            self.root_logq = torch.log_softmax(self.drafter.begin(self.rows) / (self.temperature or 1.0), -1)[:, None]
         if nodes is not None and nodes.shape[1]:
             B, m = nodes.shape
             F = self.fed.shape[1]
@@ -85,10 +96,12 @@ class _Growth:
             grown[:, L:, L:] = torch.eye(m, dtype=torch.bool, device=nodes.device)
             self.layout_mask = grown
             self.layout_depth = torch.cat([self.layout_depth, self.rows.ctx[:, None] - 1 + self.depth.gather(1, nodes)], 1)
-        r = self.rows
-        toks = torch.cat([r.prev[:, None], self.tokens.gather(1, self.fed)], 1)
-        logits = self.drf.forward(toks, self.layout_depth, self.layout_mask, start=r.ctx - 2)[:, 1:]
-        return torch.log_softmax(logits / (self.temperature or 1.0), -1)
+        if self.fed.shape[1] == 1:
+            return self.root_logq
+        toks = self.tokens.gather(1, self.fed[:, 1:])
+        logits = self.drafter.forward(toks, self.layout_depth[:, 2:], self.layout_mask[:, 2:, 2:].contiguous(),
+                                      self.rows.ctx)
+        return torch.cat([self.root_logq, torch.log_softmax(logits / (self.temperature or 1.0), -1)], 1)
 
     def finish(self, keep: torch.Tensor, q: torch.Tensor | None = None) -> DraftTree:
         """Tree of the kept nodes ([B, N] indices, ancestor-closed, ascending, root first)."""
@@ -236,9 +249,14 @@ def _close_paths(paths) -> list[tuple[int, ...]]:
 
 
 class _TreeStrategy:
-    """Per-sequence state hooks of the loop; tree strategies keep none between steps."""
+    """Proposer hooks of tree strategies: no state between steps, nothing to learn from a result."""
+
+    needs_drafter = True
 
     def start(self, batch: int, device) -> None:
+        pass
+
+    def observe(self, tree: DraftTree, result) -> None:
         pass
 
     def select(self, rows: torch.Tensor) -> None:
@@ -258,7 +276,15 @@ class StaticTree(_TreeStrategy):
             raise ValueError(f"StaticTree: unknown shape {self.paths!r}; known: {sorted(DEFAULT_STATIC_PATHS)}")
         self._paths = _close_paths(raw)
         self.max_nodes = len(self._paths) + 1
-        self.max_fed = self.max_nodes + 1  # draft tokens per forward at most: prev + root + nodes
+        self.max_fed = self.max_nodes  # draft tokens per forward at most: the fed non-root nodes (or prev + root)
+
+    def draft_forward_sizes(self) -> list[int]:
+        """prev + root, then per round the inner nodes fed so far."""
+        sizes, fed = [2], 0
+        for d in range(1, max(map(len, self._paths))):
+            fed += len({p[:-1] for p in self._paths if len(p) == d + 1})
+            sizes.append(fed)
+        return sizes
 
     @classmethod
     def sequoia(cls, rank_accept, size: int, max_depth: int | None = None) -> "StaticTree":
@@ -288,8 +314,8 @@ class StaticTree(_TreeStrategy):
         tree.expected_accepted = sum(_prod(rates, p) for p in paths)
         return tree
 
-    def draft_tree(self, drf, rows, temperature: float, gen) -> DraftTree:
-        g = _Growth(drf, rows, temperature)
+    def propose(self, ctx) -> DraftTree:
+        g = _Growth(ctx.drafter, ctx.rows, ctx.temperature)
         _static(g, self._paths)
         return g.finish(torch.arange(g.n, device=g.tokens.device).expand(g.tokens.shape[0], -1))
 
@@ -325,13 +351,19 @@ class DynamicTree(_TreeStrategy):
                 raise ValueError(f"DynamicTree: budget {self.budget} exceeds the {most} candidates that "
                                  f"top_k={self.top_k}, depth={self.depth} produce")
         self.max_nodes = self.budget + 1
-        fed = self.budget if self.method == "dyspec" else 1 + self.top_k * (self.depth - 1)
-        self.max_fed = fed + 2  # draft tokens per forward at most: prev + root + fed nodes
+        fed = self.budget if self.method == "dyspec" else self.top_k * (self.depth - 1)
+        self.max_fed = max(fed, 2)  # draft tokens per forward at most: fed non-root nodes (or prev + root)
 
-    def draft_tree(self, drf, rows, temperature: float, gen) -> DraftTree:
-        g = _Growth(drf, rows, temperature)
+    def draft_forward_sizes(self) -> list[int]:
+        """prev + root, then per round the non-root nodes fed so far (the widest case: every round runs)."""
         if self.method == "dyspec":
-            q = _dyspec(g, self.budget, self.width, gen)
+            return [2] + [self.width * r for r in range(1, math.ceil(self.budget / self.width))]
+        return [2] + [self.top_k * d for d in range(1, self.depth)]
+
+    def propose(self, ctx) -> DraftTree:
+        g = _Growth(ctx.drafter, ctx.rows, ctx.temperature)
+        if self.method == "dyspec":
+            q = _dyspec(g, self.budget, self.width, ctx.gen)
             return g.finish(torch.arange(g.n, device=g.tokens.device).expand(g.tokens.shape[0], -1), q)
         floor = self.log_mass_floor if self.method == "ddd" else None
         _beam_search(g, self.top_k, self.depth, floor)

@@ -22,9 +22,8 @@ import math
 import torch
 
 import specdec
+from specdec.eagle import EagleHead, time_head_forwards
 from specdec.runner import time_forwards
-from specdec.prompt_lookup import PromptLookup
-from specdec.strategies import DynamicLookahead
 from specdec.tree_drafting import DynamicTree, StaticTree
 
 TOKENS_PER_CALL = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -32,7 +31,9 @@ TOKENS_PER_CALL = (1, 2, 4, 8, 16, 32, 64, 128)
 
 def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int = 7) -> dict[int, float]:
     """Median seconds of one forward over n tree tokens (chain mask) after a prefix, for each n, through
-    the loop's own runner (so with its CPU padding of slow widths)."""
+    the loop's own runner (so with its CPU padding of slow widths); an EAGLE head through its drafter."""
+    if isinstance(model, EagleHead):
+        return time_head_forwards(model, tokens, prefix=prefix, reps=reps)
     return time_forwards(model, tokens, prefix=prefix, reps=reps)
 
 
@@ -70,35 +71,12 @@ def _interp(table: dict[int, float], n: int) -> float:
 
 
 def draft_forward_sizes(strategy) -> list[int]:
-    """Tokens per draft forward of one step (prev + root + fed nodes, see tree_drafting)."""
-    if isinstance(strategy, specdec.Chain):
-        return [2] + [1] * (strategy.k - 1)
-    if isinstance(strategy, DynamicLookahead):  # up to k_max; the measured rounds cut it short
-        return [2] + [1] * (strategy.k_max - 1)
-    if isinstance(strategy, PromptLookup):
-        return []
-    if isinstance(strategy, StaticTree):
-        depth = max(map(len, strategy._paths))
-        fed = 1
-        sizes = []
-        for d in range(1, depth + 1):
-            sizes.append(1 + fed)
-            fed += len({p[:-1] for p in strategy._paths if len(p) == d + 1})
-        return sizes
-    if isinstance(strategy, DynamicTree):
-        if strategy.method == "dyspec":
-            rounds = math.ceil(strategy.budget / strategy.width)
-            return [2 + strategy.width * r for r in range(rounds)]
-        return [2 + strategy.top_k * d for d in range(strategy.depth)]
-    raise TypeError(f"no cost model for {type(strategy).__name__}")
+    """Tokens per draft forward of one step (the strategy's own account, see specdec.strategies.Proposer)."""
+    return strategy.draft_forward_sizes()
 
 
 def verify_size(strategy) -> int:
     """Tokens of the target's verify forward (the widest one, for strategies whose width varies)."""
-    if isinstance(strategy, specdec.Chain):
-        return strategy.k + 1
-    if isinstance(strategy, DynamicLookahead):
-        return strategy.k_max + 1
     return strategy.max_nodes
 
 
@@ -161,7 +139,7 @@ def predict(target, draft, sample_ids: list[torch.Tensor], candidates: dict[str,
         overhead["Chain"] = max(wall / max(steps, 1) - _step_model_s(specdec.Chain(k_max), lat_t, lat_d), 0.0)
     preds = []
     for name, strategy in candidates.items():
-        if draft is None and getattr(strategy, "needs_draft_model", True):
+        if draft is None and strategy.needs_drafter:
             raise ValueError(f"candidate {name!r} needs a draft model")
         rounds = width = None
         if isinstance(strategy, specdec.Chain) and strategy.k <= k_max:
