@@ -1,6 +1,6 @@
 """Build the held-out prompt sets used by the demo and the benchmarks.
 
-    python bench/make_prompts.py     # writes python_api/specdec/assets/prompts/{heldout_code,input_grounded}.json
+    python bench/make_prompts.py     # writes python_api/specdec/assets/prompts/{heldout_code,input_grounded,chat_mixed}.json
 
 Prompts come only from the bundled pair's held-out files (CPython stdlib files whose sorted index
 % 50 == 0, see bench/models/train_pair.py), so the models never saw them in training. Each prompt is
@@ -23,6 +23,17 @@ TASKS = [
 
 
 SUMMARY_TASK = "Summarize the following text in two sentences:"
+MIXED = OUT.with_name("chat_mixed.json")
+# Open questions about topics and in phrasings that are in none of the drafters' training prompts
+# (bench/models/distill_smollm2_draft.py QUESTIONS x CONCEPTS): answers prompt lookup cannot copy.
+OPEN_QUESTIONS = [
+    "What is the difference between a process and a thread? Answer briefly.",
+    "Explain how a Bloom filter works and when to use one.",
+    "Why is floating-point arithmetic sometimes inexact? Give an example.",
+    "Describe what a REST API is to a beginner.",
+    "How does garbage collection work in Python?",
+    "What are the pros and cons of a relational database compared with a key-value store?",
+]
 
 
 def grounded(held, root, n: int = 6) -> None:
@@ -45,6 +56,19 @@ def grounded(held, root, n: int = 6) -> None:
     GROUNDED.write_text(json.dumps({"about": grounded.__doc__.split(".")[0], "sources": sources,
                                     "prompts": prompts}, indent=1) + "\n")
     print(f"{len(prompts)} prompts -> {GROUNDED}")
+    mixed(prompts, sources)
+
+
+def mixed(grounded_prompts: list[str], grounded_sources: list[str]) -> None:
+    """Chat prompts of three kinds in turn: a code edit, a summary, an open question. Edits and summaries
+    are the input-grounded ones (held-out functions and topics); the questions are OPEN_QUESTIONS."""
+    prompts, sources = [], []
+    for i, q in enumerate(OPEN_QUESTIONS):
+        prompts += [grounded_prompts[2 * i], grounded_prompts[2 * i + 1], q]
+        sources += [grounded_sources[2 * i], grounded_sources[2 * i + 1], "open question (make_prompts.OPEN_QUESTIONS)"]
+    MIXED.write_text(json.dumps({"about": mixed.__doc__.split(".")[0], "sources": sources, "prompts": prompts},
+                                indent=1) + "\n")
+    print(f"{len(prompts)} prompts -> {MIXED}")
 
 
 def main(n: int = 16) -> None:

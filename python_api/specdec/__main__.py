@@ -10,23 +10,33 @@ from pathlib import Path
 
 import torch
 
-# The best strategy with the bundled draft model on the development machine (bench/results/e2e.md).
-DEFAULT_STRATEGY = "heuristic"
+# What the demo runs by default, per pair: the drafter and strategy that were fastest in the measured
+# end-to-end tables (bench/results/e2e_smollm2.md, bench/results/e2e.md).
+DEMO_DEFAULTS = {"smollm2": ("eagle", "chain:4"), "tiny": ("model", "heuristic")}
 
 
 def _load(args):
+    """(target, draft model or None, EAGLE head or None, tokenizer, chat?, prompt set, label) for --pair."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specdec.models import load_default_pair
+    from specdec.eagle import load_head
+    from specdec.models import head_dir, load_default_pair, load_smollm2, load_smollm2_draft
 
-    print("loading models ...", file=sys.stderr)
     if args.target or args.draft:
         if not (args.target and args.draft):
             sys.exit("--target and --draft go together")
+        print("loading models ...", file=sys.stderr)
         target = AutoModelForCausalLM.from_pretrained(args.target).eval()
         draft = AutoModelForCausalLM.from_pretrained(args.draft).eval()
-        return target, draft, AutoTokenizer.from_pretrained(args.target)
-    return load_default_pair()
+        return target, draft, None, AutoTokenizer.from_pretrained(args.target), False, "heldout_code", args.target
+    if args.pair == "smollm2":  # a real pretrained target: its EAGLE head, its distilled draft, prompt lookup
+        print("loading SmolLM2-135M-Instruct, its EAGLE head and its distilled draft ...", file=sys.stderr)
+        target, tok = load_smollm2()
+        draft, head = load_smollm2_draft(target), load_head(target, head_dir("smollm2"))
+        return target, draft, head, tok, True, "chat_mixed", "SmolLM2-135M-Instruct"
+    print("loading the bundled pair ...", file=sys.stderr)
+    target, draft, tok = load_default_pair()
+    return target, draft, load_head(target, head_dir("default")), tok, False, "heldout_code", "bundled pair"
 
 
 class _Printer:
@@ -46,23 +56,22 @@ class _Printer:
 
 def demo(args) -> None:
     import specdec
-    from specdec.bench import encode, load_prompts
-    from specdec.strategies import resolve_strategy
+    from specdec.bench import _strategy, encode, load_prompts
 
-    if args.pair == "smollm2":  # a real pretrained target with its distilled draft, on chat prompts
-        from specdec.models import load_smollm2_pair
-
-        print("loading SmolLM2-135M-Instruct and its distilled draft ...", file=sys.stderr)
-        target, draft, tok = load_smollm2_pair()
-        prompts, chat = load_prompts("input_grounded")[: args.prompts], True
-    else:
-        target, draft, tok = _load(args)
-        prompts, chat = load_prompts()[: args.prompts], False
-    strategy = args.strategy if args.strategy == "auto" else resolve_strategy(args.strategy)
+    pair = "tiny" if args.pair == "default" else args.pair
+    target, draft, head, tok, chat, prompt_set, label = _load(args)
+    kind, default_strategy = DEMO_DEFAULTS[pair]
+    kind = args.drafter or (kind if head is not None else "model")
+    drafter = head if kind == "eagle" else draft
+    name = args.strategy or default_strategy
+    strategy = name if name == "auto" else _strategy(name)
+    prompts = load_prompts(args.prompt_set or prompt_set)[: args.prompts]
+    print(f"{label}, drafting with {'its EAGLE head' if kind == 'eagle' else 'the draft model'}, strategy {name}",
+          file=sys.stderr)
     # Warm-up (first-call allocations, kernel set-up) so that neither side's timing carries it.
     warm = encode(tok, prompts[0], chat)
     target.generate(warm, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    specdec.generate(target, draft, warm, max_new_tokens=8, strategy=strategy)
+    specdec.generate(target, drafter, warm, max_new_tokens=8, strategy=strategy)
     total_new = total_plain = total_spec = 0.0
     exact_all = True
     taus = []
@@ -72,9 +81,9 @@ def demo(args) -> None:
         plain = target.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False,
                                 eos_token_id=tok.eos_token_id, pad_token_id=0)
         t_plain = time.perf_counter() - t0
-        print(f"\n===== prompt {i + 1}/{len(prompts)} ({args.strategy}) =====")
-        sys.stdout.write(prompt)
-        out = specdec.generate(target, draft, ids, max_new_tokens=args.max_new_tokens,
+        print(f"\n===== prompt {i + 1}/{len(prompts)} ({name}) =====")
+        sys.stdout.write(prompt + "\n")
+        out = specdec.generate(target, drafter, ids, max_new_tokens=args.max_new_tokens,
                                strategy=strategy, temperature=args.temperature, seed=args.seed,
                                eos_token_id=tok.eos_token_id, streamer=_Printer(tok, ids[0]))
         t_spec = out.stats["wall_s"]
@@ -102,43 +111,32 @@ BENCH_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-assist
                  "ddd:16", "ddd:32", "ddd:64", "eagle2:12:4:4", "ddd:10:2:8", "lookup:8"]
 
 
-SMOLLM2_DEFAULT = ["hf-assisted heuristic", "hf-assisted confidence 0.4", "hf-prompt-lookup k=8",
-                   "chain:2", "chain:3", "chain:4", "heuristic", "confidence", "eagle2:16", "lookup:8", "lookup:8:3"]
-SMOLLM2_NO_DRAFT = [n for n in SMOLLM2_DEFAULT if "lookup" in n]
+SMOLLM2_DEFAULT = ["hf-assisted heuristic", "hf-prompt-lookup k=8", "chain:3", "heuristic",
+                   "head:chain:2", "head:chain:3", "head:chain:4", "head:chain:5", "head:heuristic", "head:confidence",
+                   "head:eagle2:8:2:4", "head:eagle2:16", "lookup:8"]
+BENCH_DEFAULT = BENCH_DEFAULT + ["head:chain:4", "head:heuristic", "head:eagle2:16"]
 
 
 def bench(args) -> None:
     from specdec import bench as b
 
-    if args.pair == "smollm2":  # a real pretrained target: its distilled draft and prompt lookup
-        from specdec.models import load_smollm2, load_smollm2_draft
-
-        print("loading SmolLM2-135M-Instruct and its distilled draft ...", file=sys.stderr)
-        target, tok = load_smollm2()
-        try:
-            draft, default = load_smollm2_draft(target), SMOLLM2_DEFAULT
-        except FileNotFoundError as e:
-            print(f"no draft model ({e}): prompt lookup only", file=sys.stderr)
-            draft, default = None, SMOLLM2_NO_DRAFT
-        chat, eos = True, tok.eos_token_id
-        prompt_set, label = args.prompt_set or "input_grounded", "SmolLM2-135M-Instruct"
-    else:
-        target, draft, tok = _load(args)
-        chat, eos = False, tok.eos_token_id  # everyone stops at EOS, so outputs compare token for token
-        prompt_set, default, label = args.prompt_set or "heldout_code", BENCH_DEFAULT, "bundled pair"
+    pair = "tiny" if args.pair == "default" else args.pair
+    target, draft, head, tok, chat, prompt_set, label = _load(args)
+    eos = tok.eos_token_id  # everyone stops at EOS, so outputs compare token for token
+    prompt_set = args.prompt_set or prompt_set
     prompts = b.load_prompts(prompt_set)[: args.prompts]
-    names = args.configs.split(",") if args.configs else default
+    names = args.configs.split(",") if args.configs else (SMOLLM2_DEFAULT if pair == "smollm2" else BENCH_DEFAULT)
     rows = b.run(target, draft, tok, prompts, names, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                 chat=chat, eos_token_id=eos)
+                 chat=chat, eos_token_id=eos, head=head)
     rho = None
     if not args.no_cost_model:
         print("cost model: calibrating on other prompts ...", file=sys.stderr)
         calib = b.load_prompts(prompt_set)[args.prompts : args.prompts + 4]
-        rho = b.add_predictions(rows, target, draft, tok, calib, names, chat=chat)
+        rho = b.add_predictions(rows, target, draft, tok, calib, names, chat=chat, head=head)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     header = (f"End to end, {label}, {len(prompts)} prompts ({prompt_set}) x up to {args.max_new_tokens} new tokens, greedy, "
-              f"median of {args.repeats} repeats; {machine}; command: `python -m specdec bench "
-              f"{' '.join(sys.argv[2:])}`")
+              f"median of {args.repeats} repeats; {machine}; `head:` rows draft with the EAGLE head, the others "
+              f"with the draft model; command: `python -m specdec bench {' '.join(sys.argv[2:])}`")
     table = b.markdown(rows, header)
     if rho is not None:
         table += (f"\n\nCost model (specdec.tune, calibrated on 4 other prompts): Spearman rank correlation of "
@@ -146,7 +144,7 @@ def bench(args) -> None:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "e2e" if args.pair == "default" else f"e2e_{args.pair}"
+    stem = "e2e" if pair == "tiny" else f"e2e_{pair}"
     (out / f"{stem}.md").write_text(table + "\n")
     (out / f"{stem}.json").write_text(json.dumps({"header": header, "rows": rows, "cost_model_spearman": rho}, indent=1) + "\n")
     b.plot(rows, str(out / f"{stem}.png"), f"{label}: speedup and tau per strategy")
@@ -162,11 +160,14 @@ def main(argv=None) -> None:
         s.add_argument("--draft", help="path of its draft model (default: the bundled draft)")
         s.add_argument("--max-new-tokens", type=int, default=128)
         s.add_argument("--prompts", type=int, default=3 if name == "demo" else 8)
-        s.add_argument("--pair", choices=["default", "smollm2"], default="default",
-                       help="smollm2: SmolLM2-135M-Instruct with its distilled draft (and prompt lookup), "
-                            "on input-grounded chat prompts")
+        s.add_argument("--pair", choices=["smollm2", "tiny", "default"], default="smollm2" if name == "demo" else "tiny",
+                       help="smollm2: SmolLM2-135M-Instruct with its EAGLE head and distilled draft, on chat prompts "
+                            "(code edits, summaries, open questions); tiny (= default): the bundled pair on held-out code")
+        s.add_argument("--prompt-set", help="chat_mixed (smollm2), heldout_code (tiny), input_grounded")
     d = sub.choices["demo"]
-    d.add_argument("--strategy", default=DEFAULT_STRATEGY)
+    d.add_argument("--strategy", help="a strategy name such as chain:4, heuristic, eagle2:16, lookup:8, auto "
+                                      "(default: the fastest measured for the pair)")
+    d.add_argument("--drafter", choices=["eagle", "model"], help="draft with the EAGLE head or the draft model")
     d.add_argument("--temperature", type=float, default=0.0)
     d.add_argument("--seed", type=int, default=0)
     bb = sub.choices["bench"]
@@ -174,7 +175,6 @@ def main(argv=None) -> None:
     bb.add_argument("--repeats", type=int, default=3)
     bb.add_argument("--out", default="bench/results")
     bb.add_argument("--no-cost-model", action="store_true", help="skip the cost model's predictions")
-    bb.add_argument("--prompt-set", help="heldout_code (default pair) or input_grounded (smollm2)")
     args = p.parse_args(argv)
     {"demo": demo, "bench": bench}[args.cmd](args)
 

