@@ -155,3 +155,17 @@ def test_lookup_or_chain_is_exact_and_needs_a_head(target_and_head):
     assert torch.equal(out.sequences, plain_greedy(target, ids, torch.ones_like(ids), 30))
     with pytest.raises(ValueError, match="needs an EAGLE head"):
         specdec.generate(target, tiny_model("llama", 1, 32, seed=1), ids, max_new_tokens=4, strategy="hybrid")
+
+
+def test_cost_model_and_auto_with_a_head(target_and_head):
+    """The cost model times the head through its drafter and "auto" picks a strategy for it; greedy stays exact."""
+    from specdec import tune
+
+    target, head = target_and_head
+    lat = tune.measure_latency(head, tokens=(1, 2, 4), prefix=16, reps=1)
+    assert set(lat) == {1, 2, 4} and all(t > 0 for t in lat.values())
+    ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(3))
+    out = specdec.generate(target, head, ids, max_new_tokens=12, strategy="auto")
+    assert torch.equal(out.sequences, plain_greedy(target, ids, torch.ones_like(ids), 12))
+    with pytest.raises(TypeError, match="needs a draft model"):
+        tune.measure_rank_acceptance(target, head, [ids])

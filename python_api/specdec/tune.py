@@ -44,6 +44,9 @@ def measure_rank_acceptance(target, draft, sample_ids: list[torch.Tensor], max_n
 
     The per-rank acceptance rates Sequoia's tree builder takes (:meth:`StaticTree.sequoia`).
     """
+    if isinstance(draft, EagleHead):
+        raise TypeError("measure_rank_acceptance needs a draft model: an EAGLE head drafts from the target's "
+                        "features inside specdec.generate only")
     counts = torch.zeros(ranks)
     total = 0
     for ids in sample_ids:
