@@ -3,6 +3,7 @@
 // row lies at or after its destination, and after every destination written before it).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "compact_kv.h"
@@ -25,7 +26,11 @@ void compact_kv_cache_cpu(at::Tensor& cache, const at::Tensor& src_pos, const at
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = (plane / H) % B;
       char* rows = base + plane * S * row_bytes;
-      const int64_t n = cnt[b], d = dst[b];
+      // Clamped to src_pos's width: an unchecked call (check=false) with counts[b] > M must not read
+      // past the end of src_pos (negative counts copy nothing).
+      const int64_t n = std::min(std::max(cnt[b], int64_t(0)), M), d = dst[b];
+      // No destination d + i (0 <= i < M) lies in [0, S): nothing to copy, and d + i cannot overflow below.
+      if (d <= -M || d >= S) continue;
       for (int64_t i = 0; i < n; ++i) {
         const int64_t s = src[b * M + i];
         // Unchecked calls (check=false) still never touch memory outside the plane.

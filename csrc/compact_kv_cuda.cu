@@ -23,8 +23,13 @@ __global__ void compact_kv_kernel(Vec* __restrict__ cache,         // [planes, S
                                   int64_t B, int64_t H, int64_t S, int64_t row_vecs, int64_t M) {
   const int64_t plane = blockIdx.x;
   const int64_t b = (plane / H) % B;
-  const int64_t n = cnt[b];
+  // Clamped to src_pos's width: an unchecked call (check=false) with counts[b] > M must not read
+  // past the end of src_pos (negative counts copy nothing).
+  const int64_t n = cnt[b] < 0 ? 0 : (cnt[b] > M ? M : cnt[b]);
   const int64_t d = dst[b];
+  // No destination d + i (0 <= i < M) lies in [0, S): nothing to copy, and d + i cannot overflow below.
+  // The whole block returns (d is the block's), so no thread misses a __syncthreads.
+  if (d <= -M || d >= S) return;
   Vec* rows = cache + plane * S * row_vecs;  // int64: planes * S * row_vecs can pass 2^31
   const int64_t total = n * row_vecs;
   constexpr int64_t kChunk = int64_t(kThreads) * kVecsPerThread;

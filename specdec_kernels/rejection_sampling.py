@@ -687,6 +687,16 @@ def _dist_checks(x, rows_used, name, what, logits):
     ]
 
 
+def _greedy_checks(x, rows_used, name, what, logits):
+    """Bad-row masks for greedy verification: only an argmax is taken, so the rows need not be
+    normalised, but a NaN or infinite entry has no well-defined argmax (the backends would each pick a
+    different token, silently). Logits are held to the sampled rule (an all -inf row has no argmax)."""
+    if logits:
+        return _dist_checks(x, rows_used, name, what, logits)
+    bad = ~(torch.isfinite(x.amax(-1)) & torch.isfinite(x.amin(-1)))  # NaN propagates through both
+    return [(bad & rows_used, f"{what}: {name} has a NaN or infinite entry in row (batch, node) = {{idx}}")]
+
+
 def _target_args(target_probs, target_logits, temperature, what):
     if (target_probs is None) == (target_logits is None):
         raise ValueError(f"{what}: pass exactly one of target_probs and target_logits")
@@ -765,8 +775,8 @@ def chain_verify(
     temperature : float
         Only with ``target_logits``.
     validate : bool
-        Check values (token range, distributions, draft_lens, seeds); costs host syncs. Shapes, dtypes
-        and devices are always checked.
+        Check values (token range, distributions, draft_lens, seeds; greedy: no NaN/inf target entries);
+        costs host syncs. Shapes, dtypes and devices are always checked.
     backend : {None, "triton", "reference"}
 
     Returns
@@ -820,7 +830,9 @@ def chain_verify(
         ]
         if isinstance(seed, torch.Tensor):
             checks.append((seed < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
-        if mode != MODE_GREEDY:
+        if mode == MODE_GREEDY:
+            checks += _greedy_checks(target, node_ok, tname, what, logits)
+        else:
             checks += _dist_checks(target, node_ok, tname, what, logits)
             if mode == MODE_SAMPLED:
                 checks += _dist_checks(draft_probs, node_ok[:, 1:], "draft_probs", what, False)
@@ -931,7 +943,9 @@ def tree_verify(
                    f"{what}: tokens out of range [0, V={V}) at (batch, node) = {{idx}}")]
         if isinstance(seed, torch.Tensor):
             checks.append((seed < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
-        if mode != MODE_GREEDY:
+        if mode == MODE_GREEDY:
+            checks += _greedy_checks(target, nodes_ok, tname, what, logits)
+        else:
             checks += _dist_checks(target, nodes_ok, tname, what, logits)
             if mode == MODE_SAMPLED:
                 par = parents.to(torch.int64).expand(B, N)

@@ -374,6 +374,7 @@ def tree_attention_reference(
     s = k.shape[2]
     if kv_lens.device.type == "cpu" and B > 0:  # free to read; skip the unused tail of the buffer
         s = min(s, int(kv_lens.max()))
+    _check_sm_scale(sm_scale)
     scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     key = (N, s, G)
     mask = mask_memo.get(key) if mask_memo is not None else None
@@ -383,8 +384,12 @@ def tree_attention_reference(
         if mask_memo is not None:
             mask_memo[key] = mask
     qf = q.float().reshape(B, Hkv, G * N, D)  # head h = hkv * G + g: rows g * N + i
-    kf = k[:, :, :s].float()
-    vf = v[:, :, :s].float()
+    # Entries at or past kv_lens[b] are garbage (a shorter row's unused cache slots may hold NaN/inf):
+    # replace them by zeros before the matmuls, since masking the scores alone still lets 0 * NaN = NaN
+    # through (NaN scores before the -inf mask, NaN values times a 0 probability).
+    live = (torch.arange(s, device=k.device)[None, :] < kv_lens.to(k.device, torch.int64)[:, None])[:, None, :, None]
+    kf = torch.where(live, k[:, :, :s].float(), 0.0)
+    vf = torch.where(live, v[:, :, :s].float(), 0.0)
     o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale)
     o = torch.where(mask.any(-1, keepdim=True), o, 0.0)  # rows with nothing to attend to: zeros, not NaN
     o = o.reshape(B, Hq, N, D)
@@ -397,6 +402,17 @@ def tree_attention_reference(
 # --------------------------------------------------------------------------------------------------
 # Public function
 # --------------------------------------------------------------------------------------------------
+
+
+def _check_sm_scale(sm_scale) -> None:
+    """None, or a finite float > 0: a NaN, infinite or non-positive scale turns every score into NaN or
+    makes the softmax meaningless (a negative scale attends to the least similar keys)."""
+    if sm_scale is None:
+        return
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"tree_attention: sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    if not (math.isfinite(sm_scale) and sm_scale > 0):
+        raise ValueError(f"tree_attention: sm_scale must be a finite float > 0 or None, got {sm_scale!r}")
 
 
 def _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out) -> None:
@@ -437,8 +453,7 @@ def _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out) -> None:
             f"got {kv_lens.dtype} {tuple(kv_lens.shape)}"
         )
     trees.validate_tree_mask(tree_mask, N, B, name="tree_attention: tree_mask")
-    if sm_scale is not None and not isinstance(sm_scale, (int, float)):
-        raise TypeError(f"tree_attention: sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    _check_sm_scale(sm_scale)
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"tree_attention: out must be a torch.Tensor, got {type(out).__name__}")

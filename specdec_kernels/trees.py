@@ -23,20 +23,32 @@ def validate_parents(parents: torch.Tensor, name: str = "parents", n: int | None
     if n is not None and parents.shape[-1] != n:
         raise ValueError(f"{name} must have {n} nodes in its last dimension, got {parents.shape[-1]}")
     p = parents.reshape(-1, parents.shape[-1]).to(torch.int64)
+    # One vectorised check (one host sync) for the valid case: node i's parent must lie in
+    # [lo[i], hi[i]], i.e. exactly -1 for the root and 0 .. i-1 for the others. Only a bad tree pays
+    # for a second pass that says which rule it breaks.
+    idx = torch.arange(p.shape[1], device=p.device)
+    lo = torch.where(idx == 0, ROOT_PARENT, 0)
+    hi = torch.where(idx == 0, ROOT_PARENT, idx - 1)
+    if not bool(((p < lo) | (p > hi)).any()):
+        return
     if bool((p[:, 0] != ROOT_PARENT).any()):
         raise ValueError(f"{name}[..., 0] must be -1 (node 0 is the root)")
-    if p.shape[1] > 1:
-        rest = p[:, 1:]
-        idx = torch.arange(1, p.shape[1], device=p.device)
-        if bool(((rest < 0) | (rest >= idx)).any()):
-            raise ValueError(
-                f"{name} must be in topological order with one root: 0 <= parents[i] < i for i >= 1"
-            )
+    raise ValueError(f"{name} must be in topological order with one root: 0 <= parents[i] < i for i >= 1")
+
+
+def _checked_parents(parents: torch.Tensor) -> torch.Tensor:
+    """``parents`` as int64 after :func:`validate_parents`: the helpers below walk parent pointers until
+    they reach -1, so a cycle, a self-parent or a root whose parent is not -1 would never terminate."""
+    validate_parents(parents, "parents")
+    return parents.to(torch.int64)
 
 
 def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
-    """Bool mask ``[..., N, N]``: True where node i may attend to node j (j is i or an ancestor of i)."""
-    p = parents.to(torch.int64)
+    """Bool mask ``[..., N, N]``: True where node i may attend to node j (j is i or an ancestor of i).
+
+    ``parents`` is ``[N]`` or ``[B, N]``; anything but a topologically ordered tree raises ValueError.
+    """
+    p = _checked_parents(parents)
     n = p.shape[-1]
     mask = torch.eye(n, dtype=torch.bool, device=p.device).expand(*p.shape[:-1], n, n).clone()
     # Move every node's pointer one level up per step: depth_max steps, each a scatter over [..., N].

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from specdec.tree_drafting import DraftTree
+from specdec.tree_drafting import MAX_TREE_NODES, DraftTree, _check_int, _check_real
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -135,8 +137,8 @@ class Chain(_ChainStrategy):
     k: int = 4
 
     def __post_init__(self):
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"Chain: k must be an int >= 1, got {self.k!r}")
+        # k drafts + the root make the verify forward's tree: at most MAX_TREE_NODES nodes
+        self.k = _check_int("Chain", "k", self.k, 1, MAX_TREE_NODES - 1)
 
     @property
     def k_cap(self) -> int:
@@ -147,6 +149,9 @@ class Chain(_ChainStrategy):
 
     def keep_going(self, step: int, draft_probs: torch.Tensor) -> torch.Tensor | None:
         return None  # never stops early
+
+
+_NUM_FEATURES = 6  # columns of draft_features: the length of DISCO's weight vector
 
 
 def draft_features(step: int, probs: torch.Tensor) -> torch.Tensor:
@@ -172,27 +177,53 @@ class DynamicLookahead(_ChainStrategy):
       ``"disco"``      DISCO (Mamou et al., 2024): after each draft token a classifier over draft features
                        predicts whether to continue; trained on traces of the bundled pair
                        (bench/train_disco.py), weights in specdec/assets/disco.json.
+
+    Defaults: ``k`` 4 (at most ``k_max``), ``k_max`` 12, ``threshold`` 0.5; ``"disco"`` without ``weights``
+    takes the trained weights and, unless passed, their ``threshold`` and ``k_max`` from the file.
     """
 
+    # None = not passed: the defaults below, or for "disco" without explicit weights the trained file's
+    # threshold and k_max. A value the caller passed is never replaced.
     policy: str = "disco"
-    k: int = 4
-    k_max: int = 12
-    threshold: float = 0.5
+    k: int | None = None
+    k_max: int | None = None
+    threshold: float | None = None
     weights: list[float] | None = None
+
+    DEFAULT_K: ClassVar[int] = 4
+    DEFAULT_K_MAX: ClassVar[int] = 12
+    DEFAULT_THRESHOLD: ClassVar[float] = 0.5
 
     def __post_init__(self):
         if self.policy not in ("heuristic", "confidence", "disco"):
             raise ValueError(f"DynamicLookahead: policy must be 'heuristic', 'confidence' or 'disco', got {self.policy!r}")
-        if self.k < 1 or self.k_max < self.k:
-            raise ValueError(f"DynamicLookahead: need 1 <= k <= k_max, got k={self.k}, k_max={self.k_max}")
         if self.policy == "disco" and self.weights is None:
-            path = ASSETS / "disco.json"
-            if not path.exists():
-                raise FileNotFoundError(f"DISCO weights not found at {path}; train them with bench/train_disco.py")
-            saved = json.loads(path.read_text())
-            self.weights, self.threshold = saved["weights"], saved.get("threshold", self.threshold)
-            self.k_max = saved.get("k_max", self.k_max)
+            self._load_disco()
+        if self.weights is not None:
+            self.weights = _check_weights(self.weights)
+        if self.threshold is None:
+            self.threshold = self.DEFAULT_THRESHOLD
+        self.threshold = _check_real("DynamicLookahead", "threshold", self.threshold, 0.0, 1.0,
+                                     "a float in [0, 1] (a probability)")
+        if self.k_max is None:
+            self.k_max = self.DEFAULT_K_MAX
+        self.k_max = _check_int("DynamicLookahead", "k_max", self.k_max, 1, MAX_TREE_NODES - 1)
+        if self.k is None:  # the default start never exceeds a k_max the caller chose smaller
+            self.k = min(self.DEFAULT_K, self.k_max)
+        self.k = _check_int("DynamicLookahead", "k", self.k, 1, self.k_max, "k_max")
         self._k: torch.Tensor | None = None
+
+    def _load_disco(self) -> None:
+        """The trained weights, and the threshold / k_max they were tuned with where not passed."""
+        path = ASSETS / "disco.json"
+        if not path.exists():
+            raise FileNotFoundError(f"DISCO weights not found at {path}; train them with bench/train_disco.py")
+        saved = json.loads(path.read_text())
+        self.weights = saved["weights"]
+        if self.threshold is None:
+            self.threshold = saved.get("threshold", self.DEFAULT_THRESHOLD)
+        if self.k_max is None:
+            self.k_max = saved.get("k_max", self.DEFAULT_K_MAX)
 
     @property
     def k_cap(self) -> int:
@@ -220,6 +251,17 @@ class DynamicLookahead(_ChainStrategy):
     def select(self, rows: torch.Tensor) -> None:
         if self._k is not None:
             self._k = self._k.index_select(0, rows)
+
+
+def _check_weights(weights) -> list[float]:
+    """DISCO classifier weights: one finite float per feature of :func:`draft_features`."""
+    rule = f"a list of {_NUM_FEATURES} finite floats (one per draft feature)"
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, (list, tuple)) or len(weights) != _NUM_FEATURES:
+        raise ValueError(f"DynamicLookahead: weights must be {rule}, got {weights!r}")
+    for i, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+            raise ValueError(f"DynamicLookahead: weights must be {rule}, got weights[{i}] = {w!r}")
+    return [float(w) for w in weights]
 
 
 CHAIN_NAMES = {

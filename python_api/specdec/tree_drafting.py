@@ -20,10 +20,51 @@ import dataclasses
 import heapq
 import itertools
 import math
+import numbers
 
 import torch
 
 from specdec_kernels import trees
+from specdec_kernels.tree_attention import MAX_TREE_NODES
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter checks shared by the strategies (construction time: a bad value fails where it was written,
+# not steps later inside a kernel)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_int(what: str, name: str, value, lo: int, hi: int | None = None, hi_name: str | None = None) -> int:
+    """``value`` as an int in ``[lo, hi]`` (``hi=None``: no upper bound; ``hi_name``: the argument the
+    bound comes from), else TypeError/ValueError naming the argument. Bools are refused although they
+    are ints: ``k=True`` is a mistake, not 1."""
+    top = None if hi is None else f"{hi_name}={hi}" if hi_name else f"{hi}"
+    allowed = f"an int in [{lo}, {top}]" if hi is not None else f"an int >= {lo}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what}: {name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{what}: {name} must be {allowed}, got {value}")
+    return value
+
+
+def _check_real(what: str, name: str, value, lo: float, hi: float, allowed: str) -> float:
+    """``value`` as a float in ``[lo, hi]`` (NaN never is), else TypeError/ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what}: {name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{what}: {name} must be {allowed}, got {value}")
+    return value
+
+
+def _check_tree_size(what: str, formula: str, count: int) -> None:
+    """Every verify forward (the tree, root included) and draft forward (the fed draft tokens) runs tree
+    attention, whose kernel takes at most MAX_TREE_NODES nodes: refuse a bigger strategy up front.
+    ``formula`` says which arguments make ``count``."""
+    if count > MAX_TREE_NODES:
+        raise ValueError(f"{what}: {formula} = {count} exceeds the tree-attention limit of {MAX_TREE_NODES} "
+                         f"nodes per forward; choose smaller values")
 
 
 @dataclasses.dataclass
@@ -237,14 +278,33 @@ def _prod(rates, path) -> float:
     return out
 
 
+def _check_path(p) -> tuple[int, ...]:
+    """One rank path as a tuple of ints: non-empty, ranks ints >= 0 (``int(0.7)`` would silently be rank 0),
+    no deeper than the tree-attention limit allows (a path of length d alone makes d draft nodes)."""
+    if not isinstance(p, (tuple, list)) or not p:
+        raise ValueError(f"StaticTree: paths: each path must be a non-empty tuple of int ranks >= 0, got {p!r}")
+    if len(p) > MAX_TREE_NODES - 1:
+        raise ValueError(f"StaticTree: paths: a path of length {len(p)} makes more than {MAX_TREE_NODES - 1} draft "
+                         f"nodes; tree attention allows at most {MAX_TREE_NODES} nodes (root included)")
+    for r in p:
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 0:
+            raise ValueError(f"StaticTree: paths: each path must be a non-empty tuple of int ranks >= 0, "
+                             f"got rank {r!r} in path {p!r}")
+    return tuple(int(r) for r in p)
+
+
 def _close_paths(paths) -> list[tuple[int, ...]]:
     """All prefixes of the given rank paths, ordered by depth then ranks (parents before children)."""
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, (list, tuple)) or not paths:
+        raise ValueError(f"StaticTree: paths must be a shape name {sorted(DEFAULT_STATIC_PATHS)} or a non-empty "
+                         f"list of rank paths such as [(0,), (1,), (0, 0)], got {paths!r}")
     out = set()
     for p in paths:
-        p = tuple(int(r) for r in p)
-        if not p or any(r < 0 for r in p):
-            raise ValueError(f"StaticTree: a path must be a non-empty tuple of ranks >= 0, got {p!r}")
+        p = _check_path(p)
         out.update(p[:i] for i in range(1, len(p) + 1))
+        if len(out) + 1 > MAX_TREE_NODES:  # stop early: a hostile list could be huge
+            raise ValueError(f"StaticTree: paths make more than {MAX_TREE_NODES} nodes (root included); "
+                             f"tree attention allows at most {MAX_TREE_NODES}")
     return sorted(out, key=lambda p: (len(p), p))
 
 
@@ -277,6 +337,7 @@ class StaticTree(_TreeStrategy):
         self._paths = _close_paths(raw)
         self.max_nodes = len(self._paths) + 1
         self.max_fed = self.max_nodes  # draft tokens per forward at most: the fed non-root nodes (or prev + root)
+        _check_tree_size("StaticTree", "the nodes of paths (root included)", self.max_nodes)
 
     def draft_forward_sizes(self) -> list[int]:
         """prev + root, then per round the inner nodes fed so far."""
@@ -297,6 +358,9 @@ class StaticTree(_TreeStrategy):
         best-first search: with rates sorted, the ``size`` most probable paths are ancestor- and
         sibling-closed, so taking them greedily from a heap is optimal.
         """
+        size = _check_int("StaticTree.sequoia", "size", size, 1, MAX_TREE_NODES - 1)
+        if max_depth is not None:
+            max_depth = _check_int("StaticTree.sequoia", "max_depth", max_depth, 1)
         rates = [float(a) for a in rank_accept]
         if size < 1 or not rates or any(not 0 <= a <= 1 for a in rates):
             raise ValueError("StaticTree.sequoia: need size >= 1 and acceptance rates in [0, 1]")
@@ -343,8 +407,13 @@ class DynamicTree(_TreeStrategy):
     def __post_init__(self):
         if self.method not in ("eagle2", "dyspec", "ddd"):
             raise ValueError(f"DynamicTree: method must be 'eagle2', 'dyspec' or 'ddd', got {self.method!r}")
-        if self.budget < 1 or self.top_k < 1 or self.depth < 1 or self.width < 1:
-            raise ValueError("DynamicTree: budget, top_k, depth and width must be >= 1")
+        self.budget = _check_int("DynamicTree", "budget", self.budget, 1, MAX_TREE_NODES - 1)
+        self.top_k = _check_int("DynamicTree", "top_k", self.top_k, 1)
+        self.depth = _check_int("DynamicTree", "depth", self.depth, 1)
+        self.width = _check_int("DynamicTree", "width", self.width, 1)
+        # A log of a probability mass is <= 0; -inf means never stop early (plain EAGLE-2).
+        self.log_mass_floor = _check_real("DynamicTree", "log_mass_floor", self.log_mass_floor, float("-inf"), 0.0,
+                                          "a float <= 0 (log of a probability mass)")
         if self.method != "dyspec":
             most = self.top_k + (self.depth - 1) * self.top_k**2
             if self.budget > most:
@@ -353,6 +422,8 @@ class DynamicTree(_TreeStrategy):
         self.max_nodes = self.budget + 1
         fed = self.budget if self.method == "dyspec" else self.top_k * (self.depth - 1)
         self.max_fed = max(fed, 2)  # draft tokens per forward at most: fed non-root nodes (or prev + root)
+        if self.method != "dyspec":  # budget is checked above; EAGLE-2 feeds top_k nodes a round
+            _check_tree_size("DynamicTree", "top_k * (depth - 1) fed draft tokens", self.top_k * (self.depth - 1))
 
     def draft_forward_sizes(self) -> list[int]:
         """prev + root, then per round the non-root nodes fed so far (the widest case: every round runs)."""

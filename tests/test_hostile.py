@@ -1,0 +1,341 @@
+"""Hostile input: malformed trees, non-finite numbers, out-of-range indices and parameters.
+
+Every public entry point must either compute the documented result or refuse the input with an error
+that names the argument; it must never hang, crash the process, or let garbage in unused memory leak
+into a result. Calls that used to hang run under a timeout (a thread), the call that used to crash
+runs in a subprocess, so a regression fails one test instead of taking pytest down.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import specdec
+import specdec_kernels as sk
+from specdec.prompt_lookup import LookupOrChain, PromptLookup
+from specdec.strategies import ASSETS, Chain, DynamicLookahead
+from specdec.tree_drafting import DynamicTree, StaticTree
+from specdec_kernels import trees
+from specdec_kernels.tree_attention import MAX_TREE_NODES, tree_attention_reference
+
+HOSTILE = settings(derandomize=True, deadline=None, max_examples=20)
+FEW = settings(derandomize=True, deadline=None, max_examples=6)  # Triton interpreter cases: slower
+
+
+def _within(fn, timeout: float = 20.0):
+    """fn() in a daemon thread: its result, or its exception re-raised; fails if it runs past timeout
+    (a hang is left behind in the daemon thread instead of blocking the test run)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"call did not return within {timeout} s (hangs on this input)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Tree helpers: anything but a topologically ordered tree is refused, never looped over forever
+# ---------------------------------------------------------------------------------------------------
+
+PARENT_HELPERS = {
+    "ancestor_mask": trees.ancestor_mask,
+    "tree_depths": trees.tree_depths,
+    "packed_ancestor_mask": trees.packed_ancestor_mask,
+    "tree_position_ids": lambda p: trees.tree_position_ids(p, 3),
+}
+
+
+def _is_tree(parents: list[int]) -> bool:
+    return parents[0] == -1 and all(0 <= p < i for i, p in enumerate(parents) if i > 0)
+
+
+def _naive_depths(parents: list[int]) -> list[int]:
+    depth = []
+    for i, p in enumerate(parents):
+        depth.append(0 if i == 0 else depth[p] + 1)
+    return depth
+
+
+@pytest.mark.parametrize("helper", sorted(PARENT_HELPERS))
+@pytest.mark.parametrize("parents", [[-1, 2, 1], [-1, 1], [-1, 0, 2], [0, 0], [3, -1, 0], [-1, -1], [-1, 0, 7]],
+                         ids=["cycle", "self-parent", "self-parent-late", "root-not-minus-1", "root-forward",
+                              "two-roots", "out-of-range"])
+def test_tree_helpers_refuse_non_trees(helper, parents):
+    with pytest.raises(ValueError, match=r"parents.*(topological|must be -1)"):
+        _within(lambda: PARENT_HELPERS[helper](torch.tensor(parents)))
+    batched = torch.stack([trees.chain_parents(len(parents)), torch.tensor(parents)])  # one bad row
+    with pytest.raises(ValueError, match="parents"):
+        _within(lambda: PARENT_HELPERS[helper](batched))
+
+
+@HOSTILE
+@given(parents=st.lists(st.integers(-3, 8), min_size=1, max_size=8))
+def test_tree_helpers_on_arbitrary_parent_lists(parents):
+    p = torch.tensor(parents)
+    if not _is_tree(parents):
+        for fn in PARENT_HELPERS.values():
+            with pytest.raises(ValueError, match="parents"):
+                _within(lambda: fn(p))
+        return
+    assert _within(lambda: trees.tree_depths(p)).tolist() == _naive_depths(parents)
+    assert _within(lambda: trees.tree_position_ids(p, 3)).tolist() == [[3 + d for d in _naive_depths(parents)]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Greedy verification refuses non-finite target rows (the backends would disagree on the argmax)
+# ---------------------------------------------------------------------------------------------------
+
+BACKENDS = ["reference", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@HOSTILE
+@given(kind=st.sampled_from(["chain", "tree"]),
+       as_logits=st.booleans(), bad=st.sampled_from([math.nan, math.inf, -math.inf]),
+       b=st.integers(0, 1), node=st.integers(0, 3), col=st.integers(0, 5))
+def test_greedy_refuses_non_finite_targets(backend, kind, as_logits, bad, b, node, col):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 6, generator=gen)
+    target = logits.clone() if as_logits else torch.softmax(logits, -1)
+    target[b, node, col] = bad
+    tokens = torch.randint(0, 6, (2, 4), generator=gen)
+    parents = torch.tensor([-1, 0, 0, 1])
+
+    def verify(validate):
+        kw = dict(target_logits=target, temperature=0.0) if as_logits else dict(target_probs=target, greedy=True)
+        if kind == "chain":
+            return sk.chain_verify(tokens[:, 1:], validate=validate, backend=backend, **kw)
+        return sk.tree_verify(tokens, parents, validate=validate, backend=backend, **kw)
+
+    name = "target_logits" if as_logits else "target_probs"
+    if as_logits and bad == -math.inf:  # a logit of -inf is a token of probability 0: allowed
+        verify(True)
+        return
+    with pytest.raises(ValueError, match=f"{name} .*row \\(batch, node\\) = \\({b}, {node}\\)"):
+        verify(True)
+    verify(False)  # unchecked: some token, but no error and no hang
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_ignores_non_finite_rows_past_draft_lens(backend):
+    target = torch.softmax(torch.randn(1, 4, 6), -1)
+    target[0, 3] = math.nan  # row after draft 3; draft_lens = 1 uses rows 0 and 1 only
+    res = sk.chain_verify(torch.zeros(1, 3, dtype=torch.int64), target, greedy=True,
+                          draft_lens=torch.tensor([1]), backend=backend)
+    assert int(res.num_emitted[0]) >= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Tree attention: cache slots at or past kv_lens never influence the output; sm_scale is checked
+# ---------------------------------------------------------------------------------------------------
+
+
+def _attention_case(kv_short: int, n: int = 3, s: int = 12):
+    gen = torch.Generator().manual_seed(kv_short)
+    q = torch.randn(2, 2, n, 16, generator=gen)
+    k = torch.randn(2, 1, s, 16, generator=gen)
+    v = torch.randn(2, 1, s, 16, generator=gen)
+    kv_lens = torch.tensor([s, kv_short])  # row 0 uses the whole buffer, row 1 leaves s - kv_short slots
+    mask = trees.ancestor_mask(torch.tensor([-1, 0, 0]))
+    return q, k, v, kv_lens, mask
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@FEW
+@given(kv_short=st.integers(3, 11), fill=st.sampled_from([math.nan, math.inf, -math.inf]),
+       where=st.sampled_from(["k", "v", "both"]))
+def test_unused_cache_slots_do_not_leak(backend, kv_short, fill, where):
+    q, k, v, kv_lens, mask = _attention_case(kv_short)
+    k[1, :, kv_short:] = 0.0
+    v[1, :, kv_short:] = 0.0
+    clean = sk.tree_attention(q, k, v, kv_lens, mask, backend=backend)
+    if where in ("k", "both"):
+        k[1, :, kv_short:] = fill
+    if where in ("v", "both"):
+        v[1, :, kv_short:] = fill
+    dirty = sk.tree_attention(q, k, v, kv_lens, mask, backend=backend)
+    assert torch.isfinite(dirty).all()
+    assert torch.equal(dirty, clean)
+
+
+def test_reference_ignores_garbage_past_kv_lens_with_a_memo():
+    q, k, v, kv_lens, mask = _attention_case(5)
+    memo = {}
+    clean = tree_attention_reference(q, k, v, kv_lens, mask, mask_memo=memo)
+    k[1, :, 5:], v[1, :, 5:] = math.nan, math.inf
+    assert torch.equal(tree_attention_reference(q, k, v, kv_lens, mask, mask_memo=memo), clean)
+
+
+@pytest.mark.parametrize("scale", [math.nan, math.inf, -math.inf, 0.0, -0.5])
+def test_sm_scale_must_be_finite_and_positive(scale):
+    q, k, v, kv_lens, mask = _attention_case(5)
+    with pytest.raises(ValueError, match="sm_scale"):
+        sk.tree_attention(q, k, v, kv_lens, mask, sm_scale=scale)
+    with pytest.raises(ValueError, match="sm_scale"):
+        tree_attention_reference(q, k, v, kv_lens, mask, sm_scale=scale)
+    with pytest.raises(TypeError, match="sm_scale"):
+        sk.tree_attention(q, k, v, kv_lens, mask, sm_scale=True)
+    sk.tree_attention(q, k, v, kv_lens, mask, sm_scale=0.25)  # finite and > 0: fine
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. compact_kv_cache(check=False) never reads or writes out of bounds
+# ---------------------------------------------------------------------------------------------------
+
+_UNCHECKED_COMPACTION = textwrap.dedent("""
+    import torch, specdec_kernels as sk
+    L, B, H, S, D, M = 2, 3, 2, 16, 8, 4
+    g = torch.Generator().manual_seed(0)
+    cache = torch.randn(L, 2, B, H, S, D, generator=g)
+    src = torch.tensor([[4, 5, 6, 7], [8, 10, 12, 14], [3, 4, 5, 6]])
+    dst = torch.tensor([2, 5, 1])
+    for counts in ([M + 1, 10**6, 2**62], [-1, -(10**6), M], [M, M, 2**63 - 1]):
+        counts = torch.tensor(counts)
+        expected = cache.clone()
+        sk.compact_kv_cache_reference(expected, src, dst, counts.clamp(0, M))  # clamped to src_pos's width
+        got = cache.clone()
+        sk.compact_kv_cache(got, src, dst, counts, check=False)
+        assert torch.equal(got, expected), counts
+    # destinations far outside the cache (d + i would overflow int64): those rows copy nothing
+    far = torch.tensor([2**63 - 1, -(2**63), 1])
+    expected = cache.clone()
+    sk.compact_kv_cache_reference(expected, src, torch.tensor([0, 0, 1]), torch.tensor([0, 0, M]))
+    got = cache.clone()
+    sk.compact_kv_cache(got, src, far, torch.tensor([M, M, M]), check=False)
+    assert torch.equal(got, expected)
+    print("ok")
+""")
+
+
+def test_unchecked_compaction_clamps_counts():
+    proc = subprocess.run([sys.executable, "-c", _UNCHECKED_COMPACTION], capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
+
+
+def test_checked_compaction_refuses_counts_past_src_width():
+    cache = torch.zeros(1, 2, 1, 1, 8, 4)
+    with pytest.raises(ValueError, match="counts"):
+        sk.compact_kv_cache(cache, torch.tensor([[2, 3]]), torch.tensor([0]), torch.tensor([3]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Strategy parameters: checked at construction, explicit values never replaced
+# ---------------------------------------------------------------------------------------------------
+
+NOT_INTS = st.one_of(st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none(),
+                     st.lists(st.integers(), max_size=2))
+
+# (constructor of one keyword, argument name, smallest valid int, largest valid int or None)
+INT_PARAMS = [
+    (lambda x: Chain(x), "k", 1, MAX_TREE_NODES - 1),
+    # None is DynamicLookahead's "not passed" (the default): only the other non-ints are refused
+    (lambda x: DynamicLookahead("heuristic", k=x if x is not None else 0, k_max=MAX_TREE_NODES - 1), "k", 1,
+     MAX_TREE_NODES - 1),
+    (lambda x: DynamicLookahead("confidence", k_max=x if x is not None else 0), "k_max", 1, MAX_TREE_NODES - 1),
+    (lambda x: DynamicTree("dyspec", budget=x), "budget", 1, MAX_TREE_NODES - 1),
+    (lambda x: DynamicTree("eagle2", budget=1, top_k=x, depth=1), "top_k", 1, None),
+    (lambda x: DynamicTree("eagle2", budget=1, depth=x, top_k=1), "depth", 1, MAX_TREE_NODES + 1),
+    (lambda x: DynamicTree("dyspec", budget=4, width=x), "width", 1, None),
+    (lambda x: PromptLookup(k=x), "k", 1, MAX_TREE_NODES - 1),
+    (lambda x: PromptLookup(k=2, branches=x), "branches", 1, (MAX_TREE_NODES - 1) // 2),
+    (lambda x: PromptLookup(max_ngram=x, min_ngram=1), "max_ngram", 1, None),
+    (lambda x: PromptLookup(max_ngram=5, min_ngram=x), "min_ngram", 1, 5),
+]
+
+
+@settings(derandomize=True, deadline=None, max_examples=100)  # construction only: cheap
+@given(case=st.integers(0, len(INT_PARAMS) - 1), value=st.one_of(NOT_INTS, st.integers(-5, 2 * MAX_TREE_NODES)))
+def test_int_parameters_are_checked(case, value):
+    make, name, lo, hi = INT_PARAMS[case]
+    in_range = (isinstance(value, int) and not isinstance(value, bool) and value >= lo
+                and (hi is None or value <= hi))
+    if in_range:
+        make(value)
+        return
+    with pytest.raises((TypeError, ValueError), match=rf"\b{name}\b"):
+        make(value)
+
+
+def test_dynamic_lookahead_keeps_explicit_arguments():
+    saved = json.loads((ASSETS / "disco.json").read_text())
+    d = DynamicLookahead("disco", threshold=0.99, k_max=2)
+    assert (d.threshold, d.k_max, d.k) == (0.99, 2, 2)  # defaulted k follows the smaller k_max
+    assert d.weights == saved["weights"]
+    default = DynamicLookahead("disco")  # nothing passed: the trained file's values
+    assert (default.threshold, default.k_max) == (saved["threshold"], saved["k_max"])
+    assert DynamicLookahead("disco", threshold=0.2).k_max == saved["k_max"]
+    custom = DynamicLookahead("disco", weights=[1.0] * 6, k_max=5)
+    assert custom.weights == [1.0] * 6 and custom.k_max == 5
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(policy="nope"), ValueError, "policy"),
+    (dict(policy="confidence", threshold=1.5), ValueError, "threshold"),
+    (dict(policy="confidence", threshold=math.nan), ValueError, "threshold"),
+    (dict(policy="confidence", threshold="0.5"), TypeError, "threshold"),
+    (dict(policy="heuristic", k=5, k_max=3), ValueError, "k must be an int in \\[1, k_max=3\\]"),
+    (dict(policy="disco", weights=[1.0] * 5), ValueError, "weights"),
+    (dict(policy="disco", weights=[1.0] * 5 + [math.nan]), ValueError, "weights"),
+    (dict(policy="disco", weights="abcdef"), ValueError, "weights"),
+])
+def test_dynamic_lookahead_refuses(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        DynamicLookahead(**kwargs)
+
+
+@pytest.mark.parametrize("paths", [[], [()], [(0.7,)], [(0, 1.0)], [(True,)], [(0, -1)], ["01"], 5, [[0, "1"]]])
+def test_static_tree_refuses_bad_paths(paths):
+    with pytest.raises(ValueError, match="paths"):
+        StaticTree(paths)
+
+
+def test_tree_strategies_respect_the_attention_node_limit():
+    StaticTree([(r,) for r in range(MAX_TREE_NODES - 1)])  # root + 1023 = the limit
+    with pytest.raises(ValueError, match=str(MAX_TREE_NODES)):
+        StaticTree([(r,) for r in range(MAX_TREE_NODES)])
+    with pytest.raises(ValueError, match=str(MAX_TREE_NODES)):
+        _within(lambda: StaticTree([(0,) * (10 * MAX_TREE_NODES)]))  # refused before building its prefixes
+    DynamicTree("eagle2", budget=MAX_TREE_NODES - 1, top_k=32, depth=2)
+    with pytest.raises(ValueError, match="budget"):
+        DynamicTree("dyspec", budget=MAX_TREE_NODES)
+    with pytest.raises(ValueError, match=str(MAX_TREE_NODES)):  # feeds 40 * 39 draft tokens per forward
+        DynamicTree("eagle2", budget=8, top_k=40, depth=40)
+    with pytest.raises(ValueError, match=str(MAX_TREE_NODES)):
+        PromptLookup(k=600, branches=2)
+    with pytest.raises(ValueError, match="log_mass_floor"):
+        DynamicTree("ddd", log_mass_floor=math.nan)
+
+
+def test_lookup_or_chain_refuses_bad_parts():
+    with pytest.raises(TypeError, match="fallback"):
+        LookupOrChain(fallback=3)
+    with pytest.raises(TypeError, match="fallback"):
+        LookupOrChain(fallback=PromptLookup())  # model-free: cannot stand in when lookup finds nothing
+    with pytest.raises(TypeError, match="lookup"):
+        LookupOrChain(lookup="first")
+    assert LookupOrChain(fallback=Chain(2)).max_nodes == PromptLookup(k=8, min_ngram=2).max_nodes
+
+
+def test_named_strategies_still_build():
+    for name in ("chain", "disco", "heuristic", "confidence", "lookup", "hybrid", "static-tree", "eagle2",
+                 "dyspec", "ddd"):
+        specdec.strategies.resolve_strategy(name)
