@@ -338,3 +338,18 @@ def test_cpu_pad_map_is_measured_once_per_model(pair):
     m = R.cpu_pad_map(target)
     assert all(1 <= n < w <= R.PAD_SEARCH for n, w in m.items())
     assert R.cpu_pad_map(target) is m  # cached
+
+
+def test_prompt_lookup_without_a_match_runs_plain_steps(pair):
+    """No n-gram match anywhere: the step verifies the root alone (a one-token forward, no dummy draft),
+    and the output is still the target's greedy output; sampling still runs."""
+    from specdec import PromptLookup
+
+    target, _ = pair
+    ids = torch.randperm(97, generator=torch.Generator().manual_seed(2))[:20][None]  # distinct tokens
+    strategy = PromptLookup(k=4, min_ngram=3, max_ngram=3)  # a 3-gram match is unlikely in 30 tokens
+    out = specdec.generate(target, None, ids, max_new_tokens=10, strategy=strategy)
+    assert torch.equal(out.sequences, plain_greedy(target, ids, torch.ones_like(ids), 10))
+    assert out.stats["verify_tokens"] < 2  # mostly root-only steps
+    sampled = specdec.generate(target, None, ids, max_new_tokens=10, strategy=strategy, temperature=1.0, seed=1)
+    assert sampled.sequences.shape == (1, 30)

@@ -19,7 +19,7 @@ import dataclasses
 
 import torch
 
-from specdec.tree_drafting import DraftTree, _TreeStrategy
+from specdec.tree_drafting import DraftTree, _check_int, _check_tree_size, _TreeStrategy
 
 
 @dataclasses.dataclass
@@ -35,12 +35,15 @@ class PromptLookup(_TreeStrategy):
     needs_drafter = False
 
     def __post_init__(self):
-        if self.k < 1 or self.branches < 1 or not 1 <= self.min_ngram <= self.max_ngram:
-            raise ValueError("PromptLookup: need k >= 1, branches >= 1, 1 <= min_ngram <= max_ngram")
+        self.k = _check_int("PromptLookup", "k", self.k, 1)
+        self.branches = _check_int("PromptLookup", "branches", self.branches, 1)
+        self.max_ngram = _check_int("PromptLookup", "max_ngram", self.max_ngram, 1)
+        self.min_ngram = _check_int("PromptLookup", "min_ngram", self.min_ngram, 1, self.max_ngram, "max_ngram")
         if self.search not in ("first", "recent"):
             raise ValueError(f"PromptLookup: search must be 'first' or 'recent', got {self.search!r}")
         self.max_nodes = 1 + self.k * self.branches
         self.max_fed = 0
+        _check_tree_size("PromptLookup", "1 + k * branches tree nodes", self.max_nodes)
 
     def draft_forward_sizes(self) -> list[int]:
         return []  # no draft forwards: the step is the target's forward plus the n-gram search
@@ -64,6 +67,7 @@ class PromptLookup(_TreeStrategy):
         return found
 
     def _trie(self, history: list[int]) -> tuple[list[int], list[int]]:
+        """Root + the continuations merged into a trie; just the root when the context has no match."""
         tokens, parents = [history[-1]], [-1]
         children: dict[tuple[int, int], int] = {}
         for cont in self.continuations(history):
@@ -74,16 +78,17 @@ class PromptLookup(_TreeStrategy):
                     tokens.append(t)
                     parents.append(node)
                 node = children[(node, t)]
-        if len(tokens) == 1:  # no match: one guess (repeat the root) so every row has a first child
-            tokens.append(history[-1])
-            parents.append(0)
         return tokens, parents
 
     def propose(self, ctx) -> DraftTree:
         rows = ctx.rows
         trees = [self._trie(h) for h in ctx.history()]
         n = max(len(t) for t, _ in trees)
-        first = [t[1] for t, _ in trees]
+        if n > 1:  # some row drafts: a row without a match gets one guess (its root again) to pad after
+            trees = [(t, p) if len(t) > 1 else (t + t[:1], p + [0]) for t, p in trees]
+        # With no match anywhere the tree is the root alone: the step is a plain one-token forward, as
+        # cheap as target-only decoding (a dummy draft would cost a wider verify forward for nothing).
+        first = [t[1] if len(t) > 1 else t[0] for t, _ in trees]
         tok = torch.tensor([t + [f] * (n - len(t)) for (t, _), f in zip(trees, first)], device=rows.root.device)
         par = torch.tensor([p + [0] * (n - len(p)) for _, p in trees], device=rows.root.device)
         return DraftTree(tok, par, None, torch.full_like(tok, -1))
@@ -103,9 +108,16 @@ class LookupOrChain(_TreeStrategy):
     fallback: object = None
 
     def __post_init__(self):
-        from specdec.strategies import Chain
+        from specdec.strategies import Chain, Proposer
 
+        if not isinstance(self.lookup, PromptLookup):
+            raise TypeError(f"LookupOrChain: lookup must be a PromptLookup, got {type(self.lookup).__name__}")
         self.fallback = self.fallback if self.fallback is not None else Chain(4)
+        # The fallback drafts with the drafter: a strategy object (a chain such as Chain or
+        # DynamicLookahead), not a name or a number, and not another model-free lookup.
+        if not isinstance(self.fallback, Proposer) or not self.fallback.needs_drafter:
+            raise TypeError(f"LookupOrChain: fallback must be None or a drafting strategy object such as "
+                            f"Chain(4) or DynamicLookahead('heuristic'), got {self.fallback!r}")
         self.max_nodes = max(self.lookup.max_nodes, self.fallback.max_nodes)
         self.max_fed = self.fallback.max_fed
         self._from_fallback = False
