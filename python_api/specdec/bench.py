@@ -101,7 +101,8 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token
 
 def _strategy(name: str):
     """Names of the form 'chain:k' / 'eagle2:budget[:top_k:depth]' / 'dyspec:budget' /
-    'ddd:budget[:top_k:depth]' / 'lookup:k' (prompt lookup, no draft model), or plain names."""
+    'ddd:budget[:top_k:depth]' / 'lookup:k[:branches[:search[:min_ngram]]]' (prompt lookup, no draft model) /
+    'hybrid:k' (prompt lookup or a k-token chain from an EAGLE head), or plain names."""
     if ":" not in name:
         return resolve_strategy(name)
     method, size, *shape = name.split(":")
@@ -116,9 +117,10 @@ def _strategy(name: str):
         return specdec.DynamicTree("dyspec", budget=size, width=max(4, size // 4))
     if method == "hybrid":  # hybrid:k: prompt lookup where the context matches, else a k-token chain
         return specdec.LookupOrChain(fallback=specdec.Chain(size))
-    if method == "lookup":  # lookup:k[:branches[:recent]]
+    if method == "lookup":  # lookup:k[:branches[:search[:min_ngram]]]
         return specdec.PromptLookup(k=size, branches=int(shape[0]) if shape else 1,
-                                    search=shape[1] if len(shape) > 1 else "first")
+                                    search=shape[1] if len(shape) > 1 else "first",
+                                    min_ngram=int(shape[2]) if len(shape) > 2 else 1)
     raise ValueError(f"unknown strategy spec {name!r}")
 
 
