@@ -339,3 +339,20 @@ def test_named_strategies_still_build():
     for name in ("chain", "disco", "heuristic", "confidence", "lookup", "hybrid", "static-tree", "eagle2",
                  "dyspec", "ddd"):
         specdec.strategies.resolve_strategy(name)
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["demo", "--prompts", "0"], "--prompts"), (["bench", "--prompts", "-2"], "--prompts"),
+    (["bench", "--repeats", "0"], "--repeats"), (["bench", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["bench", "--configs", "chain:abc"], "chain:abc"), (["demo", "--temperature", "nan"], "--temperature"),
+    (["demo", "--temperature", "-1"], "--temperature"), (["demo", "--strategy", "nope"], "nope"),
+])
+def test_cli_refuses_bad_flags_in_one_line(argv, what, capsys):
+    """Bad CLI flags end in argparse's one-line usage error (exit 2) before any model loads."""
+    from specdec.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert what in err[-1] and "Traceback" not in "\n".join(err)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -154,6 +155,43 @@ def bench(args) -> None:
     print(f"wrote {out}/{stem}.md, .json, .png", file=sys.stderr)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "int >= 1"  # what argparse names in "invalid int >= 1 value"
+
+
+def _temperature(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
+_temperature.__name__ = "finite float >= 0"
+
+
+def _check_strategy_names(parser, args) -> None:
+    """Refuse unknown or malformed strategy names before any model loads (one line, no traceback)."""
+    from specdec.bench import HEAD, _strategy
+
+    names = [args.strategy] if getattr(args, "strategy", None) else []
+    if getattr(args, "configs", None):
+        names += [n for n in args.configs.split(",") if not n.startswith("hf-")]
+    for name in names:
+        if name == "auto":
+            continue
+        try:
+            _strategy(name.removeprefix(HEAD))
+        except (ValueError, TypeError) as e:
+            parser.error(f"strategy {name!r}: {e}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m specdec", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -161,8 +199,8 @@ def main(argv=None) -> None:
         s = sub.add_parser(name)
         s.add_argument("--target", help="path of a transformers causal LM (default: the bundled target)")
         s.add_argument("--draft", help="path of its draft model (default: the bundled draft)")
-        s.add_argument("--max-new-tokens", type=int, default=128)
-        s.add_argument("--prompts", type=int, default=3 if name == "demo" else 8)
+        s.add_argument("--max-new-tokens", type=_positive_int, default=128)
+        s.add_argument("--prompts", type=_positive_int, default=3 if name == "demo" else 8)
         s.add_argument("--pair", choices=["smollm2", "tiny", "default"], default="smollm2" if name == "demo" else "tiny",
                        help="smollm2: SmolLM2-135M-Instruct with its EAGLE head and distilled draft, on chat prompts "
                             "(code edits, summaries, open questions); tiny (= default): the bundled pair on held-out code")
@@ -171,14 +209,15 @@ def main(argv=None) -> None:
     d.add_argument("--strategy", help="a strategy name such as chain:4, heuristic, eagle2:16, lookup:8, auto "
                                       "(default: the fastest measured for the pair)")
     d.add_argument("--drafter", choices=["eagle", "model"], help="draft with the EAGLE head or the draft model")
-    d.add_argument("--temperature", type=float, default=0.0)
+    d.add_argument("--temperature", type=_temperature, default=0.0)
     d.add_argument("--seed", type=int, default=0)
     bb = sub.choices["bench"]
     bb.add_argument("--configs", help="comma-separated configurations (default: all)")
-    bb.add_argument("--repeats", type=int, default=3)
+    bb.add_argument("--repeats", type=_positive_int, default=3)
     bb.add_argument("--out", default="bench/results")
     bb.add_argument("--no-cost-model", action="store_true", help="skip the cost model's predictions")
     args = p.parse_args(argv)
+    _check_strategy_names(p, args)
     {"demo": demo, "bench": bench}[args.cmd](args)
 
 
