@@ -362,13 +362,14 @@ class HeadDrafter:
         self.tokens = 0
 
     @torch.inference_mode()
-    def _run(self, tokens, positions, feature, start, tree_mask):
+    def _run(self, tokens, positions, feature, start, tree_mask, logits: bool = True):
+        """One head forward; keeps each node's hidden state at its slot. Returns (logits or None, hidden)."""
         self.calls += 1
         self.tokens += tokens.shape[1]
-        logits, hidden = self.head(tokens, positions, feature, self.k, self.v, start, tree_mask)
+        out, hidden = self.head(tokens, positions, feature, self.k, self.v, start, tree_mask, logits=logits)
         slots = (start[:, None] + torch.arange(tokens.shape[1], device=start.device)).clamp(max=self.max_len - 1)
         self.hid.scatter_(1, slots[..., None].expand_as(hidden), hidden)
-        return logits
+        return out, hidden
 
     @torch.inference_mode()
     def commit(self, tok_start: torch.Tensor, tokens: torch.Tensor, feat_start: torch.Tensor,
@@ -413,15 +414,17 @@ class HeadDrafter:
             fpos = (pos - 1).clamp(min=0)
             feat = self.feat.gather(1, fpos[..., None].expand(-1, -1, self.feat.shape[-1]))
             feat = torch.where((pos > 0)[..., None], feat, torch.zeros_like(feat))  # nothing precedes token 0
-            logits = self._run(toks, pos, feat, self.hlen, chain_mask(W, end.device))
+            # Only the root's logits are needed: the head's output layer runs on that one row per sequence.
+            _, hidden = self._run(toks, pos, feat, self.hlen, chain_mask(W, end.device), logits=False)
             last = (todo - 1).clamp(0, W - 1)
             here = (todo > 0) & (todo <= W)  # rows whose root is in this chunk
-            picked = logits.gather(1, last[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
-            out = picked if out is None else torch.where(here[:, None], picked, out)
+            picked = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1]))
+            out = picked if out is None else torch.where(here[:, None, None], picked, out)
             self.hlen = torch.minimum(self.hlen + W, end)
         if out is None:
             raise RuntimeError("HeadDrafter.begin: nothing to catch up (the root is already in the head's cache)")
-        return out
+        with torch.inference_mode():
+            return self.head.logits(out)[:, 0].float()
 
     def forward(self, tokens, positions, tree_mask, start) -> torch.Tensor:
         """Draft nodes past the root: each node's feature is the head's hidden state at its parent (the
@@ -430,7 +433,7 @@ class HeadDrafter:
         anc = _deepest_ancestor(tree_mask, B)
         parent_slot = torch.where(anc >= 0, start[:, None] + anc, start[:, None] - 1)
         feat = self.hid.gather(1, parent_slot[..., None].expand(-1, -1, self.hid.shape[-1]))
-        return self._run(tokens, positions, feat, start, tree_mask)
+        return self._run(tokens, positions, feat, start, tree_mask)[0]
 
     def accept(self, rows, tree, res, target_features: torch.Tensor | None = None) -> None:
         """After verification: the emitted tokens (positions ctx ..) and the target's features of the
