@@ -220,6 +220,11 @@ def unrolled_forward(head: EagleHead, tokens: torch.Tensor, g: torch.Tensor, ste
     return outs
 
 
+def _decoder(model):
+    """The decoder stack (embeddings, layers, final norm) of a transformers causal LM."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+
+
 def new_head(target, feature_layers=None, subset: torch.Tensor | None = None) -> EagleHead:
     """An untrained head for ``target``: its decoder layer a copy of the target's top layer, its norm the
     target's final norm, ``fc`` picking the highest feature layer and ``fuse`` adding embedding and
@@ -235,7 +240,7 @@ def new_head(target, feature_layers=None, subset: torch.Tensor | None = None) ->
     lm_head = SubsetLMHead(emb.weight, subset) if subset is not None else target.get_output_embeddings()
     config = EagleConfig.for_target(target, feature_layers, 0 if subset is None else len(subset))
     head = EagleHead(config, emb, lm_head)
-    inner = target.get_decoder() if hasattr(target, "get_decoder") else target.model
+    inner = _decoder(target)
     head.layer.load_state_dict(copy.deepcopy(inner.layers[L - 1].state_dict()), strict=False)
     head.norm.load_state_dict(inner.norm.state_dict())
     d, n = config.hidden_size, len(feature_layers)
@@ -247,17 +252,25 @@ def new_head(target, feature_layers=None, subset: torch.Tensor | None = None) ->
     return head.to(device=p.device, dtype=p.dtype)
 
 
+def _shape_mismatch(config: EagleConfig, target) -> str | None:
+    """Why a head of ``config`` cannot draft for ``target`` (width, vocabulary, layer count), or None."""
+    t = target.config.get_text_config()
+    have = (config.hidden_size, config.vocab_size, config.target_layers)
+    want = (t.hidden_size, t.vocab_size, t.num_hidden_layers)
+    if have == want:
+        return None
+    return (f"head built for width {have[0]}, vocabulary {have[1]}, {have[2]} layers; target has width "
+            f"{want[0]}, vocabulary {want[1]}, {want[2]} layers")
+
+
 def check_head_fits(head, target) -> None:
     """ValueError unless ``head`` was built for a target of ``target``'s shape."""
     if not isinstance(head, EagleHead):
         raise TypeError(f"expected an EagleHead, got {type(head).__name__}")
     c, t = head.config, target.config.get_text_config()
-    have = (c.hidden_size, c.vocab_size, c.target_layers)
-    want = (t.hidden_size, t.vocab_size, t.num_hidden_layers)
-    if have != want:
-        raise ValueError(f"the EAGLE head does not fit the target: head built for width {have[0]}, vocabulary "
-                         f"{have[1]}, {have[2]} layers; target has width {want[0]}, vocabulary {want[1]}, "
-                         f"{want[2]} layers")
+    why = _shape_mismatch(c, target)
+    if why:
+        raise ValueError(f"the EAGLE head does not fit the target: {why}")
     if max(c.feature_layers) > t.num_hidden_layers or min(c.feature_layers) < 0:
         raise ValueError(f"the EAGLE head reads target layers {c.feature_layers}, the target has {t.num_hidden_layers}")
     if head.embed_tokens is not target.get_input_embeddings():
@@ -279,11 +292,9 @@ def load_head(target, path: str | Path) -> EagleHead:
     fields = {f.name for f in dataclasses.fields(EagleConfig)}
     config = EagleConfig(**{k: v for k, v in raw.items() if k in fields})
     config.feature_layers = tuple(config.feature_layers)
-    t = target.config.get_text_config()
-    if (config.hidden_size, config.vocab_size, config.target_layers) != (t.hidden_size, t.vocab_size, t.num_hidden_layers):
-        raise ValueError(f"the EAGLE head at {path} was trained for another target (width {config.hidden_size}, "
-                         f"vocabulary {config.vocab_size}, {config.target_layers} layers; this target: "
-                         f"{t.hidden_size}, {t.vocab_size}, {t.num_hidden_layers})")
+    why = _shape_mismatch(config, target)
+    if why:
+        raise ValueError(f"the EAGLE head at {path} was trained for another target: {why}")
     state = load_file(str(path / "model.safetensors"))
     emb = target.get_input_embeddings()
     token_ids = state.pop("lm_head.token_ids", None)
@@ -304,7 +315,7 @@ class FeatureTap:
     ``output_hidden_states`` (which would keep every layer's output alive)."""
 
     def __init__(self, model, layers):
-        inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        inner = _decoder(model)
         L = len(inner.layers)
         self.layers = tuple(layers)
         self._out: dict[int, torch.Tensor] = {}
@@ -388,11 +399,11 @@ class HeadDrafter:
     def prefill(self, input_ids, attention_mask, first, features) -> None:
         """After the target's prefill: the prompts (shifted so real tokens come first), their features
         ([B, T, F], same layout) and the first generated token (the root, at position ``len``)."""
-        B, T = input_ids.shape
-        lens = attention_mask.sum(1)
-        cols = (torch.arange(T, device=input_ids.device) + (T - lens)[:, None]).clamp(max=T - 1)
+        from specdec.runner import left_aligned
+
+        ids, lens = left_aligned(input_ids, attention_mask)
         zero = torch.zeros_like(lens)
-        self.commit(zero, input_ids.gather(1, cols), zero, features)
+        self.commit(zero, ids, zero, features)
         self.commit(lens, first[:, None], lens, features[:, :0])
         self.hlen = zero.clone()
 

@@ -151,9 +151,7 @@ class ModelRunner:
         Returns the logits after each row's last prompt token, [B, V].
         """
         B, T = input_ids.shape
-        lens = attention_mask.sum(1)
-        cols = (torch.arange(T, device=input_ids.device) + (T - lens)[:, None]).clamp(max=T - 1)
-        ids = input_ids.gather(1, cols)  # [B, T]: real tokens first
+        ids, lens = left_aligned(input_ids, attention_mask)
         last = lens - 1  # position of each row's last real token
         out, feats = None, []
         for start in range(0, T, PREFILL_CHUNK):
@@ -174,10 +172,19 @@ class ModelRunner:
         self.cache.select(rows)
 
 
+def left_aligned(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts shifted so each row's real tokens come first ([B, T], filler after them),
+    and the real lengths [B]: the layout every cache of the loop is prefilled in."""
+    T = input_ids.shape[1]
+    lens = attention_mask.sum(1)
+    cols = (torch.arange(T, device=input_ids.device) + (T - lens)[:, None]).clamp(max=T - 1)
+    return input_ids.gather(1, cols), lens
+
+
 @functools.lru_cache(maxsize=64)
 def chain_mask(n: int, device) -> torch.Tensor:
     """Causal [n, n] mask: the ancestor mask of a chain. Cached, the loop asks for the same few sizes."""
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
-__all__ = ["ModelRunner", "tree_attention_enabled", "chain_mask", "time_forwards"]
+__all__ = ["ModelRunner", "tree_attention_enabled", "chain_mask", "left_aligned", "time_forwards"]
