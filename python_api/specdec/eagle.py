@@ -471,12 +471,8 @@ class HeadDrafter:
 @torch.inference_mode()
 def time_head_forwards(head: EagleHead, widths, prefix: int, reps: int) -> dict[int, float]:
     """Median seconds of one head forward over n chain nodes after a ``prefix``-entry cache, for each n
-    in ``widths`` (B = 1; logits included). The head's counterpart of :func:`specdec.runner.time_forwards`:
-    widths interleaved within each of the reps + 1 rounds, the first round is warm-up."""
-    import statistics
-    import time
-
-    from specdec.runner import _sync, chain_mask
+    in ``widths`` (B = 1; logits included): the head's counterpart of :func:`specdec.runner.time_forwards`."""
+    from specdec.runner import median_forward_seconds
 
     widths = list(widths)
     p = next(head.parameters())
@@ -485,15 +481,5 @@ def time_head_forwards(head: EagleHead, widths, prefix: int, reps: int) -> dict[
     d.v.normal_()
     d.hid.normal_()
     start = torch.tensor([prefix], device=p.device)
-    samples = {w: [] for w in widths}
-    for rep in range(reps + 1):
-        for w in widths:
-            x = torch.randint(0, head.config.vocab_size, (1, w), device=p.device)
-            pos = prefix + torch.arange(w, device=p.device)[None]
-            _sync(p.device)
-            t0 = time.perf_counter()
-            d.forward(x, pos, chain_mask(w, p.device), start)
-            _sync(p.device)
-            if rep:
-                samples[w].append(time.perf_counter() - t0)
-    return {w: statistics.median(v) for w, v in samples.items()}
+    return median_forward_seconds(lambda x, pos, mask: d.forward(x, pos, mask, start), head.config.vocab_size,
+                                  p.device, widths, prefix, reps)

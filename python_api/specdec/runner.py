@@ -76,17 +76,24 @@ def time_forwards(model, widths, prefix: int, reps: int, pad: bool = True) -> di
         r = ModelRunner(model, 1, prefix + max(widths) + 1, pad=pad)
         ids = torch.randint(0, vocab, (1, prefix), device=device)
         r.prefill(ids, torch.ones_like(ids))
-        samples = {w: [] for w in widths}
-        for rep in range(reps + 1):
-            for w in widths:
-                x = torch.randint(0, vocab, (1, w), device=device)
-                pos = prefix + torch.arange(w, device=device)[None]
-                _sync(device)
-                t0 = time.perf_counter()
-                r.forward(x, pos, chain_mask(w, device))
-                _sync(device)
-                if rep:
-                    samples[w].append(time.perf_counter() - t0)
+        return median_forward_seconds(r.forward, vocab, device, widths, prefix, reps)
+
+
+def median_forward_seconds(forward, vocab: int, device, widths, prefix: int, reps: int) -> dict[int, float]:
+    """The timing loop of :func:`time_forwards` (and of the EAGLE head's counterpart): ``forward(tokens,
+    positions, tree_mask)`` over n random chain tokens placed after ``prefix`` entries, for each n in
+    ``widths``; widths interleaved within each of the reps + 1 rounds, the first round is warm-up."""
+    samples = {w: [] for w in widths}
+    for rep in range(reps + 1):
+        for w in widths:
+            x = torch.randint(0, vocab, (1, w), device=device)
+            pos = prefix + torch.arange(w, device=device)[None]
+            _sync(device)
+            t0 = time.perf_counter()
+            forward(x, pos, chain_mask(w, device))
+            _sync(device)
+            if rep:
+                samples[w].append(time.perf_counter() - t0)
     return {w: statistics.median(v) for w, v in samples.items()}
 
 
