@@ -336,6 +336,22 @@ def coverage(records: list[dict], remap: torch.Tensor) -> float:
     return float((remap[top1] >= 0).float().mean())
 
 
+def schedule(peak: float, step: int, warmup: int, frac: float, floor: float) -> float:
+    """Learning rate: linear warm-up over ``warmup`` steps, then a cosine over the wall-clock budget
+    (``frac`` of it spent) from ``peak`` down to ``floor * peak``."""
+    return peak * min(1.0, (step + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def optimizer_step(opt, params, loss, lr: float) -> None:
+    """One AdamW step at ``lr`` with gradients clipped to norm 1."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train(target, tokenizer, args) -> dict:
     work = args.work
     held = torch.load(work / "heldout.pt")
@@ -367,18 +383,12 @@ def train(target, tokenizer, args) -> dict:
             frac = (time.time() - t0) / budget
             if frac >= 1:
                 break
-            warm = min(1.0, (step + 1) / args.warmup)
-            lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = schedule(args.lr, step, args.warmup, frac, floor=0.1)
             x, mask, tid, tp = collate(batch, args.max_len, remap)
             logp = F.log_softmax(draft_subset_logits(draft, x, mask).float(), dim=-1)
             w = mask[:, 1:].float()
             loss = -((logp.gather(-1, tid) * tp).sum(-1) * w).sum() / w.sum()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(opt, params, loss, lr)
             step += 1
             seen += int(w.sum())
             ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)

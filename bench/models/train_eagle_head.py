@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench" / "models"))
-from distill_smollm2_draft import build_prompts, make_batches, raw_windows  # noqa: E402
+from distill_smollm2_draft import build_prompts, make_batches, optimizer_step, raw_windows, schedule  # noqa: E402
 from train_pair import functions, read_text, split_files, stdlib_files  # noqa: E402
 
 from specdec.eagle import FeatureTap, eagle3_layers, new_head, unrolled_forward  # noqa: E402
@@ -385,9 +385,7 @@ def train(target, tok, args) -> dict:
             frac = (time.time() - t0) / budget
             if frac >= 1:
                 break
-            lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-            for grp in opt.param_groups:
-                grp["lr"] = lr
+            lr = schedule(args.lr, step, args.warmup, frac, floor=0.05)
             x, feats, final, mask = collate(batch, args.max_len, tapped, layers, final_col, d)
             with torch.no_grad():
                 p_t = F.softmax(final @ W.T, -1)  # the target's distribution over the head's vocabulary
@@ -398,10 +396,7 @@ def train(target, tok, args) -> dict:
                 valid = mask * (torch.arange(T) >= s)[None]
                 logq = F.log_softmax(head.norm(h) @ W.T, -1)
                 loss = loss + weights[s] * (-(p_t * logq).sum(-1) * valid).sum() / valid.sum().clamp(min=1)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(opt, params, loss, lr)
             step += 1
             seen += int(mask.sum())
             ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
