@@ -37,6 +37,17 @@ def test_head_greedy_equals_plain_greedy(target_and_head, policy, lens):
     assert out.stats["new_tokens"] == 24 * len(lens) and out.stats["draft_calls"] > 0
 
 
+@pytest.mark.parametrize("policy", ["chain4", "eagle2"])
+def test_head_buffers_that_grow_mid_generation_change_nothing(target_and_head, policy, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["specdec.generate"], "INITIAL_OUTPUT", 2)  # several doublings in 40 tokens
+    target, head = target_and_head
+    ids, mask = ragged_batch(97, [7, 3], seed=31)
+    out = specdec.generate(target, head, ids, attention_mask=mask, max_new_tokens=40, strategy=POLICIES[policy]())
+    assert torch.equal(out.sequences, plain_greedy(target, ids, mask, 40))
+
+
 def test_long_prompts_catch_up_in_chunks(target_and_head, monkeypatch):
     import specdec.eagle
     import specdec.runner

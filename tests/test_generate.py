@@ -353,3 +353,15 @@ def test_prompt_lookup_without_a_match_runs_plain_steps(pair):
     assert out.stats["verify_tokens"] < 2  # mostly root-only steps
     sampled = specdec.generate(target, None, ids, max_new_tokens=10, strategy=strategy, temperature=1.0, seed=1)
     assert sampled.sequences.shape == (1, 30)
+
+
+@pytest.mark.parametrize("policy", ["chain4", "disco", "static-tree", "dyspec"])
+def test_caches_that_grow_mid_generation_change_nothing(pair, policy, monkeypatch):
+    # The KV buffers start with room for 2 new tokens (INITIAL_OUTPUT shrunk) and double several times.
+    import sys
+
+    monkeypatch.setattr(sys.modules["specdec.generate"], "INITIAL_OUTPUT", 2)
+    target, draft = pair
+    ids, mask = ragged_batch(97, [6, 11, 2], seed=21)
+    out = specdec.generate(target, draft, ids, attention_mask=mask, max_new_tokens=40, strategy=POLICIES[policy]())
+    assert torch.equal(out.sequences, plain_greedy(target, ids, mask, 40))

@@ -356,3 +356,166 @@ def test_cli_refuses_bad_flags_in_one_line(argv, what, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert what in err[-1] and "Traceback" not in "\n".join(err)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. generate's arguments: every one checked before any forward, refused by name
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    from test_generate import tiny_model
+
+    return tiny_model("llama", 2, 64, seed=0), tiny_model("llama", 1, 32, seed=1)
+
+
+def _prompt(n: int = 5) -> torch.Tensor:
+    return torch.randint(0, 97, (1, n), generator=torch.Generator().manual_seed(n))
+
+
+# (keyword arguments, exception, the argument the message must name)
+BAD_GENERATE_ARGS = [
+    (dict(temperature="0.5"), TypeError, "temperature"), (dict(temperature=None), TypeError, "temperature"),
+    (dict(temperature=True), TypeError, "temperature"), (dict(temperature=math.nan), ValueError, "temperature"),
+    (dict(temperature=math.inf), ValueError, "temperature"), (dict(temperature=-0.1), ValueError, "temperature"),
+    (dict(temperature=torch.tensor(0.5)), TypeError, "temperature"),
+    (dict(seed="1"), TypeError, "seed"), (dict(seed=1.5), TypeError, "seed"), (dict(seed=-1), ValueError, "seed"),
+    (dict(seed=2**64), ValueError, "seed"), (dict(seed=False), TypeError, "seed"),
+    (dict(max_new_tokens=2.0), TypeError, "max_new_tokens"), (dict(max_new_tokens=True), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=-3), ValueError, "max_new_tokens"), (dict(max_new_tokens="8"), TypeError, "max_new_tokens"),
+    (dict(eos_token_id="2"), TypeError, "eos_token_id"), (dict(eos_token_id=[1, "2"]), TypeError, "eos_token_id"),
+    (dict(eos_token_id=-1), ValueError, "eos_token_id"), (dict(eos_token_id=97), ValueError, "eos_token_id"),
+    (dict(eos_token_id=[3, 500]), ValueError, "eos_token_id"), (dict(eos_token_id=2.0), TypeError, "eos_token_id"),
+    (dict(pad_token_id="0"), TypeError, "pad_token_id"), (dict(pad_token_id=0.5), TypeError, "pad_token_id"),
+    (dict(streamer=5), TypeError, "streamer"), (dict(streamer="print"), TypeError, "streamer"),
+    (dict(attention_mask=[[1, 1, 1, 1, 1]]), TypeError, "attention_mask"),
+    (dict(attention_mask=torch.ones(1, 5)), ValueError, "attention_mask"),
+    (dict(attention_mask=torch.full((1, 5), 2)), ValueError, "attention_mask"),
+    (dict(attention_mask=torch.ones(2, 5, dtype=torch.int64)), ValueError, "attention_mask"),
+    (dict(input_ids=[[1, 2, 3]]), TypeError, "input_ids"), (dict(input_ids=torch.ones(1, 4)), ValueError, "input_ids"),
+    (dict(input_ids=torch.ones(4, dtype=torch.int64)), ValueError, "input_ids"),
+    (dict(input_ids=torch.ones(1, 3, dtype=torch.int64, device="meta")), ValueError, "input_ids"),
+    (dict(target="a path"), TypeError, "target"), (dict(target=torch.nn.Linear(2, 2)), TypeError, "target"),
+    (dict(draft="a path"), TypeError, "draft"), (dict(draft=torch.nn.Linear(2, 2)), TypeError, "draft"),
+    (dict(strategy=3), TypeError, "strategy"), (dict(strategy=Chain), TypeError, "strategy"), (dict(strategy="chain:4"), ValueError, "strategy"),
+    (dict(strategy=DynamicTree("eagle2", budget=8, top_k=98, depth=1)), ValueError, "vocabulary"),
+    (dict(strategy=StaticTree([(0,), (120,)])), ValueError, "vocabulary"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,name", BAD_GENERATE_ARGS,
+                         ids=[f"{next(iter(k))}={k[next(iter(k))]!r}"[:40] for k, _, _ in BAD_GENERATE_ARGS])
+def test_generate_refuses_bad_arguments_by_name(tiny_pair, kwargs, exc, name, monkeypatch):
+    target, draft = tiny_pair
+    args = {**dict(target=target, draft=draft, input_ids=_prompt(), max_new_tokens=4), **kwargs}
+    calls = []
+    monkeypatch.setattr(specdec.runner.ModelRunner, "forward",
+                        lambda *a, **k: calls.append(1) or pytest.fail("a forward ran before the arguments were checked"))
+    with pytest.raises(exc, match=rf"\b{name}\b"):
+        specdec.generate(args.pop("target"), args.pop("draft"), args.pop("input_ids"), **args)
+    assert not calls
+
+
+def test_models_on_the_meta_device_are_refused(tiny_pair):
+    from test_generate import tiny_model
+
+    target, draft = tiny_pair
+    with torch.device("meta"):
+        ghost = tiny_model("llama", 1, 32, seed=3)
+    with pytest.raises(ValueError, match="target's weights are on the meta device"):
+        specdec.generate(ghost, None, _prompt().to("meta"), strategy="lookup")
+    with pytest.raises(ValueError, match="draft's weights are on the meta device"):
+        specdec.generate(target, ghost, _prompt())
+
+
+# Property: whatever value each argument takes, generate either runs or raises TypeError/ValueError
+# naming that argument; never another exception type.
+ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-3, 200), st.floats(allow_nan=True, allow_infinity=True),
+                      st.text(max_size=2), st.lists(st.integers(-1, 120), max_size=3))
+
+
+@settings(derandomize=True, deadline=None, max_examples=60)
+@given(name=st.sampled_from(["temperature", "seed", "eos_token_id", "pad_token_id", "max_new_tokens", "streamer"]),
+       value=ANY_VALUE)
+def test_generate_arguments_are_used_or_refused(tiny_pair, name, value):
+    target, draft = tiny_pair
+    kwargs = {"max_new_tokens": 3, name: value}
+    try:
+        out = specdec.generate(target, draft, _prompt(), **kwargs)
+    except (TypeError, ValueError) as e:
+        assert name in str(e), f"{name}={value!r} refused without naming it: {e}"
+        return
+    assert 1 <= out.sequences.shape[1] - 5 <= kwargs["max_new_tokens"]
+
+
+def test_transformers_streamers_get_the_prompt_then_every_token(tiny_pair):
+    target, draft = tiny_pair
+
+    class Recorder:  # the transformers BaseStreamer interface: put(tensor), end()
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, value):
+            self.puts.append(value.tolist())
+
+        def end(self):
+            self.ended = True
+
+    rec, ids = Recorder(), _prompt()
+    out = specdec.generate(target, draft, ids, max_new_tokens=9, strategy=Chain(3), streamer=rec)
+    assert rec.puts[0] == ids[0].tolist() and rec.ended
+    assert sum(rec.puts[1:], []) == out.sequences[0, 5:].tolist()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. Memory follows the output, not max_new_tokens
+# ---------------------------------------------------------------------------------------------------
+
+def _record_caches(monkeypatch) -> list:
+    """Every SpecCache generate builds, to read its allocated length afterwards."""
+    from specdec.cache import SpecCache
+
+    made, init = [], SpecCache.__init__
+
+    def record(self, *a, **k):
+        init(self, *a, **k)
+        made.append(self)
+    monkeypatch.setattr(SpecCache, "__init__", record)
+    return made
+
+
+@pytest.mark.parametrize("max_new_tokens", [10**6, 10**12])
+def test_a_huge_max_new_tokens_allocates_for_what_is_generated(tiny_pair, monkeypatch, max_new_tokens):
+    from test_generate import plain_greedy
+
+    target, draft = tiny_pair
+    ids = _prompt()
+    free = plain_greedy(target, ids, torch.ones_like(ids), 6)
+    eos = int(free[0, -1])  # stops after at most 6 tokens
+    caches = _record_caches(monkeypatch)
+    out = _within(lambda: specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, eos_token_id=eos))
+    n = out.sequences.shape[1]
+    assert out.sequences[0].tolist() == free[0, :n].tolist()
+    assert caches and all(c.buffer.shape[4] <= 5 + sys.modules['specdec.generate'].INITIAL_OUTPUT + 64 for c in caches)
+
+
+def test_cache_reserve_doubles_and_keeps_entries():
+    from test_generate import tiny_model
+    from specdec.cache import SpecCache
+
+    cfg = tiny_model("llama", 2, 64, seed=0).config
+    c = SpecCache(cfg, 2, 100, dtype=torch.float32, device=torch.device("cpu"), capacity=8)
+    c.buffer.normal_()
+    before = c.buffer.clone()
+    c.begin_forward(5, start=6)  # writes 6..10: past 8 -> 16
+    assert c.capacity == 16 and c.buffer.shape[4] == 16
+    assert torch.equal(c.buffer[..., :8, :], before) and not c.buffer[..., 8:, :].any()
+    assert all(layer.keys.data_ptr() == c.buffer[i, 0].data_ptr() for i, layer in enumerate(c.layers))
+    c.begin_forward(3, start=20)  # needs 23: doubles to 32
+    assert c.capacity == 32
+    c.begin_forward(3, start=70)  # needs 73, more than double: exactly what is needed
+    assert c.capacity == 73
+    c.begin_forward(3, start=90)  # doubling would pass max_len: capped at 100
+    assert c.capacity == 100
+    with pytest.raises(specdec.cache.CacheFullError):
+        c.begin_forward(3, start=99)

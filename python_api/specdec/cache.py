@@ -1,11 +1,15 @@
 """One preallocated KV buffer per model, presented to a Hugging Face model as its ``Cache``.
 
-Layout (DESIGN.md, "KV cache"): ``buffer [layers, 2, batch, kv_heads, max_len, head_dim]``. Layer l's
+Layout (DESIGN.md, "KV cache"): ``buffer [layers, 2, batch, kv_heads, capacity, head_dim]``. Layer l's
 keys and values are the views ``buffer[l, 0]`` and ``buffer[l, 1]``. Before each forward the loop says
 where sequence b's new tokens go (``begin_forward``); every layer's ``update`` then writes there in
 place and returns the whole per-layer view, which the tree-attention hook reads up to ``kv_lens``.
-Nothing is cropped or re-allocated per step: rejected entries are simply overwritten later, and
-accepted tree nodes are moved with ``compact_kv_cache`` over all layers at once.
+Nothing is cropped per step: rejected entries are simply overwritten later, and accepted tree nodes
+are moved with ``compact_kv_cache`` over all layers at once.
+
+The buffer grows with the output: it starts at ``capacity`` positions and doubles (up to ``max_len``)
+when a forward would write past it, so memory and start-up time follow what is generated, not the
+``max_new_tokens`` the caller allowed (amortised: each position is copied at most once on average).
 """
 from __future__ import annotations
 
@@ -19,6 +23,20 @@ class CacheFullError(RuntimeError):
     """Raised before a forward would write past the preallocated length."""
 
 
+def grown(t: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    """``t`` extended with zeros along ``dim`` to ``length`` entries (a new tensor; ``t`` is unchanged)."""
+    shape = list(t.shape)
+    shape[dim] = length
+    out = t.new_zeros(shape)
+    out.narrow(dim, 0, t.shape[dim]).copy_(t)
+    return out
+
+
+def next_capacity(capacity: int, needed: int, max_len: int) -> int:
+    """Doubling growth: at least ``needed``, at most ``max_len``."""
+    return min(max_len, max(needed, 2 * capacity))
+
+
 class _BufferLayer(CacheLayerMixin):
     """Per-layer view of the shared buffer; writes at the positions set by ``SpecCache.begin_forward``."""
 
@@ -28,9 +46,13 @@ class _BufferLayer(CacheLayerMixin):
     def __init__(self, owner: "SpecCache", layer: int):
         super().__init__()
         self.owner = owner
-        self.keys = owner.buffer[layer, 0]
-        self.values = owner.buffer[layer, 1]
+        self.point(layer)
         self.is_initialized = True
+
+    def point(self, layer: int) -> None:
+        """(Re)bind to the owner's buffer, after it was allocated, grown or batch-selected."""
+        self.keys = self.owner.buffer[layer, 0]
+        self.values = self.owner.buffer[layer, 1]
 
     def lazy_initialization(self, key_states, value_states) -> None:  # allocated up front
         pass
@@ -48,7 +70,7 @@ class _BufferLayer(CacheLayerMixin):
         return self.keys, self.values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.owner.max_len, 0
+        return self.owner.capacity, 0
 
     def get_seq_length(self) -> int:
         return int(self.owner.lens.max())
@@ -61,17 +83,21 @@ class SpecCache(Cache):
     """KV cache of one model for a batch of sequences with their own lengths.
 
     ``lens[b]`` is the number of valid entries of sequence b (positions ``0 .. lens[b]-1``).
+    ``max_len`` bounds the positions a forward may write; ``capacity`` (default ``max_len``) is how many
+    are allocated up front, grown by doubling as forwards need more.
     """
 
-    def __init__(self, config, batch_size: int, max_len: int, *, dtype: torch.dtype, device: torch.device):
+    def __init__(self, config, batch_size: int, max_len: int, *, dtype: torch.dtype, device: torch.device,
+                 capacity: int | None = None):
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = text.num_attention_heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         self.num_layers = text.num_hidden_layers
         self.max_len = max_len
+        self.capacity = max_len if capacity is None else min(capacity, max_len)
         self.buffer = torch.zeros(
-            self.num_layers, 2, batch_size, kv_heads, max_len, head_dim, dtype=dtype, device=device
+            self.num_layers, 2, batch_size, kv_heads, self.capacity, head_dim, dtype=dtype, device=device
         )
         self.lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.write_start = 0
@@ -96,6 +122,7 @@ class SpecCache(Cache):
                 f"KV cache full: a forward of {n} tokens needs {int(end.max())} positions, the cache holds "
                 f"{self.max_len}; pass a larger max_len (prompt + max_new_tokens + lookahead)"
             )
+        self.reserve(int(end.max()))
         first = int(start[0])
         if bool((start == first).all()):
             self.write_start, self.write_index = first, None
@@ -105,6 +132,18 @@ class SpecCache(Cache):
             self.write_start, self.write_index = 0, pos.view(B, 1, n, 1).expand(B, H, n, D)
         return end
 
+    def reserve(self, needed: int) -> None:
+        """Make room for positions ``0 .. needed-1`` (at most ``max_len``), doubling the buffer if short."""
+        if needed <= self.capacity:
+            return
+        self.capacity = next_capacity(self.capacity, needed, self.max_len)
+        self.buffer = grown(self.buffer, 4, self.capacity)
+        self._rebind()
+
+    def _rebind(self) -> None:
+        for layer, cache_layer in enumerate(self.layers):
+            cache_layer.point(layer)
+
     def compact(self, src_pos: torch.Tensor, dst_pos: torch.Tensor, counts: torch.Tensor) -> None:
         """Keep ``counts[b]`` entries at ``src_pos[b]`` as positions ``dst_pos[b] + i``, all layers at once."""
         sk.compact_kv_cache(self.buffer, src_pos, dst_pos, counts, check=False)
@@ -113,9 +152,7 @@ class SpecCache(Cache):
         """Keep only the batch rows ``rows`` (finished sequences stop consuming work)."""
         self.buffer = self.buffer.index_select(2, rows).contiguous()
         self.lens = self.lens.index_select(0, rows)
-        for layer, cache_layer in enumerate(self.layers):
-            cache_layer.keys = self.buffer[layer, 0]
-            cache_layer.values = self.buffer[layer, 1]
+        self._rebind()
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.lens.max())

@@ -26,9 +26,9 @@ class ModelDrafter:
 
     kind = "model"
 
-    def __init__(self, model, batch_size: int, max_len: int):
+    def __init__(self, model, batch_size: int, max_len: int, capacity: int | None = None):
         self.model = model
-        self.runner = ModelRunner(model, batch_size, max_len)
+        self.runner = ModelRunner(model, batch_size, max_len, capacity=capacity)
 
     @property
     def calls(self) -> int:
@@ -63,15 +63,16 @@ class ModelDrafter:
         self.runner.select(keep)
 
 
-def make_drafter(draft, target, batch_size: int, max_len: int):
-    """The drafter for ``draft``: an :class:`specdec.eagle.EagleHead` or a causal LM (None: no drafter)."""
+def make_drafter(draft, target, batch_size: int, max_len: int, capacity: int | None = None):
+    """The drafter for ``draft``: an :class:`specdec.eagle.EagleHead` or a causal LM (None: no drafter).
+    ``max_len`` bounds its cache positions; ``capacity`` is what is allocated up front (it grows)."""
     from specdec.eagle import EagleHead, FeatureTap, HeadDrafter
 
     if draft is None:
         return None
     if isinstance(draft, EagleHead):
-        return HeadDrafter(draft, FeatureTap(target, draft.config.feature_layers), batch_size, max_len)
-    return ModelDrafter(draft, batch_size, max_len)
+        return HeadDrafter(draft, FeatureTap(target, draft.config.feature_layers), batch_size, max_len, capacity)
+    return ModelDrafter(draft, batch_size, max_len, capacity)
 
 
 __all__ = ["ModelDrafter", "make_drafter"]

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import specdec_kernels as sk
+from specdec.cache import grown, next_capacity
 
 CATCH_UP_CHUNK = 512  # tokens per catch-up forward (the tree-attention kernel takes up to 1024 nodes)
 
@@ -358,27 +359,41 @@ class HeadDrafter:
 
     kind = "head"
 
-    def __init__(self, head: EagleHead, tap: FeatureTap, batch_size: int, max_len: int):
+    # per-position buffers and the dimension that grows with the output (as the target's SpecCache)
+    _BUFFERS = {"k": 2, "v": 2, "hid": 1, "feat": 1, "tok": 1}
+
+    def __init__(self, head: EagleHead, tap: FeatureTap, batch_size: int, max_len: int,
+                 capacity: int | None = None):
         self.head, self.tap = head, tap
         c, p = head.config, next(head.parameters())
         dev, dt = p.device, p.dtype
         self.max_len = max_len
-        self.k = torch.zeros(batch_size, c.num_key_value_heads, max_len, c.head_dim, dtype=dt, device=dev)
+        self.capacity = cap = max_len if capacity is None else min(capacity, max_len)
+        self.k = torch.zeros(batch_size, c.num_key_value_heads, cap, c.head_dim, dtype=dt, device=dev)
         self.v = torch.zeros_like(self.k)
-        self.hid = torch.zeros(batch_size, max_len, c.hidden_size, dtype=dt, device=dev)
+        self.hid = torch.zeros(batch_size, cap, c.hidden_size, dtype=dt, device=dev)
         self.feat = torch.zeros_like(self.hid)
-        self.tok = torch.zeros(batch_size, max_len, dtype=torch.int64, device=dev)
+        self.tok = torch.zeros(batch_size, cap, dtype=torch.int64, device=dev)
         self.hlen = torch.zeros(batch_size, dtype=torch.int64, device=dev)
         self.calls = 0
         self.tokens = 0
 
+    def _reserve(self, needed: int) -> None:
+        """Room for slots ``0 .. needed-1`` (at most ``max_len``): the buffers double when short."""
+        if needed <= self.capacity:
+            return
+        self.capacity = next_capacity(self.capacity, needed, self.max_len)
+        for name, dim in self._BUFFERS.items():
+            setattr(self, name, grown(getattr(self, name), dim, self.capacity))
+
     @torch.inference_mode()
     def _run(self, tokens, positions, feature, start, tree_mask, logits: bool = True):
         """One head forward; keeps each node's hidden state at its slot. Returns (logits or None, hidden)."""
+        self._reserve(int(start.max()) + tokens.shape[1])
         self.calls += 1
         self.tokens += tokens.shape[1]
         out, hidden = self.head(tokens, positions, feature, self.k, self.v, start, tree_mask, logits=logits)
-        slots = (start[:, None] + torch.arange(tokens.shape[1], device=start.device)).clamp(max=self.max_len - 1)
+        slots = (start[:, None] + torch.arange(tokens.shape[1], device=start.device)).clamp(max=self.capacity - 1)
         self.hid.scatter_(1, slots[..., None].expand_as(hidden), hidden)
         return out, hidden
 
@@ -388,11 +403,12 @@ class HeadDrafter:
         """Store committed tokens at ``tok_start[b] + i`` and their target features (projected) at
         ``feat_start[b] + i``. Rows may commit fewer than the width: the extra entries land past the
         committed length, where the next commit overwrites them before they are read."""
+        self._reserve(max(int(tok_start.max()) + tokens.shape[1], int(feat_start.max()) + features.shape[1]))
         ar = torch.arange(tokens.shape[1], device=tokens.device)
-        tp = (tok_start[:, None] + ar).clamp(max=self.max_len - 1)
+        tp = (tok_start[:, None] + ar).clamp(max=self.capacity - 1)
         self.tok.scatter_(1, tp, tokens)
         ar = torch.arange(features.shape[1], device=tokens.device)
-        fp = (feat_start[:, None] + ar).clamp(max=self.max_len - 1)
+        fp = (feat_start[:, None] + ar).clamp(max=self.capacity - 1)
         g = self.head.project_features(features.to(self.feat.dtype))
         self.feat.scatter_(1, fp[..., None].expand_as(g), g)
 
@@ -420,7 +436,7 @@ class HeadDrafter:
             if W <= 0:
                 break
             W = min(W, CATCH_UP_CHUNK)
-            pos = (self.hlen[:, None] + torch.arange(W, device=end.device)).clamp(max=self.max_len - 1)
+            pos = (self.hlen[:, None] + torch.arange(W, device=end.device)).clamp(max=self.capacity - 1)
             toks = self.tok.gather(1, pos)
             fpos = (pos - 1).clamp(min=0)
             feat = self.feat.gather(1, fpos[..., None].expand(-1, -1, self.feat.shape[-1]))
@@ -460,7 +476,7 @@ class HeadDrafter:
         self.commit(rows.ctx, res.tokens[:, :n].clamp(min=0), rows.ctx - 1, picked)
 
     def select(self, keep: torch.Tensor) -> None:
-        for name in ("k", "v", "hid", "feat", "tok", "hlen"):
+        for name in (*self._BUFFERS, "hlen"):
             setattr(self, name, getattr(self, name).index_select(0, keep))
 
     def release(self) -> None:

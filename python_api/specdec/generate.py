@@ -30,6 +30,11 @@ from specdec.eagle import EagleHead, check_head_fits
 from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
 from specdec.strategies import DraftContext, _choose, resolve_strategy
 from specdec.tree_drafting import DraftTree
+from specdec.validation import (check_model, check_prompt, check_sampling, check_streamer, check_strategy_fits,
+                                check_target, check_token_ids, logits_width)
+
+
+INITIAL_OUTPUT = 256  # new tokens the KV caches have room for before their first doubling
 
 
 @dataclasses.dataclass
@@ -67,47 +72,31 @@ class _Timer:
         self._phase, self._t = name, now
 
 
-def _logits_width(model) -> int:
-    """Logits per position: the head's out_features (a subset head still returns full-vocabulary logits)."""
-    head = model.get_output_embeddings()
-    return int(getattr(head, "out_features", None) or head.weight.shape[0])
-
-
-def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature):
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError("input_ids must be an int64 tensor of shape [B, T]")
-    if input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
-        raise ValueError(f"input_ids must hold at least one token per sequence, got shape {tuple(input_ids.shape)}")
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-        if bool((attention_mask.sum(1) == 0).any()):
-            raise ValueError("attention_mask: every sequence needs at least one prompt token (empty prompt)")
-        m = attention_mask.bool()
-        if bool((m[:, 1:] < m[:, :-1]).any()):
-            raise ValueError("attention_mask: prompts must be left-padded (each row zeros, then ones)")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    tp, tv = next(target.parameters()), _logits_width(target)
-    if input_ids.device != tp.device:
-        raise ValueError(f"input_ids ({input_ids.device}) must be on the target's device ({tp.device})")
-    if int(input_ids.max()) >= tv or int(input_ids.min()) < 0:
-        raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {tv})")
+def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature, seed, eos_token_id,
+                  pad_token_id, streamer):
+    """Every argument but the strategy, before any work (:mod:`specdec.validation`). Returns
+    (temperature as a float, the EOS ids as a list, the vocabulary size)."""
+    tp, vocab = check_target(target)
+    check_prompt(input_ids, attention_mask, tp.device, vocab)
+    temperature = check_sampling(max_new_tokens, temperature, seed)
+    eos = check_token_ids(eos_token_id, pad_token_id, vocab)
+    check_streamer(streamer)
     if draft is None:
-        return
+        return temperature, eos, vocab
     if isinstance(draft, EagleHead):
+        check_model("draft", draft)
         check_head_fits(draft, target)
-    elif not hasattr(draft, "get_output_embeddings"):
+    elif not callable(getattr(draft, "get_output_embeddings", None)):
         raise TypeError(f"draft must be a transformers causal LM, a specdec.eagle.EagleHead or None, got {type(draft).__name__}")
-    dp, dv = next(draft.parameters()), (draft.config.vocab_size if isinstance(draft, EagleHead) else _logits_width(draft))
+    dp = check_model("draft", draft)
+    dv = draft.config.vocab_size if isinstance(draft, EagleHead) else logits_width(draft)
     if tp.device != dp.device:
         raise ValueError(f"target ({tp.device}) and draft ({dp.device}) must be on one device")
     if tp.dtype != dp.dtype:
         raise ValueError(f"target ({tp.dtype}) and draft ({dp.dtype}) must have the same dtype")
-    if tv != dv:
-        raise ValueError(f"target and draft vocabularies differ ({tv} vs {dv} logits): they must share a tokenizer")
+    if vocab != dv:
+        raise ValueError(f"target and draft vocabularies differ ({vocab} vs {dv} logits): they must share a tokenizer")
+    return temperature, eos, vocab
 
 
 def _verify(tgt: ModelRunner, rows: _Rows, tree: DraftTree, temperature: float, seed: int):
@@ -180,7 +169,9 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     seed : makes sampling reproducible.
     eos_token_id, pad_token_id : a sequence stops after EOS (one id or a list); finished rows are
         padded with ``pad_token_id`` (default: the first EOS, else 0).
-    streamer : optional callable, called with the list of new token ids of row 0 as they are accepted.
+    streamer : optional; row 0's new token ids as they are accepted go to a callable (a list of ids
+        per call) or to a transformers streamer (``TextStreamer``: ``put`` gets the prompt, then each
+        step's ids as a tensor; ``end`` when generation ends).
 
     Returns
     -------
@@ -196,7 +187,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     >>> target, head, tok = specdec.load_default_pair(draft="eagle")
     >>> out = specdec.generate(target, head, ids, max_new_tokens=32, strategy="eagle2")
     """
-    _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature)
+    temperature, eos, vocab = _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature,
+                                            seed, eos_token_id, pad_token_id, streamer)
     if isinstance(strategy, str) and strategy == "auto" and draft is None:
         raise ValueError('strategy="auto" chooses among draft-model strategies: it needs a draft model or head')
     if isinstance(strategy, str) and strategy == "auto":  # the cost model's pick for this pair, calibrated once
@@ -204,6 +196,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
 
         strategy = auto_strategy(target, draft, [input_ids[:1, -64:]])
     strategy = resolve_strategy(strategy)
+    check_strategy_fits(strategy, vocab)
     if not strategy.needs_drafter:
         draft = None  # a model-free drafter (prompt lookup) reads the context; a draft model would only idle
     elif draft is None:
@@ -211,8 +204,11 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     device, (B, T) = input_ids.device, input_ids.shape
     input_ids = input_ids.long()
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
-    # room for the prompt, the output, and the widest forward past the committed context
-    max_len = T + max_new_tokens + max(strategy.max_nodes, strategy.max_fed) + 2
+    # room for the prompt, the output, and the widest forward past the committed context; the caches
+    # start with room for INITIAL_OUTPUT new tokens and double as the output grows (EOS may come early)
+    lookahead = max(strategy.max_nodes, strategy.max_fed) + 2
+    max_len = T + max_new_tokens + lookahead
+    capacity = T + min(max_new_tokens, INITIAL_OUTPUT) + lookahead
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
     step_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=device))
@@ -227,8 +223,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     drafter = None
     with tree_attention_enabled(*models):
         try:
-            tgt = ModelRunner(target, B, max_len)
-            drafter = make_drafter(draft, target, B, max_len)
+            tgt = ModelRunner(target, B, max_len, capacity=capacity)
+            drafter = make_drafter(draft, target, B, max_len, capacity)
             tgt.tap = getattr(drafter, "tap", None)  # a head reads the target's features
             timer.phase("verify")
             first, _ = _choose(tgt.prefill(input_ids, attention_mask), temperature, gen)
@@ -240,8 +236,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
             lens = attention_mask.sum(1)
             rows = _Rows(torch.arange(B, device=device), input_ids[:, -1], first, lens + 1)
             strategy.start(B, device)
-            finished = _commit(out, rows.ids, first[:, None], torch.ones_like(first), max_new_tokens, eos_token_id,
-                               streamer)
+            stream = _stream_fn(streamer, input_ids[0][attention_mask[0].bool()])
+            finished = _commit(out, rows.ids, first[:, None], torch.ones_like(first), max_new_tokens, eos, stream)
             rows = _drop_finished(rows, finished, tgt, drafter, strategy)
 
             step = 0
@@ -254,7 +250,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
                 hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
                 verify_rows += n.numel()
                 verify_emitted += int(n.sum())
-                finished = _commit(out, rows.ids, res.tokens, n, max_new_tokens, eos_token_id, streamer)
+                finished = _commit(out, rows.ids, res.tokens, n, max_new_tokens, eos, stream)
                 rows = _advance(rows, res)
                 tgt.cache.lens = rows.ctx - 1
                 rows = _drop_finished(rows, finished, tgt, drafter, strategy)
@@ -262,10 +258,12 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         finally:
             if drafter is not None and hasattr(drafter, "release"):
                 drafter.release()
+    if streamer is not None and not callable(streamer):
+        streamer.end()
     timer.phase("other")
 
     if pad_token_id is None:  # transformers' convention: pad finished rows with (the first) EOS
-        pad_token_id = eos_token_id if isinstance(eos_token_id, int) else (list(eos_token_id)[0] if eos_token_id else 0)
+        pad_token_id = eos[0] if eos else 0
     sequences = _assemble(input_ids, out, pad_token_id)
     new_tokens = sum(len(o) for o in out)
     stats = {
@@ -284,11 +282,23 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     return GenerateOutput(sequences, stats)
 
 
-def _commit(out, ids, tokens, n, max_new_tokens, eos_token_id, streamer=None) -> torch.Tensor:
-    """Append each row's emitted tokens, cut at EOS and max_new_tokens; returns finished [Ba] bool.
+def _stream_fn(streamer, prompt: torch.Tensor):
+    """``streamer`` as a callable taking a list of new ids (None: no streaming). A transformers streamer
+    (put/end) first gets the prompt, as transformers' generate gives it, then a tensor per step."""
+    if streamer is None or callable(streamer):
+        return streamer
+    streamer.put(prompt.cpu())
 
-    ``eos_token_id``: None, one id, or several (transformers configs often list more than one)."""
-    eos = set() if eos_token_id is None else {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+    def put(ids: list[int]) -> None:
+        if ids:
+            streamer.put(torch.tensor(ids, dtype=torch.int64))
+    return put
+
+
+def _commit(out, ids, tokens, n, max_new_tokens, eos: list[int], stream=None) -> torch.Tensor:
+    """Append each row's emitted tokens, cut at EOS (any of ``eos``) and max_new_tokens; returns
+    finished [Ba] bool. ``stream`` gets row 0's new ids."""
+    eos = set(eos)
     finished = []
     for row, toks, count in zip(ids.tolist(), tokens.tolist(), n.tolist()):
         done, before = False, len(out[row])
@@ -297,8 +307,8 @@ def _commit(out, ids, tokens, n, max_new_tokens, eos_token_id, streamer=None) ->
             if t in eos or len(out[row]) >= max_new_tokens:
                 done = True
                 break
-        if streamer is not None and row == 0:
-            streamer(out[row][before:])
+        if stream is not None and row == 0:
+            stream(out[row][before:])
         finished.append(done)
     return torch.tensor(finished, dtype=torch.bool)
 

@@ -115,11 +115,11 @@ def _pad_forward(tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch
 class ModelRunner:
     """Runs one model over trees of tokens; ``cache.lens`` holds each sequence's committed length."""
 
-    def __init__(self, model, batch_size: int, max_len: int, pad: bool = True):
+    def __init__(self, model, batch_size: int, max_len: int, pad: bool = True, capacity: int | None = None):
         self.model = model
         p = next(model.parameters())
         self.pad = cpu_pad_map(model) if pad and CPU_PADDING and p.device.type == "cpu" else {}
-        self.cache = SpecCache(model.config, batch_size, max_len, dtype=p.dtype, device=p.device)
+        self.cache = SpecCache(model.config, batch_size, max_len, dtype=p.dtype, device=p.device, capacity=capacity)
         self.calls = 0
         self.tokens = 0  # tokens fed per row, summed over forwards (prefill included)
         self.tap = None  # a specdec.eagle.FeatureTap on ``model``: prefill then keeps its features

@@ -44,6 +44,8 @@ class Proposer(Protocol):
     max_nodes: int  # verify-forward width at most (root included)
     max_fed: int  # draft tokens in one draft forward at most
     needs_drafter: bool  # False: proposes from the context alone (prompt lookup)
+    # Optional: ``top_ranks``, the most top-ranked candidates taken from one draft distribution (default
+    # 1); generate refuses a strategy whose top_ranks exceeds the vocabulary before the first forward.
 
     def start(self, batch: int, device) -> None: ...
 
@@ -293,6 +295,9 @@ def resolve_strategy(strategy) -> Proposer:
         if strategy in names:
             return names[strategy]()
         raise ValueError(f"strategy: unknown name {strategy!r}; known: {sorted(names)}")
+    if isinstance(strategy, type):  # a class passes the protocol check (its members exist) but cannot run
+        raise TypeError(f"strategy must be a strategy object, not the class {strategy.__name__}: "
+                        f"pass an instance such as {strategy.__name__}(...)")
     if isinstance(strategy, Proposer):
         return strategy
     raise TypeError(f"strategy must be a name or a specdec strategy object (a specdec.strategies.Proposer), "

@@ -338,6 +338,7 @@ class StaticTree(_TreeStrategy):
         self.max_nodes = len(self._paths) + 1
         self.max_fed = self.max_nodes  # draft tokens per forward at most: the fed non-root nodes (or prev + root)
         _check_tree_size("StaticTree", "the nodes of paths (root included)", self.max_nodes)
+        self.top_ranks = 1 + max(r for p in self._paths for r in p)  # candidates one node draws (vs the vocabulary)
 
     def draft_forward_sizes(self) -> list[int]:
         """prev + root, then per round the inner nodes fed so far."""
@@ -420,6 +421,7 @@ class DynamicTree(_TreeStrategy):
                 raise ValueError(f"DynamicTree: budget {self.budget} exceeds the {most} candidates that "
                                  f"top_k={self.top_k}, depth={self.depth} produce")
         self.max_nodes = self.budget + 1
+        self.top_ranks = 1 if self.method == "dyspec" else self.top_k  # candidates per node (vs the vocabulary)
         fed = self.budget if self.method == "dyspec" else self.top_k * (self.depth - 1)
         self.max_fed = max(fed, 2)  # draft tokens per forward at most: fed non-root nodes (or prev + root)
         if self.method != "dyspec":  # budget is checked above; EAGLE-2 feeds top_k nodes a round
