@@ -49,7 +49,9 @@ def specdec_tree_attention(
     Shape: query ``[B, Hq, N, D]``; key, value ``[B, Hkv, S, D]``; returns ``([B, N, Hq, D], None)``.
     Keyword arguments read from the model call: ``tree_mask`` (required), ``kv_lens`` (required),
     ``tree_attention_backend`` (None = auto), ``max_kv_len`` (optional int hint for split-K), ``mask_memo``
-    (optional dict, fresh per model call: the reference path builds its dense mask once per forward).
+    (optional dict, fresh per model call: the reference path builds its dense mask once per forward),
+    ``tree_attention_check`` (default True: the first layer checks the values of ``kv_lens``, a host
+    sync on CUDA; a caller that builds ``kv_lens`` itself passes False and no layer reads back).
     """
     tree_mask = kwargs.get("tree_mask")
     kv_lens = kwargs.get("kv_lens")
@@ -78,8 +80,9 @@ def specdec_tree_attention(
         sm_scale=scaling,
         backend=kwargs.get("tree_attention_backend"),
         out=out.transpose(1, 2),
-        # Value checks cost a host sync on CUDA: once per forward (first layer) is enough.
-        check=getattr(module, "layer_idx", 0) == 0,
+        # Value checks cost a host sync on CUDA: once per forward (first layer) is enough, none when the
+        # caller vouches for kv_lens.
+        check=kwargs.get("tree_attention_check", True) and getattr(module, "layer_idx", 0) == 0,
         max_kv_len=kwargs.get("max_kv_len"),
         mask_memo=kwargs.get("mask_memo"),
     )

@@ -365,3 +365,26 @@ def test_caches_that_grow_mid_generation_change_nothing(pair, policy, monkeypatc
     ids, mask = ragged_batch(97, [6, 11, 2], seed=21)
     out = specdec.generate(target, draft, ids, attention_mask=mask, max_new_tokens=40, strategy=POLICIES[policy]())
     assert torch.equal(out.sequences, plain_greedy(target, ids, mask, 40))
+
+
+def test_timing_split_is_reported_or_off_when_asked(pair):
+    target, draft = pair
+    ids = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(3))
+    on = specdec.generate(target, draft, ids, max_new_tokens=8).stats  # CPU default: on (a clock read is free)
+    off = specdec.generate(target, draft, ids, max_new_tokens=8, timing=False).stats
+    assert all(on[k] >= 0 for k in ("draft_s", "verify_s", "other_s"))
+    assert on["draft_s"] + on["verify_s"] + on["other_s"] <= on["wall_s"] * 1.01 + 1e-3
+    assert all(off[k] is None for k in ("draft_s", "verify_s", "other_s")) and off["wall_s"] > 0
+
+
+def test_a_forward_at_one_host_offset_reads_nothing_back(pair, monkeypatch):
+    """Prefill chunks write at an offset the host knows: the cache neither reads a device value back
+    nor builds a scatter index."""
+    from specdec.cache import SpecCache
+
+    c = SpecCache(pair[0].config, 3, 64, dtype=torch.float32, device=torch.device("cpu"), capacity=8)
+    for name in ("item", "tolist", "__bool__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, lambda *a, **k: pytest.fail("read back to the host"))
+    kv_lens = c.begin_forward(5, start=7)  # also grows the buffer to 12+
+    monkeypatch.undo()
+    assert kv_lens.tolist() == [12, 12, 12] and c.write_index is None and c.write_start == 7 and c.capacity >= 12

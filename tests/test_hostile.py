@@ -387,7 +387,7 @@ BAD_GENERATE_ARGS = [
     (dict(eos_token_id=-1), ValueError, "eos_token_id"), (dict(eos_token_id=97), ValueError, "eos_token_id"),
     (dict(eos_token_id=[3, 500]), ValueError, "eos_token_id"), (dict(eos_token_id=2.0), TypeError, "eos_token_id"),
     (dict(pad_token_id="0"), TypeError, "pad_token_id"), (dict(pad_token_id=0.5), TypeError, "pad_token_id"),
-    (dict(streamer=5), TypeError, "streamer"), (dict(streamer="print"), TypeError, "streamer"),
+    (dict(timing="yes"), TypeError, "timing"), (dict(streamer=5), TypeError, "streamer"), (dict(streamer="print"), TypeError, "streamer"),
     (dict(attention_mask=[[1, 1, 1, 1, 1]]), TypeError, "attention_mask"),
     (dict(attention_mask=torch.ones(1, 5)), ValueError, "attention_mask"),
     (dict(attention_mask=torch.full((1, 5), 2)), ValueError, "attention_mask"),

@@ -114,23 +114,24 @@ class SpecCache(Cache):
         Returns ``kv_lens`` for tree attention: valid entries of each sequence once they are written.
         """
         start = self.lens if start is None else start
-        if isinstance(start, int):
+        if isinstance(start, int):  # every sequence at one offset, known on the host: no read-back
+            lo = self.max_end = start + n
             start = torch.full_like(self.lens, start)
-        end = start + n
-        if int(end.max()) > self.max_len:
+        else:  # the one read-back of a forward: sizes the buffer, bounds split-K, picks the write path
+            lo, self.max_end = (torch.stack([start.min(), start.max()]) + n).tolist()
+        if self.max_end > self.max_len:
             raise CacheFullError(
-                f"KV cache full: a forward of {n} tokens needs {int(end.max())} positions, the cache holds "
+                f"KV cache full: a forward of {n} tokens needs {self.max_end} positions, the cache holds "
                 f"{self.max_len}; pass a larger max_len (prompt + max_new_tokens + lookahead)"
             )
-        self.reserve(int(end.max()))
-        first = int(start[0])
-        if bool((start == first).all()):
-            self.write_start, self.write_index = first, None
+        self.reserve(self.max_end)
+        if lo == self.max_end:  # one offset for all: a plain slice copy per layer
+            self.write_start, self.write_index = self.max_end - n, None
         else:
             _, _, B, H, _, D = self.buffer.shape
             pos = start[:, None] + torch.arange(n, device=start.device)  # [B, n]
             self.write_start, self.write_index = 0, pos.view(B, 1, n, 1).expand(B, H, n, D)
-        return end
+        return start + n
 
     def reserve(self, needed: int) -> None:
         """Make room for positions ``0 .. needed-1`` (at most ``max_len``), doubling the buffer if short."""

@@ -57,23 +57,44 @@ class _Rows:
 
 
 class _Timer:
-    """Wall time per phase; synchronises CUDA so a phase owns the GPU work it launched."""
+    """Wall time per phase (draft / verify / other). On CPU a clock read is free, so it is on by default;
+    on CUDA it is off unless asked (``timing=True``), and then records CUDA events, read once at the end,
+    instead of synchronising at every phase change."""
 
-    def __init__(self, device: torch.device):
+    PHASES = ("draft", "verify", "other")
+
+    def __init__(self, device: torch.device, enabled: bool | None):
         self.cuda = device.type == "cuda"
-        self.totals = {"draft": 0.0, "verify": 0.0, "other": 0.0}
+        self.enabled = (not self.cuda) if enabled is None else bool(enabled)
+        self.totals = dict.fromkeys(self.PHASES, 0.0)
+        self._marks: list = []  # CUDA: (phase that starts, event)
         self._phase, self._t = "other", time.perf_counter()
 
     def phase(self, name: str) -> None:
+        if not self.enabled:
+            return
         if self.cuda:
-            torch.cuda.synchronize()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._marks.append((name, event))
+            return
         now = time.perf_counter()
         self.totals[self._phase] += now - self._t
         self._phase, self._t = name, now
 
+    def seconds(self) -> dict:
+        """{phase}_s per phase, None when timing was off."""
+        if not self.enabled:
+            return {f"{p}_s": None for p in self.PHASES}
+        if self.cuda and self._marks:
+            self._marks[-1][1].synchronize()
+            for (name, start), (_, end) in zip(self._marks, self._marks[1:]):
+                self.totals[name] += start.elapsed_time(end) / 1e3
+        return {f"{p}_s": self.totals[p] for p in self.PHASES}
+
 
 def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature, seed, eos_token_id,
-                  pad_token_id, streamer):
+                  pad_token_id, streamer, timing):
     """Every argument but the strategy, before any work (:mod:`specdec.validation`). Returns
     (temperature as a float, the EOS ids as a list, the vocabulary size)."""
     tp, vocab = check_target(target)
@@ -81,6 +102,8 @@ def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temp
     temperature = check_sampling(max_new_tokens, temperature, seed)
     eos = check_token_ids(eos_token_id, pad_token_id, vocab)
     check_streamer(streamer)
+    if timing is not None and not isinstance(timing, bool):
+        raise TypeError(f"timing must be None (on for CPU, off for CUDA), True or False, got {timing!r}")
     if draft is None:
         return temperature, eos, vocab
     if isinstance(draft, EagleHead):
@@ -150,7 +173,7 @@ def _advance(rows: _Rows, res) -> _Rows:
 def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
              max_new_tokens: int = 128, strategy="chain", temperature: float = 0.0, seed: int | None = None,
              eos_token_id: int | None = None, pad_token_id: int | None = None,
-             streamer=None) -> GenerateOutput:
+             streamer=None, timing: bool | None = None) -> GenerateOutput:
     """Generate with speculative decoding; greedy output equals ``target.generate(do_sample=False)``.
 
     Parameters
@@ -172,6 +195,8 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     streamer : optional; row 0's new token ids as they are accepted go to a callable (a list of ids
         per call) or to a transformers streamer (``TextStreamer``: ``put`` gets the prompt, then each
         step's ids as a tensor; ``end`` when generation ends).
+    timing : split the wall time into draft / verify / other (``stats["draft_s"]`` ...). None: on CPU
+        (free), off on CUDA, where True records CUDA events instead of synchronising.
 
     Returns
     -------
@@ -188,7 +213,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     >>> out = specdec.generate(target, head, ids, max_new_tokens=32, strategy="eagle2")
     """
     temperature, eos, vocab = _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature,
-                                            seed, eos_token_id, pad_token_id, streamer)
+                                            seed, eos_token_id, pad_token_id, streamer, timing)
     if isinstance(strategy, str) and strategy == "auto" and draft is None:
         raise ValueError('strategy="auto" chooses among draft-model strategies: it needs a draft model or head')
     if isinstance(strategy, str) and strategy == "auto":  # the cost model's pick for this pair, calibrated once
@@ -212,7 +237,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
     step_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=device))
-    timer = _Timer(device)
+    timer = _Timer(device, timing)
     t0 = time.perf_counter()
     out: list[list[int]] = [[] for _ in range(B)]
     prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
@@ -275,9 +300,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         "tau": verify_emitted / max(verify_rows, 1),
         "acceptance_histogram": hist.tolist(),
         "wall_s": time.perf_counter() - t0,
-        "draft_s": timer.totals["draft"],
-        "verify_s": timer.totals["verify"],
-        "other_s": timer.totals["other"],
+        **timer.seconds(),
     }
     return GenerateOutput(sequences, stats)
 

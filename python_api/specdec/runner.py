@@ -127,21 +127,26 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor,
-                start: torch.Tensor | None = None) -> torch.Tensor:
-        """Run N tokens per sequence written at cache positions ``start[b] + 0..N-1`` (default ``lens``).
+                start: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Run N tokens per sequence written at cache positions ``start[b] + 0..N-1`` (default ``lens``;
+        an int: one offset for every sequence).
 
         tokens, positions: [B, N]; tree_mask: [N, N] or [B, N, N] bool. Returns logits [B, N, V] (fp32).
         Does not move ``lens``: the caller commits what was accepted.
         """
         n = tokens.shape[1]
-        first = self.cache.lens if start is None else start
-        width = self.pad.get(n)
-        if width and int(first.max()) + width <= self.cache.max_len:
+        width = self.pad.get(n)  # (CPU only: there a read-back costs nothing)
+        if width and _max_start(self.cache.lens if start is None else start) + width <= self.cache.max_len:
             tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, width)
         kv_lens = self.cache.begin_forward(tokens.shape[1], start)
+        if tree_mask.dtype == torch.bool and tokens.device.type == "cuda":
+            tree_mask = trees.pack_mask(tree_mask)  # once per forward, not in every layer's kernel launch
         out = self.model(
             input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True,
             tree_mask=tree_mask, kv_lens=kv_lens, mask_memo={},
+            # kv_lens is built here and begin_forward checked it against the cache (its max is the
+            # split-K bound): no layer needs to read kv_lens back
+            tree_attention_check=False, max_kv_len=self.cache.max_end,
         )
         self.calls += 1
         self.tokens += tokens.shape[1]
@@ -165,7 +170,7 @@ class ModelRunner:
             n = min(PREFILL_CHUNK, T - start)
             pos = torch.arange(start, start + n, device=ids.device).expand(B, n)
             logits = self.forward(ids[:, start : start + n], pos, chain_mask(n, ids.device),
-                                  start=torch.full_like(lens, start))
+                                  start=start)
             if self.tap is not None:
                 feats.append(self.tap.features(n))
             here = (last >= start) & (last < start + n)
@@ -177,6 +182,10 @@ class ModelRunner:
 
     def select(self, rows: torch.Tensor) -> None:
         self.cache.select(rows)
+
+
+def _max_start(start: torch.Tensor | int) -> int:
+    return start if isinstance(start, int) else int(start.max())
 
 
 def left_aligned(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
