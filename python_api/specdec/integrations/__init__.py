@@ -1,0 +1,1 @@
+"""Integrations of specdec into serving engines (:mod:`specdec.integrations.vllm`)."""
