@@ -375,7 +375,7 @@ def _prompt(n: int = 5) -> torch.Tensor:
 
 # (keyword arguments, exception, the argument the message must name)
 BAD_GENERATE_ARGS = [
-    (dict(temperature="0.5"), TypeError, "temperature"), (dict(temperature=None), TypeError, "temperature"),
+    (dict(temperature="0.5"), TypeError, "temperature"), (dict(temperature=[0.5]), TypeError, "temperature"),
     (dict(temperature=True), TypeError, "temperature"), (dict(temperature=math.nan), ValueError, "temperature"),
     (dict(temperature=math.inf), ValueError, "temperature"), (dict(temperature=-0.1), ValueError, "temperature"),
     (dict(temperature=torch.tensor(0.5)), TypeError, "temperature"),

@@ -28,6 +28,8 @@ from specdec_kernels import trees
 from specdec.drafters import make_drafter
 from specdec.eagle import EagleHead, check_head_fits
 from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
+from specdec.sampling import Sampling, seen_per_node, seen_tokens
+from specdec.sampling import resolve as resolve_sampling
 from specdec.strategies import DraftContext, _choose, resolve_strategy
 from specdec.tree_drafting import DraftTree
 from specdec.validation import (check_model, check_prompt, check_sampling, check_streamer, check_strategy_fits,
@@ -122,36 +124,63 @@ def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temp
     return temperature, eos, vocab
 
 
-def _verify(tgt: ModelRunner, rows: _Rows, tree: DraftTree, temperature: float, seed: int):
+def _verify(tgt: ModelRunner, rows: _Rows, tree: DraftTree, sampling: Sampling, seed: int, history):
     """Target forward over the proposal (one call), then fused verification: ``chain_verify`` for a
-    chain (the verifier takes the target's logits: softmax(logits / temperature) is fused into it),
-    ``tree_verify`` for a tree."""
-    if tree.lens is not None:
+    chain, ``tree_verify`` for a tree. Without sampling controls the verifier takes the target's logits
+    (softmax(logits / temperature) is fused into it); with them, each node's logits get the repetition
+    penalty of its own prefix and the warped probabilities go to the verifier (:mod:`specdec.sampling`)."""
+    chain = tree.lens is not None
+    if chain:
         K = tree.tokens.shape[1] - 1
+        mask = chain_mask(K + 1, tree.tokens.device)
         pos = rows.ctx[:, None] - 1 + torch.arange(K + 1, device=tree.tokens.device)
-        logits = tgt.forward(tree.tokens, pos, chain_mask(K + 1, tree.tokens.device), start=rows.ctx - 1)
+    else:
+        mask = trees.ancestor_mask(tree.parents)
+        pos = rows.ctx[:, None] - 1 + mask.sum(-1) - 1  # depth = strict ancestors
+    logits = tgt.forward(tree.tokens, pos, mask, start=rows.ctx - 1)
+    probs = None
+    if not sampling.plain:
+        if sampling.penalised:
+            seen = seen_per_node(seen_tokens(history(), logits.shape[-1], logits.device), tree.tokens, mask)
+            logits = sampling.penalise(logits, seen)
+        if not sampling.greedy:
+            probs, logits = sampling.probs(logits), None
+    T, greedy = sampling.temperature, sampling.greedy
+    if chain:
         drafts = tree.tokens[:, 1:]
-        if temperature == 0:
+        if greedy:
             return sk.chain_verify(drafts, draft_lens=tree.lens, greedy=True, target_logits=logits, validate=False)
+        if probs is not None:
+            return sk.chain_verify(drafts, probs, tree.draft_probs, draft_lens=tree.lens, seed=seed, validate=False)
         return sk.chain_verify(drafts, None, tree.draft_probs, draft_lens=tree.lens, seed=seed, target_logits=logits,
-                               temperature=temperature, validate=False)
-    mask = trees.ancestor_mask(tree.parents)
-    depth = mask.sum(-1) - 1  # strict ancestors
-    logits = tgt.forward(tree.tokens, rows.ctx[:, None] - 1 + depth, mask, start=rows.ctx - 1)
-    return sk.tree_verify(tree.tokens, tree.parents, None, tree.draft_probs, greedy=temperature == 0,
-                          seed=seed, target_logits=logits, temperature=temperature or 1.0, validate=False)
+                               temperature=T, validate=False)
+    if probs is not None:
+        return sk.tree_verify(tree.tokens, tree.parents, probs, tree.draft_probs, seed=seed, validate=False)
+    return sk.tree_verify(tree.tokens, tree.parents, None, tree.draft_probs, greedy=greedy, seed=seed,
+                          target_logits=logits, temperature=T or 1.0, validate=False)
 
 
-def _speculate(tgt, drafter, rows: _Rows, strategy, timer: _Timer, temperature: float, gen, seed: int,
+def _first_token(logits: torch.Tensor, sampling: Sampling, prompts: list[list[int]], gen) -> torch.Tensor:
+    """The token after each prompt (prefill logits [B, V]) under the sampling settings."""
+    if sampling.plain:
+        return _choose(logits, sampling.temperature, gen)[0]
+    logits = sampling.penalise(logits, seen_tokens(prompts, logits.shape[-1], logits.device))
+    if sampling.greedy:
+        return logits.argmax(-1)
+    return torch.multinomial(sampling.probs(logits), 1, generator=gen).squeeze(-1)
+
+
+def _speculate(tgt, drafter, rows: _Rows, strategy, timer: _Timer, sampling: Sampling, gen, seed: int,
                remaining: torch.Tensor, history):
     """One step: the strategy proposes (a chain or a tree), one target forward verifies it, both caches
     keep what was accepted. Returns the verifier's result: ``tokens`` [Ba, *] emitted (accepted drafts
     + correction/bonus), ``num_emitted`` [Ba]."""
     timer.phase("draft")
-    ctx = DraftContext(rows, drafter, temperature, gen, (remaining - 1).clamp(min=0), history)
+    # drafts follow the draft's own distribution at the temperature (exact for any draft distribution)
+    ctx = DraftContext(rows, drafter, sampling.temperature, gen, (remaining - 1).clamp(min=0), history)
     tree = strategy.propose(ctx)
     timer.phase("verify")
-    res = _verify(tgt, rows, tree, temperature, seed)
+    res = _verify(tgt, rows, tree, sampling, seed, history)
     if tree.lens is None:  # the target kept the whole tree: move the root + accepted path together
         base = rows.ctx - 1
         tgt.cache.compact(base[:, None] + res.path.clamp(min=0), base, res.num_accepted + 1)
@@ -171,7 +200,9 @@ def _advance(rows: _Rows, res) -> _Rows:
 
 
 def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-             max_new_tokens: int = 128, strategy="chain", temperature: float = 0.0, seed: int | None = None,
+             max_new_tokens: int | None = None, strategy="chain", temperature: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             repetition_penalty: float | None = None, generation_config=None, seed: int | None = None,
              eos_token_id: int | None = None, pad_token_id: int | None = None,
              streamer=None, timing: bool | None = None) -> GenerateOutput:
     """Generate with speculative decoding; greedy output equals ``target.generate(do_sample=False)``.
@@ -183,12 +214,18 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         :class:`specdec.EagleHead` built for this target (drafts from its hidden states, see
         :mod:`specdec.eagle`), or None for a model-free strategy (:class:`specdec.PromptLookup`).
     input_ids : [B, T] int64, left-padded when ragged (``attention_mask`` [B, T] marks real tokens).
-    max_new_tokens : int >= 1.
+    max_new_tokens : int >= 1 (default: the generation config's, else 128).
     strategy : a name ("chain", "disco", "heuristic", "confidence", "static-tree", "eagle2", "dyspec",
         "ddd", "auto") or an object (:class:`specdec.Chain`, :class:`specdec.DynamicLookahead`,
         :class:`specdec.StaticTree`, :class:`specdec.DynamicTree`, :class:`specdec.PromptLookup`: any
         :class:`specdec.Proposer`). "auto" asks the cost model (:mod:`specdec.tune`) once per model pair.
-    temperature : 0 for greedy; > 0 samples exactly from softmax(target_logits / temperature).
+    temperature : 0 (default) for greedy; > 0 samples exactly from softmax(target_logits / temperature).
+    top_k, top_p, min_p, repetition_penalty : transformers' sampling controls (0 / 1 / 0 / 1 mean off);
+        the output then follows the warped target distribution exactly (:mod:`specdec.sampling`).
+    generation_config : a ``transformers.GenerationConfig`` (e.g. ``model.generation_config``): its
+        do_sample, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, eos and pad ids
+        apply where the matching argument is not given (explicit arguments win); any other field set to
+        a non-default value is refused by name, never ignored.
     seed : makes sampling reproducible.
     eos_token_id, pad_token_id : a sequence stops after EOS (one id or a list); finished rows are
         padded with ``pad_token_id`` (default: the first EOS, else 0).
@@ -212,8 +249,13 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     >>> target, head, tok = specdec.load_default_pair(draft="eagle")
     >>> out = specdec.generate(target, head, ids, max_new_tokens=32, strategy="eagle2")
     """
-    temperature, eos, vocab = _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature,
-                                            seed, eos_token_id, pad_token_id, streamer, timing)
+    sampling, from_config = resolve_sampling(temperature, top_k, top_p, min_p, repetition_penalty, generation_config)
+    max_new_tokens = _first_given(max_new_tokens, from_config.get("max_new_tokens"), 128)
+    eos_token_id = _first_given(eos_token_id, from_config.get("eos_token_id"))
+    pad_token_id = _first_given(pad_token_id, from_config.get("pad_token_id"))
+    temperature, eos, vocab = _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens,
+                                            sampling.temperature, seed, eos_token_id, pad_token_id, streamer, timing)
+    sampling = dataclasses.replace(sampling, temperature=temperature)
     if isinstance(strategy, str) and strategy == "auto" and draft is None:
         raise ValueError('strategy="auto" chooses among draft-model strategies: it needs a draft model or head')
     if isinstance(strategy, str) and strategy == "auto":  # the cost model's pick for this pair, calibrated once
@@ -252,7 +294,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
             drafter = make_drafter(draft, target, B, max_len, capacity)
             tgt.tap = getattr(drafter, "tap", None)  # a head reads the target's features
             timer.phase("verify")
-            first, _ = _choose(tgt.prefill(input_ids, attention_mask), temperature, gen)
+            first = _first_token(tgt.prefill(input_ids, attention_mask), sampling, prompts, gen)
             prefill_tokens = tgt.tokens
             timer.phase("draft")
             if drafter is not None:
@@ -269,7 +311,7 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
             while rows is not None:
                 emitted = torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
                 ids_now = rows.ids.tolist()
-                res = _speculate(tgt, drafter, rows, strategy, timer, temperature, gen, step_seed + step,
+                res = _speculate(tgt, drafter, rows, strategy, timer, sampling, gen, step_seed + step,
                                  max_new_tokens - emitted, lambda: [prompts[i] + out[i] for i in ids_now])
                 n = res.num_emitted
                 hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
@@ -303,6 +345,10 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
         **timer.seconds(),
     }
     return GenerateOutput(sequences, stats)
+
+
+def _first_given(*values):
+    return next((v for v in values if v is not None), None)
 
 
 def _stream_fn(streamer, prompt: torch.Tensor):
