@@ -21,7 +21,7 @@ def _want_cuda() -> bool:
 
 
 def _extension():
-    cpu_sources = ["csrc/ops.cpp", "csrc/compact_kv_cpu.cpp"]
+    cpu_sources = ["csrc/ops.cpp", "csrc/compact_kv_cpu.cpp", "csrc/move_kv_cpu.cpp"]
     cxx_flags = ["-O3", "-std=c++17"]
     if not _want_cuda():
         print("specdec-kernels: building the C++ (CPU) ops only")

@@ -18,9 +18,8 @@ void compact_kv_cache_cpu(at::Tensor& cache, const at::Tensor& src_pos, const at
   const int64_t row_bytes = cache.size(5) * cache.element_size();
   const int64_t planes = cache.size(0) * 2 * B * H;
   char* base = static_cast<char*>(cache.data_ptr());
-  const int64_t* src = src_pos.data_ptr<int64_t>();
-  const int64_t* dst = dst_pos.data_ptr<int64_t>();
-  const int64_t* cnt = counts.data_ptr<int64_t>();
+  // int32 or int64, each on its own: read through IndexPtr, widened to int64
+  const IndexPtr src = index_ptr(src_pos), dst = index_ptr(dst_pos), cnt = index_ptr(counts);
   // Grain: enough planes per task to amortise the scheduling when rows are few and short.
   at::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {

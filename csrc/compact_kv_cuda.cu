@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "compact_kv_cuda.h"
+#include "vector_width.cuh"
 
 namespace specdec {
 namespace {
@@ -16,16 +17,17 @@ constexpr int kThreads = 256;
 constexpr int kVecsPerThread = 4;  // a chunk is 256 * 4 vectors (16 KiB with 16-byte vectors)
 
 template <typename Vec>
-__global__ void compact_kv_kernel(Vec* __restrict__ cache,         // [planes, S, row_vecs]
-                                  const int64_t* __restrict__ src,  // [B, M]
-                                  const int64_t* __restrict__ dst,  // [B]
-                                  const int64_t* __restrict__ cnt,  // [B]
+__global__ void compact_kv_kernel(Vec* __restrict__ cache,  // [planes, S, row_vecs]
+                                  IndexPtr src,              // [B, M], int32 or int64
+                                  IndexPtr dst,              // [B]
+                                  IndexPtr cnt,              // [B]
                                   int64_t B, int64_t H, int64_t S, int64_t row_vecs, int64_t M) {
   const int64_t plane = blockIdx.x;
   const int64_t b = (plane / H) % B;
   // Clamped to src_pos's width: an unchecked call (check=false) with counts[b] > M must not read
   // past the end of src_pos (negative counts copy nothing).
-  const int64_t n = cnt[b] < 0 ? 0 : (cnt[b] > M ? M : cnt[b]);
+  const int64_t c = cnt[b];
+  const int64_t n = c < 0 ? 0 : (c > M ? M : c);
   const int64_t d = dst[b];
   // No destination d + i (0 <= i < M) lies in [0, S): nothing to copy, and d + i cannot overflow below.
   // The whole block returns (d is the block's), so no thread misses a __syncthreads.
@@ -60,28 +62,18 @@ __global__ void compact_kv_kernel(Vec* __restrict__ cache,         // [planes, S
   }
 }
 
-template <typename Vec>
-cudaError_t launch(void* cache, int64_t planes, int64_t B, int64_t H, int64_t S, int64_t row_bytes,
-                   const int64_t* src, const int64_t* dst, const int64_t* cnt, int64_t M, cudaStream_t stream) {
-  if (planes == 0) return cudaSuccess;
-  compact_kv_kernel<Vec><<<static_cast<unsigned int>(planes), kThreads, 0, stream>>>(
-      static_cast<Vec*>(cache), src, dst, cnt, B, H, S, row_bytes / int64_t(sizeof(Vec)), M);
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 cudaError_t launch_compact_kv_cache(void* cache, int64_t planes, int64_t B, int64_t H, int64_t S,
-                                    int64_t row_bytes, const int64_t* src_pos, const int64_t* dst_pos,
-                                    const int64_t* counts, int64_t M, cudaStream_t stream) {
-  // Widest vector that divides the row and the base address: 16-byte loads for the usual head dims.
-  const auto addr = reinterpret_cast<uintptr_t>(cache);
-  auto fits = [&](int64_t w) { return row_bytes % w == 0 && addr % w == 0; };
-  if (fits(16)) return launch<uint4>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
-  if (fits(8)) return launch<uint2>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
-  if (fits(4)) return launch<uint32_t>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
-  if (fits(2)) return launch<uint16_t>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
-  return launch<uint8_t>(cache, planes, B, H, S, row_bytes, src_pos, dst_pos, counts, M, stream);
+                                    int64_t row_bytes, IndexPtr src_pos, IndexPtr dst_pos, IndexPtr counts,
+                                    int64_t M, cudaStream_t stream) {
+  if (planes == 0) return cudaSuccess;
+  return with_widest_vector(row_bytes, reinterpret_cast<uintptr_t>(cache), [&](auto vec) {
+    using Vec = decltype(vec);
+    compact_kv_kernel<Vec><<<static_cast<unsigned int>(planes), kThreads, 0, stream>>>(
+        static_cast<Vec*>(cache), src_pos, dst_pos, counts, B, H, S, row_bytes / int64_t(sizeof(Vec)), M);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace specdec

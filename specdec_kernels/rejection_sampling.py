@@ -37,6 +37,8 @@ token. Randomness is counter-based (Philox4x32-10): key = seed, counter = (seque
 or key = seed[b] and counter = (0, node, 0) with per-sequence seeds; output word 0 is node j's accept
 test, word 1 the correction/bonus draw at node u. A fixed seed reproduces the result and a row's
 result does not depend on the other rows. A decoding loop must pass a new seed every step.
+:func:`ragged_verify` (flattened batches of serving runtimes) uses key = seed[b] and counter
+(offset[b] low word, node, offset[b] high word), or uniforms the caller supplies.
 The PyTorch reference draws the same numbers (a bit-exact Philox in int64 arithmetic), so the two
 backends agree up to float rounding at decision boundaries.
 
@@ -60,6 +62,7 @@ __all__ = [
     "TreeVerifyResult",
     "chain_verify",
     "tree_verify",
+    "ragged_verify",
     "philox_2x32",
 ]
 
@@ -209,14 +212,18 @@ def _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej, targ
     return running, tok, last
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "N"])
-def _verify_kernel(
-    tok_ptr,  # chain: [B, K] draft tokens (node j's token at column j - 1); tree: [B, N] node tokens
-    par_ptr,  # tree: [N] or [B, N] parents (stride_par_b = 0 when shared); chain: unused
+# The walk is one device function (inlined when compiled) behind two launch entries: _verify_kernel keeps
+# the padded entries' signature, _ragged_verify_kernel maps the flattened layout onto the RAGGED paths.
+@triton.jit
+def _verify_program(
+    tok_ptr,  # chain: [B, K] draft tokens (node j's token at column j - 1); tree: [B, N] node tokens;
+    # RAGGED: [T] flattened drafts, node j >= 1 of request b at flat entry cu[b] + j - 1
+    par_ptr,  # tree: [N] or [B, N] parents (stride_par_b = 0 when shared); chain: unused;
+    # RAGGED tree: [T] parent node of each draft (node j's parent at flat entry cu[b] + j - 1)
     lens_ptr,  # chain with HAS_LENS: [B] valid drafts per sequence
     tgt_ptr,  # [B, N, V] target probabilities or logits (last dim contiguous)
     drf_ptr,  # MODE_SAMPLED: [B, N or K, V] draft probabilities of node u's children
-    seeds_ptr,  # SEED_PER_ROW: [B] int64 per-sequence seeds
+    seeds_ptr,  # SEED_PER_ROW: [B] int64 per-sequence seeds, or one int64 seed when SEED_SCALAR
     path_ptr,  # WRITE_PATH: [B, N] out, accepted node indices
     out_tok_ptr,  # [B, N] out, emitted tokens
     num_acc_ptr,  # [B] out
@@ -227,7 +234,20 @@ def _verify_kernel(
     stride_tok_b, stride_par_b, stride_tgt_b, stride_tgt_n, stride_drf_b, stride_drf_n,
     IS_CHAIN: tl.constexpr, HAS_LENS: tl.constexpr, MODE: tl.constexpr, LOGITS: tl.constexpr,
     SEED_PER_ROW: tl.constexpr, WRITE_PATH: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    SEED_SCALAR: tl.constexpr,  # with SEED_PER_ROW: a 0-d seed tensor, the int seed's numbers
+    # ragged batches (ragged_verify); each pointer is read only under its flag
+    cu_ptr,  # RAGGED: [B + 1] cumulative draft counts
+    bonus_ptr,  # SEP_BONUS: [B, V] row of each request's last node (tgt_ptr then holds the [T, V] draft rows)
+    greedy_ptr,  # ROW_GREEDY: [B] per-request greedy flags
+    inv_temp_ptr,  # ROW_TEMP: [B] fp32 per-request 1 / temperature
+    offset_ptr,  # RNG_OFFSET: [B] int64 Philox counter offsets
+    uacc_ptr, usmp_ptr,  # UNIFORMS: [T] accept-test uniforms (one per draft), [B] correction/bonus uniforms
+    T, stride_bonus_b, stride_out_b, stride_out_n, stride_path_b, stride_path_n,
+    RAGGED: tl.constexpr, SEP_BONUS: tl.constexpr, ROW_GREEDY: tl.constexpr, ROW_TEMP: tl.constexpr,
+    RNG_OFFSET: tl.constexpr, UNIFORMS: tl.constexpr,
 ):
+    """One program per sequence (request): the whole walk. Launched through :func:`_verify_kernel`
+    (padded batches) and :func:`_ragged_verify_kernel` (flattened batches, RAGGED)."""
     pid = tl.program_id(0)
     b = pid.to(tl.int64)
     ar = tl.arange(0, BLOCK_N)
@@ -235,7 +255,19 @@ def _verify_kernel(
     offs0 = tl.arange(0, BLOCK_V)
 
     # ---- the tree of this sequence, in registers: node tokens, parents, which nodes exist
-    if IS_CHAIN:
+    if RAGGED:
+        # request b's drafts are the flat entries t0 .. t0 + n_last - 1 (nodes 1 .. n_last); clamped so
+        # that unchecked bad offsets (validate=False) stay inside the buffers
+        t0 = tl.minimum(tl.maximum(tl.load(cu_ptr + b).to(tl.int64), 0), T)
+        t1 = tl.minimum(tl.maximum(tl.load(cu_ptr + b + 1).to(tl.int64), t0), T)
+        n_last = tl.minimum(t1 - t0, N - 1).to(tl.int32)
+        valid = (ar >= 1) & (ar <= n_last)
+        tok_vec = tl.load(tok_ptr + t0 + ar - 1, mask=valid, other=-1).to(tl.int32)
+        if IS_CHAIN:
+            par_vec = ar - 1
+        else:
+            par_vec = tl.load(par_ptr + t0 + ar - 1, mask=valid, other=-2).to(tl.int32)
+    elif IS_CHAIN:
         tok_vec = tl.load(tok_ptr + b * stride_tok_b + ar - 1, mask=(ar >= 1) & in_n, other=-1).to(tl.int32)
         par_vec = ar - 1
         n_last = N - 1
@@ -247,26 +279,53 @@ def _verify_kernel(
         par_vec = tl.load(par_ptr + b * stride_par_b + ar, mask=in_n, other=-2).to(tl.int32)
         valid = (ar >= 1) & in_n
 
-    # ---- randomness: one Philox call for all of the sequence's numbers, counter (c0, node, 0):
+    # ---- the rule of this row: MODE, or greedy where the per-request flag says so (mixed batches);
+    # a greedy row skips the sampled work by running those vocabulary loops over 0 tokens, and back
+    v_smp = V  # vocabulary length of the sampled passes
+    v_grd = V  # vocabulary length of the argmax pass
+    if ROW_GREEDY:
+        g = tl.load(greedy_ptr + b) != 0
+        v_smp = tl.where(g, 0, V)
+        v_grd = tl.where(g, V, 0)
+    if ROW_TEMP:
+        inv_temp = tl.load(inv_temp_ptr + b).to(tl.float32)
+
+    # ---- randomness: one Philox call for all of the sequence's numbers, counter (c0, node, c2):
     # word 0 is the accept test of node j, word 1 the correction/bonus draw at node u
     u_acc_vec = tl.zeros([BLOCK_N], tl.float64)
     u_smp_vec = tl.zeros([BLOCK_N], tl.float32)
     if MODE != 0:
-        if SEED_PER_ROW:
-            s = tl.load(seeds_ptr + b)
-            k0 = s.to(tl.uint32)
-            k1 = (s >> 32).to(tl.uint32)
-            c0 = (ar * 0).to(tl.uint32)
+        if UNIFORMS:  # the caller's numbers: node j's accept test, one correction/bonus draw per request
+            u_acc_vec = tl.load(uacc_ptr + t0 + ar - 1, mask=valid, other=0.5).to(tl.float64)
+            u_smp_vec += tl.load(usmp_ptr + b).to(tl.float32)
         else:
-            k0 = seed_lo.to(tl.uint32, bitcast=True)
-            k1 = seed_hi.to(tl.uint32, bitcast=True)
-            c0 = (ar * 0 + pid).to(tl.uint32)
-        w0, w1 = _philox_2x32(k0, k1, c0, ar.to(tl.uint32), (ar * 0).to(tl.uint32))
-        u_acc_vec = ((w0 >> 8).to(tl.float64) + 0.5) * 5.9604644775390625e-08  # (0, 1), 2**-24 steps
-        u_smp_vec = (w1 >> 8).to(tl.float32) * 5.9604644775390625e-08  # [0, 1)
+            if SEED_PER_ROW:
+                if SEED_SCALAR:  # read on the device, not the host: same key and counter as an int seed
+                    s = tl.load(seeds_ptr)
+                    c0 = (ar * 0 + pid).to(tl.uint32)
+                else:
+                    s = tl.load(seeds_ptr + b)
+                    c0 = (ar * 0).to(tl.uint32)
+                k0 = s.to(tl.uint32)
+                k1 = (s >> 32).to(tl.uint32)
+            else:
+                k0 = seed_lo.to(tl.uint32, bitcast=True)
+                k1 = seed_hi.to(tl.uint32, bitcast=True)
+                c0 = (ar * 0 + pid).to(tl.uint32)
+            c2 = (ar * 0).to(tl.uint32)
+            if RNG_OFFSET:  # counter (offset low word, node, offset high word); offset 0: the seed's numbers
+                o = tl.load(offset_ptr + b)
+                c0 = c0 + o.to(tl.uint32)
+                c2 = c2 + (o >> 32).to(tl.uint32)
+            w0, w1 = _philox_2x32(k0, k1, c0, ar.to(tl.uint32), c2)
+            u_acc_vec = ((w0 >> 8).to(tl.float64) + 0.5) * 5.9604644775390625e-08  # (0, 1), 2**-24 steps
+            u_smp_vec = (w1 >> 8).to(tl.float32) * 5.9604644775390625e-08  # [0, 1)
 
     tgt_b = tgt_ptr + b * stride_tgt_b
     drf_b = drf_ptr + b * stride_drf_b
+    if RAGGED:  # rows from flat row t0 on (stride_tgt_b = stride_tgt_n: each request's last row inline)
+        tgt_b += t0 * stride_tgt_n
+        drf_b += t0 * stride_drf_n
     zero_i = pid * 0
     zero_d = zero_i.to(tl.float64)
 
@@ -289,27 +348,34 @@ def _verify_kernel(
     while searching:
         row = tgt_b + cur.to(tl.int64) * stride_tgt_n
         qrow = drf_b + cur.to(tl.int64) * stride_drf_n
+        if SEP_BONUS:  # the last node's row is the request's bonus row
+            row = tl.where(cur == n_last, bonus_ptr + b * stride_bonus_b, row)
         if pending:  # entering node cur
             pending = zero_i != 0
             if MODE == 0:
                 amax = _row_argmax(row, V, BLOCK_V)
-            elif LOGITS:  # online softmax statistics, one pass
-                m_vec = tl.full([BLOCK_V], float("-inf"), tl.float32)
-                l_vec = tl.zeros([BLOCK_V], tl.float32)
-                for start in range(0, V, BLOCK_V):
-                    offs = start + offs0
-                    lg = tl.load(row + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
-                    m_new = tl.maximum(m_vec, lg)
-                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                    l_vec = l_vec * tl.exp(m_vec - m_safe) + tl.exp(lg - m_safe)
-                    m_vec = m_new
-                m = tl.reduce(m_vec, 0, _MAX)
-                inv_l = 1.0 / tl.reduce(l_vec * tl.exp(m_vec - m), 0, _SUM)
+            else:
+                if ROW_GREEDY:
+                    amax = _row_argmax(row, v_grd, BLOCK_V)
+                if LOGITS:  # online softmax statistics, one pass
+                    m_vec = tl.full([BLOCK_V], float("-inf"), tl.float32)
+                    l_vec = tl.zeros([BLOCK_V], tl.float32)
+                    for start in range(0, v_smp, BLOCK_V):
+                        offs = start + offs0
+                        lg = tl.load(row + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
+                        m_new = tl.maximum(m_vec, lg)
+                        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                        l_vec = l_vec * tl.exp(m_vec - m_safe) + tl.exp(lg - m_safe)
+                        m_vec = m_new
+                    m = tl.reduce(m_vec, 0, _MAX)
+                    inv_l = 1.0 / tl.reduce(l_vec * tl.exp(m_vec - m), 0, _SUM)
         j = tl.reduce(tl.where(valid & (par_vec == cur) & (ar > jlast), ar, BLOCK_N), 0, _MIN)  # next child
         searching = j < BLOCK_N
         if searching:
             x = tl.reduce(tl.where(ar == j, tok_vec, 0), 0, _SUM)
             x_ok = (x >= 0) & (x < V)
+            if RAGGED:  # draft rows: child j's row is q of its parent, the current node
+                qrow = drf_b + (j - 1).to(tl.int64) * stride_drf_n
             xs = tl.minimum(tl.maximum(x, 0), V - 1)
             qx = zero_d
             px_res = zero_d
@@ -330,6 +396,8 @@ def _verify_kernel(
                     dup = tl.reduce((rej == x).to(tl.int32), 0, _SUM) > 0
                     px_res = tl.where(dup, 0.0, px)
                     accept = (u * z_res < px_res) & x_ok  # accept w.p. p_k(x) = P(x) / Z
+                if ROW_GREEDY:
+                    accept = tl.where(g, x == amax, accept)
             if accept:
                 cur = j
                 n_acc += 1
@@ -345,7 +413,7 @@ def _verify_kernel(
                 if MODE == 2:
                     # p <- norm(max(0, p - q)): A += Z / S and Z from one vocabulary pass; then q loses x
                     a_sub = a_sub + z_res / s_q
-                    z32, _t, _l = _residual_pass(row, qrow, V, m, inv_l, inv_temp, a_sub.to(tl.float32),
+                    z32, _t, _l = _residual_pass(row, qrow, v_smp, m, inv_l, inv_temp, a_sub.to(tl.float32),
                                                  zero_i == 0, rej, nrej, float("inf"),
                                                  MODE, LOGITS, BLOCK_V, BLOCK_N)
                     z_res = z32.to(tl.float64)
@@ -359,6 +427,10 @@ def _verify_kernel(
     # ---- correction / bonus token at the last accepted node
     row = tgt_b + cur.to(tl.int64) * stride_tgt_n
     qrow = drf_b + cur.to(tl.int64) * stride_drf_n
+    if SEP_BONUS:
+        row = tl.where(cur == n_last, bonus_ptr + b * stride_bonus_b, row)
+    if RAGGED:  # q of the current node: the last rejected child's draft row (read only after a rejection)
+        qrow = drf_b + tl.maximum(jlast - 1, 0).to(tl.int64) * stride_drf_n
     if MODE == 0:
         nxt = amax
     else:
@@ -380,21 +452,73 @@ def _verify_kernel(
             else:
                 need_sum = zero_i == 0
         if need_sum:
-            z_smp, _t, _l = _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej,
+            z_smp, _t, _l = _residual_pass(row, qrow, v_smp, m, inv_l, inv_temp, a32, use_q, rej, nrej,
                                            float("inf"), MODE, LOGITS, BLOCK_V, BLOCK_N)
-        _r, nxt, last = _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej,
+        _r, nxt, last = _residual_pass(row, qrow, v_smp, m, inv_l, inv_temp, a32, use_q, rej, nrej,
                                        u * z_smp, MODE, LOGITS, BLOCK_V, BLOCK_N)
         nxt = tl.where(nxt < 0, last, nxt)  # rounding left u * Z beyond the total
+        if ROW_GREEDY:
+            nxt = tl.where(g, amax, nxt)
         if nxt < 0:  # all-zero residual (only through rounding): fall back to argmax p
             nxt = _row_argmax(row, V, BLOCK_V)
 
+    # outputs in the buffers' integer types (int64 for the padded entries; int32 or int64 when ragged)
     out_vec = tl.where(ar == n_acc, nxt, out_vec)
-    tl.store(out_tok_ptr + b * N + ar, out_vec.to(tl.int64), mask=in_n)
+    tl.store(out_tok_ptr + b * stride_out_b + ar * stride_out_n, out_vec.to(out_tok_ptr.dtype.element_ty),
+             mask=in_n)
     if WRITE_PATH:
-        tl.store(path_ptr + b * N + ar, path_vec.to(tl.int64), mask=in_n)
-    tl.store(num_acc_ptr + b, n_acc.to(tl.int64))
-    tl.store(num_emit_ptr + b, (n_acc + 1).to(tl.int64))
-    tl.store(next_ptr + b, nxt.to(tl.int64))
+        if RAGGED:  # flat node rows: node u of request b is row cu[b] + b + u
+            path_vec = tl.where(path_vec >= 0, path_vec + (t0 + b), -1)
+        tl.store(path_ptr + b * stride_path_b + ar * stride_path_n, path_vec.to(path_ptr.dtype.element_ty),
+                 mask=in_n)
+    tl.store(num_acc_ptr + b, n_acc.to(num_acc_ptr.dtype.element_ty))
+    if not RAGGED:
+        tl.store(num_emit_ptr + b, (n_acc + 1).to(tl.int64))
+    tl.store(next_ptr + b, nxt.to(next_ptr.dtype.element_ty))
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "N"])
+def _verify_kernel(
+    tok_ptr, par_ptr, lens_ptr, tgt_ptr, drf_ptr, seeds_ptr, path_ptr, out_tok_ptr, num_acc_ptr, num_emit_ptr,
+    next_ptr, seed_lo, seed_hi, N, V, inv_temp,
+    stride_tok_b, stride_par_b, stride_tgt_b, stride_tgt_n, stride_drf_b, stride_drf_n,
+    IS_CHAIN: tl.constexpr, HAS_LENS: tl.constexpr, MODE: tl.constexpr, LOGITS: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr, WRITE_PATH: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    SEED_SCALAR: tl.constexpr = False,
+):
+    """Padded batches (chain_verify, tree_verify): arguments as in :func:`_verify_program`, outputs [B, N]."""
+    _verify_program(
+        tok_ptr, par_ptr, lens_ptr, tgt_ptr, drf_ptr, seeds_ptr, path_ptr, out_tok_ptr, num_acc_ptr,
+        num_emit_ptr, next_ptr, seed_lo, seed_hi, N, V, inv_temp,
+        stride_tok_b, stride_par_b, stride_tgt_b, stride_tgt_n, stride_drf_b, stride_drf_n,
+        IS_CHAIN, HAS_LENS, MODE, LOGITS, SEED_PER_ROW, WRITE_PATH, BLOCK_V, BLOCK_N, SEED_SCALAR,
+        num_acc_ptr, tgt_ptr, num_acc_ptr, num_acc_ptr, num_acc_ptr, num_acc_ptr, num_acc_ptr,  # unused
+        0, 0, N, 1, N, 1,
+        RAGGED=False, SEP_BONUS=False, ROW_GREEDY=False, ROW_TEMP=False, RNG_OFFSET=False, UNIFORMS=False,
+    )
+
+
+@triton.jit(do_not_specialize=["T"])  # T changes every serving step: no recompiles on its alignment
+def _ragged_verify_kernel(
+    tok_ptr, par_ptr, cu_ptr, tgt_ptr, bonus_ptr, drf_ptr, greedy_ptr, inv_temp_ptr, seeds_ptr, offset_ptr,
+    uacc_ptr, usmp_ptr, out_tok_ptr, path_ptr, num_acc_ptr, next_ptr,
+    T, N, V, stride_tgt_b, stride_tgt_n, stride_bonus_b, stride_drf_n,
+    stride_out_b, stride_out_n, stride_path_b, stride_path_n,
+    IS_CHAIN: tl.constexpr, MODE: tl.constexpr, LOGITS: tl.constexpr, SEP_BONUS: tl.constexpr,
+    ROW_GREEDY: tl.constexpr, ROW_TEMP: tl.constexpr, SEED_PER_ROW: tl.constexpr, RNG_OFFSET: tl.constexpr,
+    UNIFORMS: tl.constexpr, WRITE_PATH: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Flattened batches (ragged_verify): one program per request, outputs [B, N = max_spec_len + 1]."""
+    _verify_program(
+        tok_ptr, par_ptr, cu_ptr, tgt_ptr, drf_ptr, seeds_ptr, path_ptr, out_tok_ptr, num_acc_ptr,
+        num_acc_ptr, next_ptr, 0, 0, N, V, 1.0,
+        0, 0, stride_tgt_b, stride_tgt_n, 0, stride_drf_n,
+        IS_CHAIN, False, MODE, LOGITS, SEED_PER_ROW, WRITE_PATH, BLOCK_V, BLOCK_N, False,
+        cu_ptr, bonus_ptr, greedy_ptr, inv_temp_ptr, offset_ptr, uacc_ptr, usmp_ptr,
+        T, stride_bonus_b, stride_out_b, stride_out_n, stride_path_b, stride_path_n,
+        RAGGED=True, SEP_BONUS=SEP_BONUS, ROW_GREEDY=ROW_GREEDY, ROW_TEMP=ROW_TEMP, RNG_OFFSET=RNG_OFFSET,
+        UNIFORMS=UNIFORMS,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -444,8 +568,8 @@ def _launch(tok, parents, lens, tgt, drf, *, is_chain, mode, logits, inv_temp, s
             tgt.stride(0), tgt.stride(1),
             drf.stride(0) if drf is not None else 0, drf.stride(1) if drf is not None else 0,
             IS_CHAIN=is_chain, HAS_LENS=lens is not None, MODE=mode, LOGITS=logits,
-            SEED_PER_ROW=per_row, WRITE_PATH=write_path, BLOCK_V=block_v, BLOCK_N=block_n,
-            num_warps=8 if block_v >= 2048 else 4,
+            SEED_PER_ROW=per_row, SEED_SCALAR=per_row and seed.dim() == 0, WRITE_PATH=write_path,
+            BLOCK_V=block_v, BLOCK_N=block_n, num_warps=8 if block_v >= 2048 else 4,
         )
     return out_tok, path, num_acc, num_emit, nxt
 
@@ -487,17 +611,21 @@ def _row_chunks(n: int, V: int):
         yield slice(s, min(n, s + step))
 
 
-def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, k1, c0):
+def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, k1, c0, c2=0,
+                      greedy_rows=None, uniforms=None):
     """Walk every sequence's tree; returns (out_tokens, path, num_accepted, next_token).
 
     tok [B, N] node tokens (column 0 unused); par [B, N] parents; valid [B, N] which nodes exist;
-    tgt [B, N, V] target probs/logits; drf [B, >=nodes with children, V] or None; k0, k1, c0 [B] the
-    Philox key and counter word of each sequence. Mirrors the kernel step for step.
+    tgt [B, N, V] target probs/logits; drf [B, >=nodes with children, V] or None; inv_temp a float or
+    fp32 [B]; k0, k1, c0, c2 [B] (c2 also 0) the Philox key and counter words of each sequence, or
+    ``uniforms = (u_accept [B, N] indexed by node, u_sample [B])`` instead; greedy_rows [B] bool: rows
+    verified by the greedy rule whatever ``mode`` says. Mirrors the kernel step for step.
     """
     B, N, V = tgt.shape
     dev = tgt.device
     i64, f64 = torch.int64, torch.float64
-    it = torch.tensor(inv_temp, dtype=torch.float32, device=dev)
+    it = torch.as_tensor(inv_temp, dtype=torch.float32, device=dev).expand(B)
+    c2 = torch.as_tensor(c2, dtype=i64, device=dev).expand(B)
     cur = torch.zeros(B, dtype=i64, device=dev)
     n_acc = torch.zeros(B, dtype=i64, device=dev)
     path = torch.full((B, N), PAD_TOKEN, dtype=i64, device=dev)
@@ -516,10 +644,10 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
         for c in _row_chunks(rows.numel(), V):
             r = rows[c]
             x = tgt[r, node].float()
-            if mode == MODE_GREEDY:
+            if mode == MODE_GREEDY or greedy_rows is not None:
                 amax[r] = x.argmax(-1)
-            elif logits:
-                xs = x * it
+            if mode != MODE_GREEDY and logits:
+                xs = x * it[r, None]
                 mx = xs.amax(-1)
                 m[r] = mx
                 inv_l[r] = 1.0 / torch.exp(xs - mx[:, None]).sum(-1)
@@ -527,7 +655,7 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
     def target_rows(r, nodes):  # p at each row's node, fp32 [R, V]
         x = tgt[r, nodes].float()
         if logits:
-            x = torch.exp(x * it - m[r, None]) * inv_l[r, None]
+            x = torch.exp(x * it[r, None] - m[r, None]) * inv_l[r, None]
         return x
 
     def residual_rows(r, nodes, use_q):
@@ -560,10 +688,13 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
         if mode == MODE_GREEDY:
             acc = x == amax[rows]
         else:
-            r32, _ = philox_2x32(k0[rows], k1[rows], c0[rows], j)
-            u = ((r32 >> 8).to(f64) + 0.5) * _U24  # (0, 1)
+            if uniforms is not None:
+                u = uniforms[0][rows, j].to(f64)
+            else:
+                r32, _ = philox_2x32(k0[rows], k1[rows], c0[rows], j, c2[rows])
+                u = ((r32 >> 8).to(f64) + 0.5) * _U24  # (0, 1)
             if logits:
-                px = (torch.exp(tgt[rows, node, xs].float() * it - m[rows]) * inv_l[rows]).to(f64)
+                px = (torch.exp(tgt[rows, node, xs].float() * it[rows] - m[rows]) * inv_l[rows]).to(f64)
             else:
                 px = tgt[rows, node, xs].to(f64)
             if mode == MODE_SAMPLED:
@@ -574,6 +705,8 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
                 dup = (rej[rows] == x[:, None]).any(1)
                 px_res = torch.where(dup, torch.zeros_like(px), px)
                 acc = (u * z_res[rows] < px_res) & x_ok
+            if greedy_rows is not None:
+                acc = torch.where(greedy_rows[rows], x == amax[rows], acc)
         ra, rr = rows[acc], rows[~acc]
         if ra.numel():
             n_acc[ra] += 1
@@ -595,8 +728,11 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
     if mode == MODE_GREEDY:
         nxt = amax.clone()
     else:
-        _, r32 = philox_2x32(k0, k1, c0, cur)
-        u = (r32 >> 8).to(torch.float32) * _U24  # [0, 1)
+        if uniforms is not None:
+            u = uniforms[1].to(torch.float32)
+        else:
+            _, r32 = philox_2x32(k0, k1, c0, cur, c2)
+            u = (r32 >> 8).to(torch.float32) * _U24  # [0, 1)
         use_q = nrej > 0
         if mode == MODE_SAMPLED:
             need_sum = torch.zeros_like(use_q) if logits else nrej == 0
@@ -614,9 +750,12 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
             first = torch.where(hit.any(1), hit.to(torch.uint8).argmax(1), -1)
             last = torch.where(pos.any(1), torch.where(pos, ar_v, -1).amax(1), -1)
             tok_c = torch.where(first >= 0, first, last)
-            if bool((tok_c < 0).any()):  # all-zero residual (rounding only): argmax p
-                tok_c = torch.where(tok_c >= 0, tok_c, tgt[r, cur[c]].float().argmax(-1))
+            # all-zero residual (rounding only): argmax p. Computed for every row rather than tested
+            # for, so that the reference reads nothing back to the host (validate=False fast path).
+            tok_c = torch.where(tok_c >= 0, tok_c, tgt[r, cur[c]].float().argmax(-1))
             nxt[c] = tok_c
+        if greedy_rows is not None:
+            nxt = torch.where(greedy_rows, amax, nxt)
     out[all_rows, n_acc] = nxt
     return out, path, n_acc, nxt
 
@@ -643,13 +782,14 @@ def _check_tensor(t, name, what, dims, floating, device=None):
 
 
 def _parse_seed(seed, B, device, what):
-    """int seed -> int in [0, 2**63); tensor -> int64 [B] per-sequence seeds; None -> a fresh int
-    drawn from torch's default generator (so torch.manual_seed makes it reproducible)."""
+    """int seed -> int in [0, 2**63); tensor -> int64 [B] per-sequence seeds, or an int64 0-d tensor
+    standing for an int seed (no host read); None -> a fresh int drawn from torch's default generator
+    (so torch.manual_seed makes it reproducible)."""
     if seed is None:
         return int(torch.randint(0, 2**62, (), dtype=torch.int64))
     if isinstance(seed, torch.Tensor):
-        _check_tensor(seed, "seed", what, (1,), floating=False, device=device)
-        if seed.shape[0] != B:
+        _check_tensor(seed, "seed", what, (0, 1), floating=False, device=device)
+        if seed.dim() == 1 and seed.shape[0] != B:
             raise ValueError(f"{what}: a seed tensor must have shape [B] = [{B}], got {tuple(seed.shape)}")
         return seed.to(torch.int64).contiguous()
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -718,6 +858,8 @@ def _mode(greedy, logits, temperature, draft_probs):
 
 
 def _reference_keys(seed, B, device):
+    if isinstance(seed, torch.Tensor) and seed.dim() == 0:  # one seed on the device: an int seed's numbers
+        return (seed & 0xFFFFFFFF).expand(B), (seed >> 32).expand(B), torch.arange(B, dtype=torch.int64, device=device)
     if isinstance(seed, torch.Tensor):
         return seed & 0xFFFFFFFF, seed >> 32, torch.zeros(B, dtype=torch.int64, device=device)
     k0 = torch.full((B,), seed & 0xFFFFFFFF, dtype=torch.int64, device=device)
@@ -766,9 +908,10 @@ def chain_verify(
     greedy : bool
         Argmax verification (no randomness).
     seed : int, Tensor or None
-        Philox seed: an int (sequence b uses counter b) or an int64 ``[B]`` tensor of per-sequence
-        seeds (a sequence's result then depends only on its own seed and inputs). None draws one from
-        torch's default generator. A decoding loop must change it every step.
+        Philox seed: an int (sequence b uses counter b) or an integer ``[B]`` tensor of per-sequence
+        seeds (a sequence's result then depends only on its own seed and inputs), or a 0-d integer
+        tensor on the target's device that acts as that int (read by the kernel, not the host). None
+        draws one from torch's default generator. A decoding loop must change it every step.
     target_logits : Tensor, optional
         Instead of ``target_probs``: logits ``[B, K+1, V]``; the softmax of ``logits / temperature``
         is fused into the kernel. ``temperature=0`` means greedy.
@@ -776,7 +919,8 @@ def chain_verify(
         Only with ``target_logits``.
     validate : bool
         Check values (token range, distributions, draft_lens, seeds; greedy: no NaN/inf target entries);
-        costs host syncs. Shapes, dtypes and devices are always checked.
+        costs host syncs. Shapes, dtypes and devices are always checked. With ``validate=False`` and a
+        seed tensor (or greedy) neither backend reads any value back to the host.
     backend : {None, "triton", "reference"}
 
     Returns
@@ -829,7 +973,7 @@ def chain_verify(
              f"{what}: draft_tokens out of range [0, V={V}) at (batch, k) = {{idx}}"),
         ]
         if isinstance(seed, torch.Tensor):
-            checks.append((seed < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
+            checks.append((seed.reshape(-1) < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
         if mode == MODE_GREEDY:
             checks += _greedy_checks(target, node_ok, tname, what, logits)
         else:
@@ -942,7 +1086,7 @@ def tree_verify(
         checks = [(((tokens < 0) | (tokens >= V)) & (torch.arange(N, device=dev) >= 1),
                    f"{what}: tokens out of range [0, V={V}) at (batch, node) = {{idx}}")]
         if isinstance(seed, torch.Tensor):
-            checks.append((seed < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
+            checks.append((seed.reshape(-1) < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
         if mode == MODE_GREEDY:
             checks += _greedy_checks(target, nodes_ok, tname, what, logits)
         else:
@@ -967,3 +1111,527 @@ def tree_verify(
     out, path, n_acc, nxt = _verify_reference(tokens.to(torch.int64), par, valid, target, drf, mode=mode,
                                               logits=logits, inv_temp=inv_temp, k0=k0, k1=k1, c0=c0)
     return TreeVerifyResult(path, n_acc, nxt, out, n_acc + 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registered torch ops: torch.ops.specdec.chain_verify, torch.ops.specdec.tree_verify
+# ----------------------------------------------------------------------------------------------------
+# For serving runtimes and torch.compile (opaque to the compiler: no graph break, the fake kernels give
+# the shapes). Same arguments as the Python functions above, which they run (reference on CPU, Triton on
+# CUDA by default) and which stay the public entry (no dispatcher overhead, bench/results/dispatch_cpu.md).
+# The ops return the plain tuple of tensors in the NamedTuple's field order: ChainVerifyResult(*op(...)).
+# Randomness: the op takes the seed as a tensor on the target's device (int32/int64; 0-d: the numbers of
+# that int seed, [B]: per-sequence seeds), so nothing is drawn or read on the host; required unless greedy.
+
+from specdec_kernels import _ops as _specdec_ops  # noqa: E402  (loads the C++ `specdec` library first)
+
+_VERIFY_OP_KWARGS = ("bool greedy=False, Tensor? seed=None, Tensor? target_logits=None, float temperature=1.0, "
+                     "bool validate=True, str? backend=None")
+
+
+def _op_seed(seed, greedy, target_logits, temperature, what):
+    """The seed to hand to the Python function: the tensor, or 0 where no randomness is used."""
+    if seed is not None:
+        return seed
+    if greedy or (target_logits is not None and temperature == 0.0):
+        return 0  # greedy: not read
+    raise ValueError(f"{what} (torch op): seed must be an integer tensor, 0-d or [B], on the target's device "
+                     "(the op draws nothing on the host); only greedy verification may omit it")
+
+
+def _op_int64(*shapes, like):
+    return tuple(like.new_empty(shape, dtype=torch.int64) for shape in shapes)
+
+
+def _chain_verify_op(draft_tokens, target_probs=None, draft_probs=None, *, draft_lens=None, greedy=False,
+                     seed=None, target_logits=None, temperature=1.0, validate=True, backend=None):
+    seed = _op_seed(seed, greedy, target_logits, temperature, "chain_verify")
+    return tuple(chain_verify(draft_tokens, target_probs, draft_probs, draft_lens=draft_lens, greedy=greedy, seed=seed,
+                              target_logits=target_logits, temperature=temperature, validate=validate,
+                              backend=backend))
+
+
+def _chain_verify_fake(draft_tokens, target_probs=None, draft_probs=None, *, draft_lens=None, greedy=False,
+                       seed=None, target_logits=None, temperature=1.0, validate=True, backend=None):
+    target, tname, _ = _target_args(target_probs, target_logits, temperature, "chain_verify")
+    _check_tensor(target, tname, "chain_verify", (3,), floating=True)
+    B, N = target.shape[0], target.shape[1]
+    return _op_int64((B, N), (B,), (B,), (B,), like=target)
+
+
+def _tree_verify_op(tokens, parents, target_probs=None, draft_probs=None, *, greedy=False, seed=None,
+                    target_logits=None, temperature=1.0, validate=True, backend=None):
+    seed = _op_seed(seed, greedy, target_logits, temperature, "tree_verify")
+    return tuple(tree_verify(tokens, parents, target_probs, draft_probs, greedy=greedy, seed=seed,
+                             target_logits=target_logits, temperature=temperature, validate=validate,
+                             backend=backend))
+
+
+def _tree_verify_fake(tokens, parents, target_probs=None, draft_probs=None, *, greedy=False, seed=None,
+                      target_logits=None, temperature=1.0, validate=True, backend=None):
+    target, tname, _ = _target_args(target_probs, target_logits, temperature, "tree_verify")
+    _check_tensor(target, tname, "tree_verify", (3,), floating=True)
+    B, N = target.shape[0], target.shape[1]
+    return _op_int64((B, N), (B,), (B,), (B, N), (B,), like=target)
+
+
+_specdec_ops.define_op(
+    "chain_verify(Tensor draft_tokens, Tensor? target_probs=None, Tensor? draft_probs=None, *, "
+    f"Tensor? draft_lens=None, {_VERIFY_OP_KWARGS}) -> (Tensor tokens, Tensor num_emitted, Tensor num_accepted, "
+    "Tensor next_token)", _chain_verify_op, _chain_verify_fake)
+_specdec_ops.define_op(
+    f"tree_verify(Tensor tokens, Tensor parents, Tensor? target_probs=None, Tensor? draft_probs=None, *, "
+    f"{_VERIFY_OP_KWARGS}) -> (Tensor path, Tensor num_accepted, Tensor next_token, Tensor tokens, "
+    "Tensor num_emitted)", _tree_verify_op, _tree_verify_fake)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ragged (flattened) batches for serving runtimes: ragged_verify and torch.ops.specdec.ragged_verify
+# ----------------------------------------------------------------------------------------------------
+# Same kernel (_verify_program with RAGGED), same reference (_verify_reference on the padded view built
+# by _ragged_padded). Layout conventions are in ragged_verify's docstring.
+
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_shape(t, name, what, shape, desc):
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{what}: {name} must have shape {desc} = {list(shape)}, got {list(t.shape)}")
+
+
+def _check_out(t, name, what, shape, desc, device):
+    """An integer output buffer (int32 or int64) of the given shape on the target's device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"{what}: {name} must be int32 or int64, got {t.dtype}")
+    _check_shape(t, name, what, shape, desc)
+    if t.device != device:
+        raise ValueError(f"{what}: {name} is on {t.device}, expected {device} (the target's device)")
+
+
+class _RaggedArgs(NamedTuple):
+    target: torch.Tensor
+    tname: str
+    logits: bool
+    bonus: torch.Tensor | None
+    B: int
+    T: int
+    V: int
+    N: int  # max_spec_len + 1
+    mode: int
+
+
+def _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_length, target_probs,
+                 target_logits, bonus_probs, bonus_logits, draft_probs, parents, greedy, is_greedy,
+                 temperature, seed, offset, uniform_accept, uniform_sample, accept_index, next_token):
+    """Types, shapes and devices of ragged_verify's arguments (no data read: also the fake kernel)."""
+    what = "ragged_verify"
+    if (target_probs is None) == (target_logits is None):
+        raise ValueError(f"{what}: pass exactly one of target_probs and target_logits")
+    logits = target_logits is not None
+    target, tname = (target_logits, "target_logits") if logits else (target_probs, "target_probs")
+    bonus, bname = (bonus_logits, "bonus_logits") if logits else (bonus_probs, "bonus_probs")
+    if (bonus_probs if logits else bonus_logits) is not None:
+        raise ValueError(f"{what}: bonus rows come in the target's kind: bonus_probs with target_probs, "
+                         "bonus_logits with target_logits")
+    _check_tensor(target, tname, what, (2,), floating=True)
+    dev = target.device
+    _check_tensor(draft_token_ids, "draft_token_ids", what, (1,), floating=False, device=dev)
+    _check_tensor(cu_num_draft_tokens, "cu_num_draft_tokens", what, (1,), floating=False, device=dev)
+    T, B, V = draft_token_ids.shape[0], cu_num_draft_tokens.shape[0] - 1, target.shape[1]
+    if B < 0:
+        raise ValueError(f"{what}: cu_num_draft_tokens must have B + 1 >= 1 entries, got shape [0]")
+    if V < 1:
+        raise ValueError(f"{what}: need V >= 1, got {tname} {list(target.shape)}")
+    if not isinstance(output_token_ids, torch.Tensor) or output_token_ids.dim() != 2:
+        raise ValueError(f"{what}: output_token_ids must be a 2-D tensor [B, max_spec_len + 1]")
+    N = output_token_ids.shape[1]
+    if not 1 <= N <= MAX_NODES:
+        raise ValueError(f"{what}: output_token_ids must have 1 <= max_spec_len + 1 <= {MAX_NODES} columns, "
+                         f"got {N}")
+    _check_out(output_token_ids, "output_token_ids", what, (B, N), "[B, max_spec_len + 1]", dev)
+    _check_out(accept_length, "accept_length", what, (B,), "[B]", dev)
+    if accept_index is not None:
+        _check_out(accept_index, "accept_index", what, (B, N), "[B, max_spec_len + 1]", dev)
+    if next_token is not None:
+        _check_out(next_token, "next_token", what, (B,), "[B]", dev)
+    if bonus is None:
+        _check_shape(target, tname, what, (T + B, V), "[T + B, V] (no bonus rows given)")
+    else:
+        _check_tensor(bonus, bname, what, (2,), floating=True, device=dev)
+        _check_shape(target, tname, what, (T, V), f"[T, V] (with {bname})")
+        _check_shape(bonus, bname, what, (B, V), "[B, V]")
+        if bonus.dtype != target.dtype:
+            raise TypeError(f"{what}: {bname} must have the dtype of {tname} ({target.dtype}), got {bonus.dtype}")
+    if parents is not None:
+        _check_tensor(parents, "parents", what, (1,), floating=False, device=dev)
+        _check_shape(parents, "parents", what, (T,), "[T]")
+        if bonus is not None:
+            raise ValueError(f"{what}: separate bonus rows ({bname}) describe chains; pass a tree's node rows "
+                             f"in the [T + B, V] layout of {tname}")
+    if draft_probs is not None:
+        _check_tensor(draft_probs, "draft_probs", what, (2,), floating=True, device=dev)
+        _check_shape(draft_probs, "draft_probs", what, (T, V), "[T, V]")
+    if not isinstance(greedy, bool):
+        raise TypeError(f"{what}: greedy must be a bool (per-request flags go in is_greedy), "
+                        f"got {type(greedy).__name__}")
+    if is_greedy is not None:
+        if not isinstance(is_greedy, torch.Tensor) or is_greedy.dtype != torch.bool:
+            raise TypeError(f"{what}: is_greedy must be a bool tensor [B]")
+        _check_shape(is_greedy, "is_greedy", what, (B,), "[B]")
+    if temperature is not None:
+        if not logits:
+            raise ValueError(f"{what}: temperature applies to target_logits; target_probs are used as given")
+        _check_tensor(temperature, "temperature", what, (1,), floating=True, device=dev)
+        _check_shape(temperature, "temperature", what, (B,), "[B]")
+    for name, t, n in (("seed", seed, B), ("offset", offset, B)):
+        if t is not None:
+            _check_tensor(t, name, what, (1,), floating=False, device=dev)
+            _check_shape(t, name, what, (n,), "[B]")
+    for name, t, n, desc in (("uniform_accept", uniform_accept, T, "[T]"),
+                             ("uniform_sample", uniform_sample, B, "[B]")):
+        if t is not None:
+            _check_tensor(t, name, what, (1,), floating=True, device=dev)
+            _check_shape(t, name, what, (n,), desc)
+    if is_greedy is not None and is_greedy.device != dev:
+        raise ValueError(f"{what}: is_greedy is on {is_greedy.device}, expected {dev} (the target's device)")
+    if offset is not None and seed is None:
+        raise ValueError(f"{what}: offset goes with seed")
+    if (uniform_accept is None) != (uniform_sample is None):
+        raise ValueError(f"{what}: pass both uniform_accept and uniform_sample, or neither")
+    if seed is not None and uniform_accept is not None:
+        raise ValueError(f"{what}: pass either seed (and offset) or uniform_accept and uniform_sample, not both")
+    if not greedy and seed is None and uniform_accept is None:
+        raise ValueError(f"{what}: sampled verification needs randomness on the device: seed [B] (and offset "
+                         "[B]) or uniform_accept [T] and uniform_sample [B]; only greedy=True may omit it")
+    mode = MODE_GREEDY if greedy else (MODE_DETERMINISTIC if draft_probs is None else MODE_SAMPLED)
+    return _RaggedArgs(target, tname, logits, bonus, B, T, V, N, mode)
+
+
+def _row_rules(is_greedy, temperature):
+    """Per-request (greedy flags, fp32 1 / temperature) on the device; None where not per request.
+    Temperature 0 means greedy, as for chain_verify."""
+    inv_temp = greedy_rows = None
+    if temperature is not None:
+        t = temperature.to(torch.float64)
+        inv_temp = torch.where(t > 0, 1.0 / t, 1.0).to(torch.float32)  # fp64 reciprocal, as chain_verify's
+        greedy_rows = t <= 0
+    if is_greedy is not None:
+        greedy_rows = is_greedy if greedy_rows is None else greedy_rows | is_greedy
+    return greedy_rows, inv_temp
+
+
+def _flat_row_checks(checks):
+    """_dist_checks / _greedy_checks run on [R, 1, V] rows, reworded for flat row indices."""
+    return [(bad.reshape(-1), msg.replace("row (batch, node) =", "flat row")) for bad, msg in checks]
+
+
+def _ragged_value_checks(a, draft_token_ids, cu, draft_probs, parents, greedy_rows, temperature,
+                         uniform_accept, uniform_sample):
+    """ValueError on bad values (one host sync): offsets, tokens, parents, distributions, temperatures,
+    uniforms. Greedy requests' rows are held to the greedy rule, the others to the sampled one."""
+    what = "ragged_verify"
+    dev, B, T, N = a.target.device, a.B, a.T, a.N
+    cu64 = cu.to(torch.int64)
+    k = cu64[1:] - cu64[:-1]
+    flat = torch.arange(T, device=dev)
+    req_t = torch.searchsorted(cu64[1:].contiguous(), flat, right=True).clamp(max=max(B - 1, 0))
+    checks = [
+        (cu64[:1] != 0, f"{what}: cu_num_draft_tokens[0] must be 0"),
+        (k < 0, f"{what}: cu_num_draft_tokens must be nondecreasing; bad at request {{idx}}"),
+        (cu64[-1:] != T, f"{what}: cu_num_draft_tokens[B] must be T = len(draft_token_ids) = {T}"),
+        (k > N - 1, f"{what}: a request has more drafts than output_token_ids holds (max_spec_len = {N - 1}); "
+                    "bad at request {idx}"),
+        ((draft_token_ids < 0) | (draft_token_ids >= a.V),
+         f"{what}: draft_token_ids out of range [0, V={a.V}) at flat entry {{idx}}"),
+    ]
+    if parents is not None and B > 0:
+        pos = flat - cu64[req_t]  # the draft's index i within its request: its node is i + 1
+        checks.append(((parents < 0) | (parents > pos),
+                       f"{what}: parents of a request's i-th draft must be in [0, i] (0 = the root, j = the "
+                       "node of draft j - 1); bad at flat entry {idx}"))
+    if temperature is not None:
+        checks.append((~((temperature >= 0) & torch.isfinite(temperature)),
+                       f"{what}: temperature must be finite and >= 0; bad at request {{idx}}"))
+    for name, u in (("uniform_accept", uniform_accept), ("uniform_sample", uniform_sample)):
+        if u is not None:
+            checks.append((~((u >= 0) & (u < 1)), f"{what}: {name} must be in [0, 1); bad at {{idx}}"))
+    # which request each target row belongs to: its greedy flag picks the rule
+    if a.bonus is None:
+        ends = cu64[1:] + torch.arange(B, device=dev)  # the last row of request b
+        req_rows = [torch.searchsorted(ends.contiguous(), torch.arange(T + B, device=dev)).clamp(max=max(B - 1, 0))]
+        rows = [a.target]
+    else:
+        req_rows, rows = [req_t, torch.arange(B, device=dev)], [a.target, a.bonus]
+    names = [a.tname] if a.bonus is None else [a.tname, "bonus_logits" if a.logits else "bonus_probs"]
+    for x, req, name in zip(rows, req_rows, names):
+        g = torch.ones_like(req, dtype=torch.bool) if a.mode == MODE_GREEDY else (
+            greedy_rows[req] if greedy_rows is not None and B > 0 else torch.zeros_like(req, dtype=torch.bool))
+        checks += _flat_row_checks(_greedy_checks(x[:, None], g[:, None], name, what, a.logits))
+        if a.mode != MODE_GREEDY:
+            checks += _flat_row_checks(_dist_checks(x[:, None], ~g[:, None], name, what, a.logits))
+    if a.mode == MODE_SAMPLED:
+        g = greedy_rows[req_t] if greedy_rows is not None and B > 0 else torch.zeros(T, dtype=torch.bool, device=dev)
+        checks += _flat_row_checks(_dist_checks(draft_probs[:, None], ~g[:, None], "draft_probs", what, False))
+    _run_value_checks(checks)
+
+
+def _ragged_padded(a, tok, cu, par, drf, u_acc):
+    """The ragged batch as a padded one for _verify_reference: (tok, par, valid, tgt, drf, u_accept,
+    t0), nodes [B, N] with node 0 the root, offsets clamped as in the kernel. Node u's draft row is
+    its first child's (siblings share one by contract)."""
+    B, T, N, dev = a.B, a.T, a.N, a.target.device
+    i64 = torch.int64
+    cu64 = cu.to(i64)
+    t0 = cu64[:-1].clamp(0, T)
+    k = torch.maximum(cu64[1:].clamp(max=T), t0) - t0
+    k = k.clamp(max=N - 1)
+    ar = torch.arange(N, device=dev)
+    b_idx = torch.arange(B, device=dev)[:, None]
+    valid = (ar >= 1) & (ar <= k[:, None])
+    flat = torch.where(valid, t0[:, None] + ar - 1, T)  # T: a padding entry appended below
+
+    def padded(x, fill):
+        return torch.cat([x, x.new_full((1, *x.shape[1:]), fill)])[flat]
+
+    tok_p = padded(tok.to(i64), 0)
+    par_p = (ar - 1).expand(B, N) if par is None else torch.where(valid, padded(par.to(i64), -1), -1)
+    if a.bonus is None:
+        tgt_p = a.target[t0[:, None] + b_idx + torch.minimum(ar, k[:, None])]
+    else:
+        tgt_p = torch.cat([a.target, a.bonus])[torch.where(ar < k[:, None], t0[:, None] + ar, T + b_idx)]
+    drf_p = None
+    if drf is not None:
+        col = torch.where(valid & (par_p >= 0) & (par_p < N), par_p, N)  # column N: a dump
+        first = torch.full((B, N + 1), T, dtype=i64, device=dev).scatter_reduce(1, col, flat, "amin")
+        drf_p = torch.cat([drf, drf.new_zeros(1, drf.shape[1])])[first[:, :N]]
+    ua = None if u_acc is None else torch.where(valid, padded(u_acc.to(torch.float64), 0.5), 0.5)
+    return tok_p, par_p, valid, tgt_p, drf_p, ua, t0
+
+
+def _launch_ragged(a, tok, cu, par, drf, out_tok, acc_len, acc_idx, nxt, *, greedy_rows, inv_temp, seed,
+                   offset, u_acc, u_smp, block_v=None):
+    """One launch, one program per request; reads nothing back to the host. Inputs already checked."""
+    if a.B == 0:
+        return
+    tgt = a.target if a.target.stride(-1) == 1 else a.target.contiguous()
+    bonus = a.bonus
+    if bonus is not None and bonus.stride(-1) != 1:
+        bonus = bonus.contiguous()
+    if drf is not None and drf.stride(-1) != 1:
+        drf = drf.contiguous()
+    vecs = [t.contiguous() if t is not None else None
+            for t in (tok, cu, par, greedy_rows, inv_temp, seed, offset, u_acc, u_smp)]
+    tok, cu, par, greedy_rows, inv_temp, seed, offset, u_acc, u_smp = vecs
+    dummy = acc_len
+    nxt = nxt if nxt is not None else torch.empty(a.B, dtype=torch.int64, device=tgt.device)
+    block_v = block_v or min(triton.next_power_of_2(a.V), MAX_BLOCK_V)
+    block_n = max(triton.next_power_of_2(a.N), 2)
+    with torch.cuda.device(tgt.device) if tgt.device.type == "cuda" else contextlib.nullcontext():
+        _ragged_verify_kernel[(a.B,)](
+            tok, par if par is not None else dummy, cu, tgt, bonus if bonus is not None else tgt,
+            drf if drf is not None else tgt, greedy_rows if greedy_rows is not None else dummy,
+            inv_temp if inv_temp is not None else dummy, seed if seed is not None else dummy,
+            offset if offset is not None else dummy, u_acc if u_acc is not None else dummy,
+            u_smp if u_smp is not None else dummy, out_tok, acc_idx if acc_idx is not None else out_tok,
+            acc_len, nxt,
+            a.T, a.N, a.V, 0 if bonus is not None else tgt.stride(0), tgt.stride(0),
+            bonus.stride(0) if bonus is not None else 0, drf.stride(0) if drf is not None else 0,
+            out_tok.stride(0), out_tok.stride(1),
+            acc_idx.stride(0) if acc_idx is not None else 0, acc_idx.stride(1) if acc_idx is not None else 0,
+            IS_CHAIN=par is None, MODE=a.mode, LOGITS=a.logits, SEP_BONUS=bonus is not None,
+            ROW_GREEDY=greedy_rows is not None, ROW_TEMP=inv_temp is not None, SEED_PER_ROW=seed is not None,
+            RNG_OFFSET=offset is not None, UNIFORMS=u_acc is not None, WRITE_PATH=acc_idx is not None,
+            BLOCK_V=block_v, BLOCK_N=block_n, num_warps=8 if block_v >= 2048 else 4,
+        )
+
+
+def ragged_verify(
+    draft_token_ids: torch.Tensor,
+    cu_num_draft_tokens: torch.Tensor,
+    *,
+    output_token_ids: torch.Tensor,
+    accept_length: torch.Tensor,
+    target_probs: torch.Tensor | None = None,
+    target_logits: torch.Tensor | None = None,
+    bonus_probs: torch.Tensor | None = None,
+    bonus_logits: torch.Tensor | None = None,
+    draft_probs: torch.Tensor | None = None,
+    parents: torch.Tensor | None = None,
+    greedy: bool = False,
+    is_greedy: torch.Tensor | None = None,
+    temperature: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None,
+    uniform_accept: torch.Tensor | None = None,
+    uniform_sample: torch.Tensor | None = None,
+    accept_index: torch.Tensor | None = None,
+    next_token: torch.Tensor | None = None,
+    validate: bool = True,
+    backend: str | None = None,
+) -> None:
+    """Verify a flattened (ragged) batch of draft chains or trees in one launch, into caller buffers.
+
+    The same lossless rules as :func:`chain_verify` / :func:`tree_verify`, in the layouts serving
+    runtimes hold: no padding, per-request rules and randomness as device tensors, outputs written in
+    place. With ``validate=False`` and the Triton backend nothing is read back to the host (CUDA-graph
+    friendly); bad values then give unspecified results but no access outside the given tensors.
+    Registered as ``torch.ops.specdec.ragged_verify`` (same arguments).
+
+    Layout. B requests, T drafts in all. Request b's drafts are the flat entries
+    ``cu_num_draft_tokens[b] : cu_num_draft_tokens[b + 1]`` (``k_b`` of them, possibly 0). As in
+    :func:`tree_verify`, request b has nodes ``0 .. k_b``: node 0 is the root (the last token already
+    emitted, not passed) and node ``i + 1`` is its draft i (flat entry ``cu[b] + i``).
+
+    Parameters
+    ----------
+    draft_token_ids : Tensor
+        int32/int64 ``[T]``.
+    cu_num_draft_tokens : Tensor
+        int32/int64 ``[B + 1]``: 0, then cumulative draft counts (``cu[B] = T``).
+    output_token_ids : Tensor, out
+        int32/int64 ``[B, max_spec_len + 1]`` (vLLM's layout): row b gets the accepted drafts, then the
+        correction/bonus token, then -1 placeholders. Its width sets ``max_spec_len >= max k_b``.
+    accept_length : Tensor, out
+        int32/int64 ``[B]``: accepted drafts (request b emits ``accept_length[b] + 1`` tokens).
+    target_probs, target_logits : Tensor
+        Exactly one; float ``[T + B, V]``: node u of request b at row ``cu[b] + b + u``, i.e. each request's
+        ``k_b + 1`` rows contiguous (SGLang's and this repository's loop's layout); row of node u = the
+        target's distribution after it. Or, for chains with ``bonus_probs`` / ``bonus_logits``
+        ``[B, V]`` (vLLM's layout): ``[T, V]`` with draft i's row ``cu[b] + i`` = the target after node
+        i (the distribution draft i is verified against) and the bonus row = after the last node.
+        Logits are softmaxed with the request's temperature inside the kernel.
+    bonus_probs, bonus_logits : Tensor, optional
+        ``[B, V]``, same kind and dtype as the target; chains only (``parents=None``).
+    draft_probs : Tensor, optional
+        float ``[T, V]``: row t = the distribution draft t was sampled from (its parent's ``q``; in a tree
+        siblings share it, the walk reads each child's own row). None: deterministic drafts (n-gram,
+        top-k; accept x with probability ``p(x)``, the rule of ``draft_probs=None`` in tree_verify).
+    parents : Tensor, optional
+        int32/int64 ``[T]``, trees: ``parents[cu[b] + i]`` is the parent node of draft i, in
+        ``[0, i]`` (0 = the root, j = draft j - 1's node), i.e. tree_verify's ``parents[1:]`` per request;
+        children are tried in flat order. None: chains (draft i's parent is node i).
+    greedy : bool
+        Every request greedy (argmax rule; no randomness needed, ``is_greedy``/``temperature`` unused).
+    is_greedy : Tensor, optional
+        bool ``[B]``: per-request greedy flags (mixed batches).
+    temperature : Tensor, optional
+        float ``[B]``, with target logits only: per-request temperature, 0 = greedy (None: 1).
+    seed, offset : Tensor, optional
+        Integer ``[B]``: Philox key ``seed[b]`` (64 bits) and counter ``(offset[b] low word, node,
+        offset[b] high word)`` (offset None: 0). ``seed[b]`` with offset 0 draws exactly chain_verify's /
+        tree_verify's numbers for a per-sequence seed ``seed[b]``. Advance seed or offset every step.
+    uniform_accept, uniform_sample : Tensor, optional
+        Instead of seed: float ``[T]`` (draft t's accept test) and ``[B]`` (the correction/bonus draw),
+        uniforms in [0, 1). One of the two sources is required unless ``greedy=True``.
+    accept_index : Tensor, out, optional
+        int32/int64 ``[B, max_spec_len + 1]`` (SGLang's layout): the accepted path's flat node rows
+        ``cu[b] + b + u``, root first (``accept_length[b] + 1`` entries), then -1.
+    next_token : Tensor, out, optional
+        int32/int64 ``[B]``: the correction/bonus token.
+    validate : bool
+        Check values (offsets, tokens, parents, distributions, temperatures, uniforms): one host sync.
+        Types, shapes and devices are always checked (no sync).
+    backend : {None, "triton", "reference"}
+
+    Examples
+    --------
+    >>> import torch, specdec_kernels as sk
+    >>> cu = torch.tensor([0, 2, 2])                          # request 0: 2 drafts, request 1: none
+    >>> p = torch.softmax(torch.randn(2 + 2, 7), -1)          # rows: req 0 nodes 0-2, req 1 node 0
+    >>> out = torch.empty(2, 3, dtype=torch.int32); n = torch.empty(2, dtype=torch.int32)
+    >>> sk.ragged_verify(torch.tensor([3, 5]), cu, output_token_ids=out, accept_length=n, target_probs=p,
+    ...                  seed=torch.tensor([7, 8]))
+    >>> bool((out >= 0).sum(1).eq(n + 1).all())
+    True
+    """
+    a = _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_length, target_probs,
+                     target_logits, bonus_probs, bonus_logits, draft_probs, parents, greedy, is_greedy,
+                     temperature, seed, offset, uniform_accept, uniform_sample, accept_index, next_token)
+    impl = resolve_backend(backend, a.target.device, "ragged_verify")
+    greedy_rows, inv_temp = _row_rules(is_greedy, temperature) if a.mode != MODE_GREEDY else (None, None)
+    if validate:
+        _ragged_value_checks(a, draft_token_ids, cu_num_draft_tokens, draft_probs, parents, greedy_rows,
+                             temperature, uniform_accept, uniform_sample)
+    drf = draft_probs if a.mode == MODE_SAMPLED else None
+    rng = a.mode != MODE_GREEDY
+    seed = seed.to(torch.int64) if rng and seed is not None else None
+    offset = offset.to(torch.int64) if seed is not None and offset is not None else None
+    u_acc, u_smp = (uniform_accept, uniform_sample) if rng and seed is None else (None, None)
+    if impl == "triton":
+        _launch_ragged(a, draft_token_ids, cu_num_draft_tokens, parents, drf, output_token_ids, accept_length,
+                       accept_index, next_token, greedy_rows=greedy_rows, inv_temp=inv_temp, seed=seed,
+                       offset=offset, u_acc=u_acc, u_smp=u_smp)
+        return
+    if a.B == 0:
+        return
+    tok, par, valid, tgt, drf_p, ua, t0 = _ragged_padded(a, draft_token_ids, cu_num_draft_tokens, parents, drf,
+                                                         u_acc)
+    M = 0xFFFFFFFF
+    zeros = torch.zeros(a.B, dtype=torch.int64, device=tgt.device)
+    s = seed if seed is not None else zeros
+    o = offset if offset is not None else zeros
+    out, path, n_acc, nxt = _verify_reference(
+        tok, par, valid, tgt, drf_p, mode=a.mode, logits=a.logits,
+        inv_temp=inv_temp if inv_temp is not None else 1.0, k0=s & M, k1=(s >> 32) & M, c0=o & M,
+        c2=(o >> 32) & M, greedy_rows=greedy_rows, uniforms=None if ua is None else (ua, u_smp))
+    output_token_ids.copy_(out)
+    accept_length.copy_(n_acc)
+    if accept_index is not None:
+        accept_index.copy_(torch.where(path >= 0, path + (t0 + torch.arange(a.B, device=tgt.device))[:, None], -1))
+    if next_token is not None:
+        next_token.copy_(nxt)
+
+
+from specdec_kernels import _ops as _specdec_ops_ragged  # noqa: E402,F401  (the C++ `specdec` library first)
+
+
+@torch.library.custom_op(
+    "specdec::ragged_verify", mutates_args=("output_token_ids", "accept_length", "accept_index", "next_token"))
+def _ragged_verify_op(
+    draft_token_ids: torch.Tensor,
+    cu_num_draft_tokens: torch.Tensor,
+    output_token_ids: torch.Tensor,
+    accept_length: torch.Tensor,
+    target_probs: torch.Tensor | None = None,
+    target_logits: torch.Tensor | None = None,
+    bonus_probs: torch.Tensor | None = None,
+    bonus_logits: torch.Tensor | None = None,
+    draft_probs: torch.Tensor | None = None,
+    parents: torch.Tensor | None = None,
+    is_greedy: torch.Tensor | None = None,
+    temperature: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None,
+    uniform_accept: torch.Tensor | None = None,
+    uniform_sample: torch.Tensor | None = None,
+    accept_index: torch.Tensor | None = None,
+    next_token: torch.Tensor | None = None,
+    *,
+    greedy: bool = False,
+    validate: bool = True,
+    backend: str | None = None,
+) -> None:
+    """:func:`ragged_verify` as a torch op (writes its output buffers, returns nothing). Same arguments;
+    the tensors may also be passed by position (custom ops allow no keyword-only tensors)."""
+    ragged_verify(
+        draft_token_ids, cu_num_draft_tokens, output_token_ids=output_token_ids, accept_length=accept_length,
+        target_probs=target_probs, target_logits=target_logits, bonus_probs=bonus_probs,
+        bonus_logits=bonus_logits, draft_probs=draft_probs, parents=parents, greedy=greedy,
+        is_greedy=is_greedy, temperature=temperature, seed=seed, offset=offset, uniform_accept=uniform_accept,
+        uniform_sample=uniform_sample, accept_index=accept_index, next_token=next_token, validate=validate,
+        backend=backend)
+
+
+@_ragged_verify_op.register_fake
+def _ragged_verify_fake(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_length,
+                        target_probs=None, target_logits=None, bonus_probs=None, bonus_logits=None,
+                        draft_probs=None, parents=None, is_greedy=None, temperature=None, seed=None,
+                        offset=None, uniform_accept=None, uniform_sample=None, accept_index=None,
+                        next_token=None, *, greedy=False, validate=True, backend=None):
+    # outputs are written in place: only the argument metadata can be checked
+    _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_length, target_probs,
+                 target_logits, bonus_probs, bonus_logits, draft_probs, parents, greedy, is_greedy, temperature,
+                 seed, offset, uniform_accept, uniform_sample, accept_index, next_token)
+    return None

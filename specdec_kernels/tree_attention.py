@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from specdec_kernels import _ops  # noqa: F401  (loads specdec_kernels._C: the `specdec` op library, before ours)
 from specdec_kernels import trees
 from specdec_kernels._backend import interpreter_enabled, resolve_backend
 
@@ -83,6 +84,22 @@ def _load_full_tile(ptrs, d_ok, EVEN_D: tl.constexpr):
     if EVEN_D:
         return tl.load(ptrs)
     return tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # [BLOCK_M, BLOCK_N] bool: may the row's tree node attend to tree node j = j0 + column? mask_rows:
+    # [BLOCK_M, 1] pointers to each row's packed mask words; j0 a multiple of 32. One int32 word per 32
+    # nodes, loaded once per (row, word) and expanded to the tile's columns.
+    WORDS: tl.constexpr = BLOCK_N // 32
+    offs_n = tl.arange(0, BLOCK_N)
+    w_idx = j0 // 32 + tl.arange(0, WORDS)
+    words = tl.load(mask_rows + w_idx[None, :] * stride_mw,
+                    mask=row_ok[:, None] & (w_idx < num_words)[None, :], other=0)  # [BLOCK_M, WORDS]
+    words = tl.reshape(tl.broadcast_to(words[:, :, None], (BLOCK_M, WORDS, 32)), (BLOCK_M, BLOCK_N))
+    allowed = ((words >> (offs_n % 32)[None, :]) & 1) != 0
+    return allowed & ((j0 + offs_n)[None, :] <= node[:, None])  # topological order: ancestors precede
 
 
 @triton.jit(do_not_specialize=["N", "S", "num_splits"])
@@ -163,9 +180,6 @@ def _tree_attention_fwd_kernel(
 
         # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
         last_node = tl.minimum(N - 1, (pid_m * BLOCK_M + BLOCK_M - 1) // GROUP)
-        WORDS: tl.constexpr = BLOCK_N // 32
-        offs_w = tl.arange(0, WORDS)
-        shift = offs_n % 32
         mask_rows = MASK + b64 * stride_mb + node.to(tl.int64)[:, None] * stride_mi
         for j0 in range(0, last_node + 1, BLOCK_N):
             j = j0 + offs_n
@@ -174,13 +188,7 @@ def _tree_attention_fwd_kernel(
             k = _load_tile(k_base + cols[:, None] * stride_ks, j_ok, d_ok, EVEN_D)
             v = _load_tile(v_base + cols[:, None] * stride_vs, j_ok, d_ok, EVEN_D)
             qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
-            # One int32 word per 32 nodes, loaded once per (row, word) and expanded to the tile's columns.
-            w_idx = j0 // 32 + offs_w
-            words = tl.load(mask_rows + w_idx[None, :] * stride_mw,
-                            mask=row_ok[:, None] & (w_idx < num_words)[None, :], other=0)  # [BLOCK_M, WORDS]
-            words = tl.reshape(tl.broadcast_to(words[:, :, None], (BLOCK_M, WORDS, 32)), (BLOCK_M, BLOCK_N))
-            allowed = ((words >> shift[None, :]) & 1) != 0
-            allowed = allowed & (j[None, :] <= node[:, None])  # topological order: ancestors precede
+            allowed = _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
             qk = tl.where(allowed, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
@@ -249,10 +257,24 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _pick_config(num_rows: int, head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for G*N query rows and this head_dim."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for G*N query rows and this head_dim.
+
+    Registers per thread compiled for sm_80 / sm_90 at head_dim 128, fp16/bf16, 4 warps unless said
+    (bench/results/gpu_static.md; tests/test_gpu_static.py fails on any spill at these tiles):
+    - <= 16 rows: BLOCK_M 16, the smallest MMA tile: ~160 registers, no spill, 3 programs per SM.
+    - 17-127 rows: BLOCK_M 32: ~210 registers, no spill, 2 programs per SM. BLOCK_M 64 spills on
+      sm_80 (255 registers + 208 bytes at 64 rows: each warp holds 16 rows x 128 fp32 accumulators,
+      the scores and its Q fragments), and with 8 warps it fits only one program per SM. The M tiles of
+      one head are adjacent on grid axis 0, so they read the same K/V tiles at about the same time
+      (the second read from L2).
+    - >= 128 rows: BLOCK_M 128, 8 warps (wgmma on sm_90): 174 / 254 registers (sm_90 / sm_80), no
+      spill, one program per SM. The tile does not allow two: its 128 x 128 fp32 accumulator alone is
+      64 registers per thread over 256 threads, and two programs would need <= 128. These sizes are
+      compute-bound (4*N FLOP per K/V byte), where one large tile per SM is the efficient shape.
+    """
     block_m = 16 if num_rows <= 16 else 32 if num_rows <= 32 else 64
-    if num_rows >= 128 and head_dim <= 128 and dtype != torch.float32:
-        block_m = 128
+    if head_dim <= 128 and dtype != torch.float32:  # 16-bit tiles; fp32 and head_dim > 128 as before
+        block_m = 16 if num_rows <= 16 else 32 if num_rows < 128 else 128
     # fp32 tiles and head_dim > 128 take twice the shared memory: narrower K/V tiles (fits sm_80's 163 KB)
     wide = dtype == torch.float32 and head_dim > 64 or head_dim > 128
     block_n = 32 if wide else 64
@@ -358,21 +380,28 @@ def tree_attention_reference(
     sm_scale: float | None = None,
     out: torch.Tensor | None = None,
     mask_memo: dict | None = None,
+    max_kv_len: int | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch tree attention, computed in fp32; same arguments and result as :func:`tree_attention`.
 
     ``mask_memo``: a dict that lives for one model forward (every layer sees the same kv_lens and tree);
     the dense mask is built by the first layer and reused by the others.
 
+    ``max_kv_len``: host int, an upper bound of ``kv_lens``; only the first ``max(max_kv_len, N)`` cache
+    entries are read (a bound below ``max(kv_lens)`` gives wrong results, no error). Default: all of
+    them on CUDA, ``max(kv_lens)`` read from the tensor on CPU.
+
     Vectorised: GQA by viewing q as ``[B, Hkv, G * N, D]`` (no K/V repeat), one dense ``[B, N, S]`` mask
-    from ``kv_lens`` and the tree mask, one fused ``scaled_dot_product_attention`` call. On CPU tensors
-    only the first ``max(kv_lens)`` cache entries are read.
+    from ``kv_lens`` and the tree mask, one fused ``scaled_dot_product_attention`` call; the cache is cut
+    at ``max_kv_len`` as above.
     """
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     s = k.shape[2]
-    if kv_lens.device.type == "cpu" and B > 0:  # free to read; skip the unused tail of the buffer
+    if max_kv_len is not None:  # the caller's bound: nothing read back (unchecked fast path)
+        s = min(s, max(int(max_kv_len), N))
+    elif kv_lens.device.type == "cpu" and B > 0:  # free to read; skip the unused tail of the buffer
         s = min(s, int(kv_lens.max()))
     _check_sm_scale(sm_scale)
     scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
@@ -510,9 +539,12 @@ def tree_attention(
     check : bool
         Also check the *values* of kv_lens (``N <= kv_lens[b] <= S``): one device-to-host sync on CUDA.
         Shapes, dtypes and devices are always checked. Unchecked out-of-range values give wrong results
-        (the kernel clamps them to ``[N, S]`` so it never reads outside k/v) but no error.
+        (the kernel clamps them to ``[N, S]`` so it never reads outside k/v) but no error. With
+        ``check=False`` no backend reads any tensor value back to the host.
     max_kv_len : int, optional
-        Upper bound of ``kv_lens`` for the split-K heuristic; default: from the check, else S.
+        Host int, upper bound of ``kv_lens``: the split-K heuristic's input, and the reference path reads
+        only that many cache entries when ``check=False`` (with the check it uses the checked maximum).
+        Default: from the check, else S. Nothing is read back from the device for it.
     num_splits : int, optional
         Force the number of KV splits of the Triton kernel (tuning and tests); default: heuristic.
 
@@ -541,6 +573,7 @@ def tree_attention(
     impl = resolve_backend(backend, q.device, "tree_attention")
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"tree_attention: num_splits must be a positive int or None, got {num_splits!r}")
+    ref_len = S if max_kv_len is None else max_kv_len  # cache entries the reference reads: no read-back
     if check and q.shape[0] > 0:
         lo, hi = torch.stack([kv_lens.min(), kv_lens.max()]).tolist()
         if lo < N or hi > S:
@@ -548,10 +581,12 @@ def tree_attention(
                 f"tree_attention: kv_lens must satisfy N={N} <= kv_lens[b] <= S={S} (the tree is the last N "
                 f"valid entries), got values in [{lo}, {hi}]"
             )
+        ref_len = hi  # the checked maximum: exact whatever the hint says
         max_kv_len = hi if max_kv_len is None else min(max_kv_len, hi)
     scale = 1.0 / math.sqrt(q.shape[3]) if sm_scale is None else float(sm_scale)
     if impl == "reference" or q.numel() == 0:
-        return tree_attention_reference(q, k, v, kv_lens, tree_mask, sm_scale=scale, out=out, mask_memo=mask_memo)
+        return tree_attention_reference(q, k, v, kv_lens, tree_mask, sm_scale=scale, out=out, mask_memo=mask_memo,
+                                        max_kv_len=ref_len)
     packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -561,3 +596,45 @@ def tree_attention(
 
 
 __all__ = ["tree_attention", "tree_attention_reference", "tree_attention_mask", "MAX_TREE_NODES"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Registered torch ops: torch.ops.specdec.tree_attention, torch.ops.specdec.tree_attention_out
+# --------------------------------------------------------------------------------------------------
+# For serving runtimes and torch.compile (opaque to the compiler: no graph break, the fake kernels give
+# the shapes). The ops run :func:`tree_attention` (reference on CPU, Triton on CUDA by default), which
+# stays the public Python entry: it also takes ``mask_memo`` and costs no dispatcher overhead
+# (bench/results/dispatch_cpu.md). An op may not return one of its inputs, hence two ops: the functional
+# one allocates the contiguous result, the ``_out`` one writes into ``out`` (marked mutated, any strides,
+# e.g. a transposed ``[B, N, Hq, D]`` buffer) and returns nothing.
+
+_OP_KWARGS = "float? sm_scale=None, bool check=True, int? max_kv_len=None, int? num_splits=None, str? backend=None"
+
+
+def _tree_attention_op(q, k, v, kv_lens, tree_mask, *, sm_scale=None, check=True, max_kv_len=None,
+                       num_splits=None, backend=None):
+    return tree_attention(q, k, v, kv_lens, tree_mask, sm_scale=sm_scale, backend=backend, check=check,
+                          max_kv_len=max_kv_len, num_splits=num_splits)
+
+
+def _tree_attention_fake(q, k, v, kv_lens, tree_mask, *, sm_scale=None, check=True, max_kv_len=None,
+                         num_splits=None, backend=None):
+    _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, None)  # shapes, dtypes, devices: no data needed
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _tree_attention_out_op(q, k, v, kv_lens, tree_mask, out, *, sm_scale=None, check=True, max_kv_len=None,
+                           num_splits=None, backend=None):
+    tree_attention(q, k, v, kv_lens, tree_mask, sm_scale=sm_scale, backend=backend, out=out, check=check,
+                   max_kv_len=max_kv_len, num_splits=num_splits)
+
+
+def _tree_attention_out_fake(q, k, v, kv_lens, tree_mask, out, *, sm_scale=None, check=True, max_kv_len=None,
+                             num_splits=None, backend=None):
+    _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out)
+
+
+_ops.define_op(f"tree_attention(Tensor q, Tensor k, Tensor v, Tensor kv_lens, Tensor tree_mask, *, {_OP_KWARGS}) "
+               "-> Tensor", _tree_attention_op, _tree_attention_fake)
+_ops.define_op(f"tree_attention_out(Tensor q, Tensor k, Tensor v, Tensor kv_lens, Tensor tree_mask, "
+               f"Tensor(a!) out, *, {_OP_KWARGS}) -> ()", _tree_attention_out_op, _tree_attention_out_fake)

@@ -62,6 +62,25 @@ def test_counts_zero_one_and_full(dtype):
     assert torch.equal(cache[:, :, 2, :, :d2], before[:, :, 2, :, :d2])
 
 
+# (src_pos, dst_pos, counts) dtypes: all int32 (what serving runtimes often hold), and mixes
+INDEX_DTYPE_MIXES = [(torch.int32,) * 3, (torch.int32, torch.int64, torch.int32),
+                     (torch.int64, torch.int32, torch.int64)]
+
+
+@pytest.mark.parametrize("dtypes", INDEX_DTYPE_MIXES, ids=["int32", "mixed-a", "mixed-b"])
+def test_int32_and_mixed_indices_match_reference(dtypes):
+    gen = torch.Generator().manual_seed(23)
+    cache, src, dst, cnt = random_case(gen, 3, 5, 2, 37, 7, 11, torch.float16)
+    expected = cache.clone()
+    sk.compact_kv_cache_reference(expected, src, dst, cnt)
+    sk.compact_kv_cache(cache, *(t.to(dt) for t, dt in zip((src, dst, cnt), dtypes)))
+    assert torch.equal(cache, expected)
+    # unchecked: the same result
+    cache2 = random_case(torch.Generator().manual_seed(23), 3, 5, 2, 37, 7, 11, torch.float16)[0]
+    sk.compact_kv_cache(cache2, *(t.to(dt) for t, dt in zip((src, dst, cnt), dtypes)), check=False)
+    assert torch.equal(cache2, expected)
+
+
 def test_moves_rows_to_contiguous_positions_exactly():
     # Rows tagged with their position: after compaction, slot dst+i must hold the tag of src[i].
     L, B, H, S, D = 2, 2, 3, 20, 4
@@ -83,9 +102,11 @@ def _valid_small():
 BAD_INPUTS = [
     ("cache rank", lambda c, s, d, n: (c[0], s, d, n), ValueError, "cache must have shape"),
     ("cache kv dim", lambda c, s, d, n: (c[:, :1], s, d, n), ValueError, "cache must have shape"),
-    ("src dtype", lambda c, s, d, n: (c, s.int(), d, n), TypeError, "src_pos must be int64"),
-    ("dst dtype", lambda c, s, d, n: (c, s, d.float(), n), TypeError, "dst_pos must be int64"),
-    ("counts dtype", lambda c, s, d, n: (c, s, d, n.int()), TypeError, "counts must be int64"),
+    ("src dtype", lambda c, s, d, n: (c, s.to(torch.int16), d, n), TypeError, "src_pos must be int32 or int64"),
+    ("dst dtype", lambda c, s, d, n: (c, s, d.float(), n), TypeError, "dst_pos must be int32 or int64"),
+    ("counts dtype", lambda c, s, d, n: (c, s, d, n.to(torch.uint8)), TypeError, "counts must be int32 or int64"),
+    ("int32 src out of range", lambda c, s, d, n: (c, _set(s, 1, 4, 24).int(), d.int(), n.int()), ValueError,
+     "out of range"),
     ("src batch", lambda c, s, d, n: (c, s[:1], d, n), ValueError, "src_pos must have shape"),
     ("dst rank", lambda c, s, d, n: (c, s, d[:, None], n), ValueError, "dst_pos must have shape"),
     ("counts batch", lambda c, s, d, n: (c, s, d, n[:1]), ValueError, "counts must have shape"),
@@ -133,6 +154,8 @@ def test_opcheck():
     gen = torch.Generator().manual_seed(11)
     for case in [random_case(gen, 2, 3, 2, 30, 8, 4, dt) for dt in DTYPES]:
         torch.library.opcheck(torch.ops.specdec.compact_kv_cache.default, case)
+    cache, src, dst, cnt = random_case(gen, 2, 3, 2, 30, 8, 4, torch.float32)
+    torch.library.opcheck(torch.ops.specdec.compact_kv_cache.default, (cache, src.int(), dst, cnt.int()))
 
 
 def test_torch_compile_fullgraph():
@@ -165,8 +188,11 @@ def test_matches_reference_cuda(dtype, overlap):
         expected = cpu_case[0].clone()
         sk.compact_kv_cache_reference(expected, *cpu_case[1:])
         gpu = [t.cuda() for t in cpu_case]
+        int32 = [gpu[0].clone()] + [t.int() for t in gpu[1:]]
         sk.compact_kv_cache(*gpu)
         assert torch.equal(gpu[0].cpu(), expected)
+        sk.compact_kv_cache(*int32, check=False)
+        assert torch.equal(int32[0].cpu(), expected)
 
 
 @requires_cuda
