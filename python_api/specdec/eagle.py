@@ -136,12 +136,13 @@ class EagleHead(nn.Module):
     # -- inference ------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, feature: torch.Tensor,
                 k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor, tree_mask: torch.Tensor,
-                logits: bool = True):
+                logits: bool = True, max_kv_len: int | None = None):
         """One forward over N nodes per sequence written at cache slots ``start[b] + 0..N-1``.
 
         tokens, positions [B, N]; feature [B, N, d]: ``project_features`` of the target's features of each
         node's parent position, or the head's own hidden state at the parent node; k_cache, v_cache
-        [B, Hkv, S, D], updated in place; tree_mask [N, N] / [B, N, N] bool (ancestors incl. self).
+        [B, Hkv, S, D], updated in place; tree_mask [N, N] / [B, N, N] bool (ancestors incl. self);
+        max_kv_len: ``max(start) + N`` when the caller knows it (attention then reads no further).
         Returns (logits [B, N, V] fp32 or None, hidden [B, N, d]).
         """
         x = self.layer_input(tokens, feature)
@@ -150,7 +151,7 @@ class EagleHead(nn.Module):
         index = (start[:, None] + torch.arange(N, device=start.device)).view(B, 1, N, 1).expand(B, H, N, D)
         k_cache.scatter_(2, index, k)
         v_cache.scatter_(2, index, v)
-        out = sk.tree_attention(q, k_cache, v_cache, start + N, tree_mask, check=False)
+        out = sk.tree_attention(q, k_cache, v_cache, start + N, tree_mask, check=False, max_kv_len=max_kv_len)
         hidden = self.finish(x, out)
         return (self.logits(hidden).float() if logits else None), hidden
 
@@ -389,10 +390,12 @@ class HeadDrafter:
     @torch.inference_mode()
     def _run(self, tokens, positions, feature, start, tree_mask, logits: bool = True):
         """One head forward; keeps each node's hidden state at its slot. Returns (logits or None, hidden)."""
-        self._reserve(int(start.max()) + tokens.shape[1])
+        end = int(start.max()) + tokens.shape[1]
+        self._reserve(end)
         self.calls += 1
         self.tokens += tokens.shape[1]
-        out, hidden = self.head(tokens, positions, feature, self.k, self.v, start, tree_mask, logits=logits)
+        out, hidden = self.head(tokens, positions, feature, self.k, self.v, start, tree_mask, logits=logits,
+                                max_kv_len=end)
         slots = (start[:, None] + torch.arange(tokens.shape[1], device=start.device)).clamp(max=self.capacity - 1)
         self.hid.scatter_(1, slots[..., None].expand_as(hidden), hidden)
         return out, hidden
