@@ -1,6 +1,6 @@
 """One preallocated KV buffer per model, presented to a Hugging Face model as its ``Cache``.
 
-Layout (DESIGN.md, "KV cache"): ``buffer [layers, 2, batch, kv_heads, capacity, head_dim]``. Layer l's
+Layout (docs/design.md, "KV cache"): ``buffer [layers, 2, batch, kv_heads, capacity, head_dim]``. Layer l's
 keys and values are the views ``buffer[l, 0]`` and ``buffer[l, 1]``. Before each forward the loop says
 where sequence b's new tokens go (``begin_forward``); every layer's ``update`` then writes there in
 place and returns the whole per-layer view, which the tree-attention hook reads up to ``kv_lens``.
