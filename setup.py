@@ -6,7 +6,7 @@ the torch-facing glue (op registration, stream lookup) lives in .cpp files.
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -36,11 +36,22 @@ def _extension():
     )
 
 
+def _python_api_packages() -> list[str]:
+    """specdec, its subpackages and its data folders (specdec/assets/**).
+
+    The asset folders are listed as (namespace) packages whose files are package data: that is how
+    setuptools wants data in subfolders declared (a folder with an importable name that is not in
+    ``packages`` draws a warning and would later be dropped)."""
+    return find_namespace_packages("python_api", include=["specdec", "specdec.*"], exclude=["*.__pycache__"])
+
+
+PYTHON_API_PACKAGES = _python_api_packages()
+
 setup(
-    packages=["specdec_kernels"] + find_packages("python_api"),
+    packages=["specdec_kernels"] + PYTHON_API_PACKAGES,
     package_dir={"specdec_kernels": "specdec_kernels", "": "python_api"},
-    include_package_data=True,
-    package_data={"specdec": ["assets/*", "assets/**/*"]},
+    # every file in an asset folder (model weights, tokenizers, prompt sets, trained settings)
+    package_data={p: ["*"] for p in PYTHON_API_PACKAGES if p == "specdec.assets" or p.startswith("specdec.assets.")},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

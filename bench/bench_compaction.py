@@ -11,14 +11,12 @@ read once and written once, K and V, all layers and heads.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import sys
-import time
 
 import torch
 
 import specdec_kernels as sk
+from specdec_kernels.benchmarking import copy_bandwidth_gbps, gbps, machine_description, markdown_header, measure
 
 
 def make_case(L, B, H, S, D, keep, prefix, dtype, device):
@@ -60,28 +58,9 @@ def op_one_launch(cache, src, dst, counts):
 
 
 def time_ms(fn, device, reps):
-    """Median and (p20, p80) in ms. CUDA: triton.testing.do_bench; CPU: wall clock over reps."""
-    if device == "cuda":
-        import triton.testing
-
-        med, lo, hi = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
-        return med, lo, hi
-    fn()  # warm-up
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(samples, n=5)
-    return statistics.median(samples), q[0], q[3]
-
-
-def copy_bandwidth_gbs(nbytes, device, reps):
-    """Measured device copy bandwidth (read + write bytes per second) for a buffer of nbytes."""
-    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device)
-    b = torch.empty_like(a)
-    med, _, _ = time_ms(lambda: b.copy_(a), device, reps)
-    return 2 * nbytes / (med * 1e-3) / 1e9
+    """Median and (p20, p80) in ms over ``reps`` timed calls (None: the toolkit's default for the device)."""
+    t = measure(fn, repeats=reps, device=device)
+    return t.median_s * 1e3, t.quantile(0.2) * 1e3, t.quantile(0.8) * 1e3
 
 
 def main(argv=None):
@@ -94,7 +73,7 @@ def main(argv=None):
     p.add_argument("--keep", type=int, default=64)
     p.add_argument("--prefix", type=int, default=512)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reps", type=int, default=None, help="timed calls per provider (default: 20 on CPU, 100 on CUDA)")
     p.add_argument("--out", help="also write the markdown table to this file")
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
@@ -115,19 +94,18 @@ def main(argv=None):
         fn(cache, *case[1:])
         assert torch.equal(cache, expected), f"{name} disagrees with the reference"
         med, lo, hi = time_ms(lambda: fn(cache, *case[1:]), a.device, a.reps)
-        rows.append((name, med, lo, hi, moved / (med * 1e-3) / 1e9))
+        rows.append((name, med, lo, hi, gbps(moved, med * 1e-3)))
         print(f"  {name}: {med * 1e3:.1f} us", file=sys.stderr)
-    bw = copy_bandwidth_gbs(max(moved, 1 << 26), a.device, a.reps)
+    bw = copy_bandwidth_gbps(max(moved, 1 << 26), a.device, repeats=a.reps)
 
-    machine = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = machine_description(a.device)
     lines = [
         f"KV compaction, {machine}; L={a.layers} B={a.batch} H={a.heads} D={a.head_dim} {a.dtype}, "
         f"{a.keep} rows kept per sequence (every other row of the tree region), {moved / 1e6:.1f} MB moved",
         "",
         f"command: `python bench/bench_compaction.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
-        "| provider | median µs | p20-p80 µs | GB/s | vs op |",
-        "|---|---:|---:|---:|---:|",
+        *markdown_header(["provider", "median µs", "p20-p80 µs", "GB/s", "vs op"], align="lrrrr"),
     ]
     base = rows[0][1]
     for name, med, lo, hi, gbs in rows:

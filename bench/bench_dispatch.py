@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import time
 
 import torch
 
 import specdec_kernels as sk
+from specdec_kernels.benchmarking import machine_description, markdown_header, measure
 from specdec_kernels.trees import packed_ancestor_mask
 
 OPS = torch.ops.specdec
@@ -86,10 +85,8 @@ def cases():
 
 
 def per_call_us(fn, calls):
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls * 1e6
+    """Mean µs per call over one round of ``calls`` back-to-back calls (no warm-up: see main)."""
+    return measure(fn, warmup=0, repeats=1, number=calls).median_s * 1e6
 
 
 def main():
@@ -114,9 +111,8 @@ def main():
                      min(times["direct"]), min(times["op"])))
 
     lines = [
-        f"Eager dispatch overhead of torch.ops.specdec.* vs the direct Python call, CPU ({platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread(s); 2-core CPU VM), torch {torch.__version__}, "
-        f"Python {platform.python_version()}; reference backend (CPU default), fast-path arguments "
+        f"Eager dispatch overhead of torch.ops.specdec.* vs the direct Python call, {machine_description()}; "
+        "reference backend (CPU default), fast-path arguments "
         "(check=False / validate=False, seed tensor), B=2 Hq=4 Hkv=2 N=5 D=16 S=16 V=32.",
         "",
         f"command: `python bench/bench_dispatch.py --calls {args.calls} --rounds {args.rounds}"
@@ -125,9 +121,8 @@ def main():
         f"µs per call: median and fastest of {args.rounds} rounds of {args.calls} calls; load average at the end "
         f"{os.getloadavg()[0]:.1f} (other processes share the machine)",
         "",
-        "| op | direct µs (median) | torch.ops µs (median) | overhead µs (median) | direct µs (fastest) "
-        "| torch.ops µs (fastest) | overhead µs (fastest) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *markdown_header(["op", "direct µs (median)", "torch.ops µs (median)", "overhead µs (median)",
+                          "direct µs (fastest)", "torch.ops µs (fastest)", "overhead µs (fastest)"], align="lrrrrrr"),
     ]
     lines += [f"| {n} | {d:.1f} | {o:.1f} | {o - d:+.1f} | {dm:.1f} | {om:.1f} | {om - dm:+.1f} |"
               for n, d, o, dm, om in rows]

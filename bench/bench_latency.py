@@ -7,14 +7,12 @@ slow forward widths to faster ones (specdec.runner.cpu_pad_map, measured per mod
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
-import torch
+from specdec_kernels.benchmarking import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python_api"))
 
 TOKENS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 64)
 
@@ -37,7 +35,7 @@ def main() -> None:
         print(f"{label} done", file=sys.stderr)
     name = "SmolLM2-135M-Instruct + distilled draft" if args.pair == "smollm2" else "bundled pair"
     lines = [f"Forward latency, {name}, through specdec's runner, B=1, prefix {args.prefix}, median of {args.reps}; "
-             f"{platform.machine()} CPU, {torch.get_num_threads()} threads; command: "
+             f"{machine_description()}; command: "
              f"`python bench/bench_latency.py --pair {args.pair}`", "",
              "| tokens per call | target ms | target ms, unpadded | draft ms | draft ms, unpadded |",
              "|---:|---:|---:|---:|---:|"]

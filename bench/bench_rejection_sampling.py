@@ -10,8 +10,8 @@ children. CPU: the reference only, smaller sizes (V=32000, B in {1, 8}).
 
 Target logits are peaked (a few tokens hold most of the mass, like a confident model) and the draft is
 correlated with them (q = softmax(target logits + noise)), so walks go several nodes deep as in real
-speculation. Timings: ``triton.testing.do_bench`` median and p20/p80 on CUDA; wall
-clock over --reps calls on CPU. GB/s counts the bytes a verifier must read at least once: for every
+speculation. Timings: median and p20/p80 of --reps calls (``specdec_kernels.benchmarking.measure``: CUDA
+events with the L2 flushed before each call on CUDA, wall clock on CPU). GB/s counts the bytes a verifier must read at least once: for every
 sequence, the target row of every visited node (``num_accepted + 1`` rows) plus, for sampled drafts,
 the draft row of those nodes; the copy bandwidth is a device-to-device copy (read + write) of a large
 buffer measured in the same run. ``validate=False`` in the timed calls (a decoding loop's setting).
@@ -19,16 +19,14 @@ buffer measured in the same run. ``validate=False`` in the timed calls (a decodi
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
-import statistics
 import sys
-import time
 
 import torch
 
 import specdec_kernels as sk
+from specdec_kernels.benchmarking import (copy_bandwidth_gbps, gbps, machine_description, markdown_header,
+                                          markdown_row, measure)
 
 
 def peaked_logits(*shape, device, gen, top=4, boost=14.0):
@@ -80,30 +78,6 @@ def useful_bytes(inputs, res):
     return rows * per_row
 
 
-def time_us(fn, device, reps):
-    """Median and (p20, p80) in microseconds."""
-    if device == "cuda":
-        import triton.testing
-
-        med, lo, hi = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
-        return med * 1e3, lo * 1e3, hi * 1e3
-    fn()  # warm-up
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e6)
-    q = statistics.quantiles(samples, n=5)
-    return statistics.median(samples), q[0], q[3]
-
-
-def copy_bandwidth_gbs(device, reps, nbytes=1 << 28):
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
-    dst = torch.empty_like(src)
-    med, _, _ = time_us(lambda: dst.copy_(src), device, reps)
-    return 2 * nbytes / (med * 1e-6) / 1e9
-
-
 def cases(device):
     # The issue's shapes on CUDA (V=128256, chain B=32, trees B=1/32); smaller ones for the CPU reference.
     V, chain_b, tree_bs = (128256, 32, (1, 32)) if device == "cuda" else (32000, 8, (1, 8))
@@ -119,7 +93,7 @@ def cases(device):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    ap.add_argument("--reps", type=int, default=20, help="CPU timing repetitions")
+    ap.add_argument("--reps", type=int, default=None, help="timed calls per case (default: 20 on CPU, 100 on CUDA)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--note", default=None, help="a line about the machine, written under the header")
@@ -129,23 +103,17 @@ def main(argv=None):
     device = args.device
     providers = ["triton", "reference"] if device == "cuda" else ["reference"]
     gen = torch.Generator(device=device).manual_seed(0)
-    copy_gbs = copy_bandwidth_gbs(device, args.reps)
-
-    if device == "cuda":
-        machine = torch.cuda.get_device_name()
-    else:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    copy_gbs = copy_bandwidth_gbps(1 << 28, device, repeats=args.reps)
     lines = [
         "# Rejection sampling (chain_verify / tree_verify)",
         "",
         f"Command: `python {shlex.join(sys.argv)}`  ",
-        f"Machine: {device}, {machine}; torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Machine: {device}, {machine_description(device)}  ",
         *([f"Note: {args.note}  "] if args.note else []),
         f"Copy bandwidth (same-device copy of 256 MiB, read + write): {copy_gbs:.1f} GB/s  ",
         "GB/s: target (+ draft) rows of the visited nodes, read once, over the median time.",
         "",
-        "| case | shape | provider | median µs | p20–p80 µs | GB/s | % of copy | mean emitted |",
-        "|---|---|---|---|---|---|---|---|",
+        *markdown_header(["case", "shape", "provider", "median µs", "p20–p80 µs", "GB/s", "% of copy", "mean emitted"]),
     ]
     print("\n".join(lines), flush=True)
     for name, shape, build in cases(device):
@@ -156,10 +124,11 @@ def main(argv=None):
                 return fn(**inputs, seed=1, validate=False, backend=prov)
 
             res = call()
-            med, lo, hi = time_us(call, device, args.reps)
-            gbs = useful_bytes(inputs, res) / (med * 1e-6) / 1e9
-            row = (f"| {name} | {shape} | {prov} | {med:.1f} | {lo:.1f}–{hi:.1f} | {gbs:.2f} | "
-                   f"{100 * gbs / copy_gbs:.1f}% | {float(res.num_emitted.float().mean()):.2f} |")
+            t = measure(call, repeats=args.reps, device=device)
+            gbs = gbps(useful_bytes(inputs, res), t.median_s)
+            row = markdown_row([name, shape, prov, f"{t.median_s * 1e6:.1f}",
+                                f"{t.quantile(0.2) * 1e6:.1f}–{t.quantile(0.8) * 1e6:.1f}", f"{gbs:.2f}",
+                                f"{100 * gbs / copy_gbs:.1f}%", f"{float(res.num_emitted.float().mean()):.2f}"])
             lines.append(row)
             print(row, flush=True)
         del inputs

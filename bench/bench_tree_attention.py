@@ -1,9 +1,10 @@
 """Tree-attention microbenchmark: the Triton kernel against torch SDPA with an explicit boolean mask.
 
-CUDA: ``triton.testing.do_bench`` (median and 20/80 % quantiles) of ``tree_attention`` (Triton) and of
-``F.scaled_dot_product_attention`` given the dense [B, 1, N, S] bool mask, over N tree nodes and prefix
-lengths. CPU: the PyTorch reference (the CPU path) and the same SDPA baseline, timed with
-``time.perf_counter`` (the Triton interpreter is no speed path and is not timed).
+CUDA: median and 20/80 % quantiles (``specdec_kernels.benchmarking.measure``: CUDA events, L2 flushed
+before each call) of ``tree_attention`` (Triton) and of ``F.scaled_dot_product_attention`` given the
+dense [B, 1, N, S] bool mask, over N tree nodes and prefix lengths. CPU: the PyTorch reference (the CPU
+path) and the same SDPA baseline, timed with ``time.perf_counter`` (the Triton interpreter is no speed
+path and is not timed).
 
 Reported per row: microseconds; TFLOP/s from an explicit count, 4 * D * Hq * (number of visible
 (node, key) pairs), i.e. QK^T and PV over the entries the tree mask lets through; GB/s from an explicit
@@ -18,16 +19,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import specdec_kernels as sk
 from specdec_kernels import trees
+from specdec_kernels.benchmarking import (copy_bandwidth_gbps, gbps, machine_description, markdown_header,
+                                          markdown_row, measure, tflops)
 from specdec_kernels.tree_attention import tree_attention_mask
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -39,37 +39,15 @@ def random_tree(n: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor([-1] + [max(0, i - 1 - int(torch.randint(0, 4, (1,), generator=g))) for i in range(1, n)])
 
 
-def time_cpu(fn, reps: int) -> tuple[float, float, float]:
-    """(median, 20 %, 80 %) wall time in ms over reps calls, after one warm-up call."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    ts.sort()
-    q = statistics.quantiles(ts, n=5) if len(ts) >= 2 else [ts[0]] * 4
-    return statistics.median(ts), q[0], q[3]
-
-
-def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
-    """Device-to-device copy bandwidth (read + write bytes per second), GB/s."""
-    import triton.testing
-
-    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device)
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), quantiles=[0.5])
-    ms = ms[0] if isinstance(ms, (list, tuple)) else ms
-    return 2 * nbytes / (ms * 1e-3) / 1e9
-
-
 def run(args) -> str:
     device = torch.device(args.device)
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     B, Hq, Hkv, D = args.batch, args.hq, args.hkv, args.d
     esize = torch.finfo(dtype).bits // 8
-    copy_gbs = copy_bandwidth_gbs(device) if device.type == "cuda" else None
+    reps = args.reps or (10 if device.type == "cpu" else None)  # None: the toolkit's CUDA default
+    # CUDA only: the copy of a 1 GiB buffer (read + write) the kernel's bandwidth is compared with
+    copy_gbs = copy_bandwidth_gbps(1 << 30, device, repeats=reps) if device.type == "cuda" else None
     rows = []
     for prefix in args.prefix:
         for n in args.n:
@@ -95,35 +73,23 @@ def run(args) -> str:
                 q, k, v, attn_mask=dense, enable_gqa=True
             )
             for name, fn in providers.items():
-                if device.type == "cuda":
-                    import triton.testing
+                t = measure(fn, repeats=reps, device=device)
+                med = t.median_s
+                gbs = gbps(nbytes, med)
+                rows.append((n, prefix, name, med * 1e6, t.quantile(0.2) * 1e6, t.quantile(0.8) * 1e6,
+                             tflops(flops, med), gbs, None if copy_gbs is None else gbs / copy_gbs))
 
-                    med, lo, hi = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
-                else:
-                    med, lo, hi = time_cpu(fn, args.reps)
-                gbs = nbytes / (med * 1e-3) / 1e9
-                rows.append((n, prefix, name, med * 1e3, lo * 1e3, hi * 1e3, flops / (med * 1e-3) / 1e12, gbs,
-                             None if copy_gbs is None else gbs / copy_gbs))
-
-    lines = [
-        "| N | prefix | provider | median µs | p20–p80 µs | TFLOP/s | GB/s (K/V once) |"
-        + (" % of copy BW |" if copy_gbs else ""),
-        "|---:|---:|---|---:|---:|---:|---:|" + ("---:|" if copy_gbs else ""),
-    ]
-    for n, prefix, name, med, lo, hi, tflops, gbs, frac in rows:
-        line = f"| {n} | {prefix} | {name} | {med:.1f} | {lo:.1f}–{hi:.1f} | {tflops:.3f} | {gbs:.1f} |"
-        if copy_gbs:
-            line += f" {100 * frac:.0f}% |"
-        lines.append(line)
-    if device.type == "cuda":
-        machine = torch.cuda.get_device_name(device)
-    else:
-        machine = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    columns = ["N", "prefix", "provider", "median µs", "p20–p80 µs", "TFLOP/s", "GB/s (K/V once)"]
+    lines = markdown_header(columns + (["% of copy BW"] if copy_gbs else []), align="rrlrrrr" + ("r" if copy_gbs else ""))
+    for n, prefix, name, med, lo, hi, tf, gbs, frac in rows:
+        cells = [n, prefix, name, f"{med:.1f}", f"{lo:.1f}–{hi:.1f}", f"{tf:.3f}", f"{gbs:.1f}"]
+        lines.append(markdown_row(cells + ([f"{100 * frac:.0f}%"] if copy_gbs else [])))
+    machine = machine_description(device)
     header = [
         "# Tree attention microbenchmark",
         "",
         f"- command: `python {' '.join(sys.argv)}`",
-        f"- machine: {machine}; torch {torch.__version__}; {datetime.date.today().isoformat()}",
+        f"- machine: {machine}; {datetime.date.today().isoformat()}",
         f"- B={B}, Hq={Hq}, Hkv={Hkv}, D={D}, {dtype}, one shared random tree (EAGLE-like), kv_lens = prefix + N",
         "- TFLOP/s from 4·D·Hq·(visible (node, key) pairs); GB/s from K/V of the valid entries read once + q + out",
     ]
@@ -132,7 +98,7 @@ def run(args) -> str:
     if device.type == "cpu":
         header.append(f"- load average at start (the 2 cores are shared): {load_at_start:.1f}")
         header.append("- CPU: `reference` is the CPU path of `tree_attention` (fp32 SDPA, GQA by reshaping q); "
-                      f"wall-clock median of {args.reps} calls. The Triton interpreter is not timed.")
+                      f"wall-clock median of {reps} calls. The Triton interpreter is not timed.")
     return "\n".join(header + [""] + lines) + "\n"
 
 
@@ -146,7 +112,7 @@ def main(argv=None) -> None:
     p.add_argument("--hkv", type=int, default=8)
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--reps", type=int, default=10, help="CPU timing repetitions")
+    p.add_argument("--reps", type=int, default=None, help="timed calls per case (default: 10 on CPU, 100 on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=None, help="also write the markdown table here (e.g. bench/results/...md)")
     args = p.parse_args(argv)

@@ -12,20 +12,16 @@ costs: the quantity the cost model trades against tau).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_api"))
-
-import specdec_kernels as sk  # noqa: E402
-from specdec.runner import ModelRunner, tree_attention_enabled  # noqa: E402
-from specdec_kernels import trees  # noqa: E402
+import specdec_kernels as sk
+from specdec.runner import ModelRunner, tree_attention_enabled
+from specdec_kernels import trees
+from specdec_kernels.benchmarking import machine_description, markdown_header, measure
 
 SHAPES = {
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -38,16 +34,9 @@ SHAPES = {
 
 
 def timed(fn, device, reps):
-    out = []
-    for _ in range(reps + 2):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out[2:]) * 1e3
+    """Median ms of ``reps`` calls after two warm-up calls. On a GPU each call starts from an idle device
+    (as in the decoding loop, which waits for every step's result), so the host's launch time counts."""
+    return measure(fn, warmup=2, repeats=reps, device=device, sync_each=True).median_s * 1e3
 
 
 def random_tree(n: int, g: torch.Generator) -> torch.Tensor:
@@ -93,11 +82,11 @@ def main(argv=None):
             base = base or fwd
             rows.append((n, fwd, ver, comp, fwd / base))
             print(f"N={n}: forward {fwd:.2f} ms, verify {ver:.3f} ms, compact {comp:.3f} ms", file=sys.stderr)
-    dev = torch.cuda.get_device_name() if a.device == "cuda" else "CPU"
     lines = [f"Verification latency vs tree size: random-weight Llama ({a.shape}, {dtype}), prefix {a.prefix}, "
-             f"B=1, {dev}", "", f"command: `python bench/gpu_verify_latency.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-             "", "| N | target forward ms | tree_verify ms | compaction ms | forward / forward(N=1) |",
-             "|---:|---:|---:|---:|---:|"]
+             f"B=1, {machine_description(a.device)}", "",
+             f"command: `python bench/gpu_verify_latency.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+             *markdown_header(["N", "target forward ms", "tree_verify ms", "compaction ms", "forward / forward(N=1)"],
+                              align="rrrrr")]
     lines += [f"| {n} | {f:.2f} | {v:.3f} | {c:.3f} | {r:.2f} |" for n, f, v, c, r in rows]
     table = "\n".join(lines)
     print(table)

@@ -7,12 +7,13 @@ Prompts come only from the bundled pair's held-out files (CPython stdlib files w
 the 12 lines before a function definition plus its ``def`` line: the model continues the body.
 """
 import json
-import sys
 from pathlib import Path
 
+from specdec_kernels.benchmarking import import_script
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench" / "models"))
-from train_pair import functions, prose_paragraphs, read_text, split_files, stdlib_files  # noqa: E402
+# the corpus helpers of the pair's training script (bench/models is not a package)
+train_pair = import_script(ROOT / "bench" / "models" / "train_pair.py")
 
 OUT = ROOT / "python_api" / "specdec" / "assets" / "prompts" / "heldout_code.json"
 GROUNDED = OUT.with_name("input_grounded.json")
@@ -42,14 +43,14 @@ def grounded(held, root, n: int = 6) -> None:
     texts from the held-out topics of the Python reference (pydoc_data.topics, see train_pair.py)."""
     edits, sources = [], []
     for f in held:
-        fn = next(functions(read_text(root / f).splitlines()), None)
+        fn = next(train_pair.functions(train_pair.read_text(root / f).splitlines()), None)
         if fn is None:
             continue
         edits.append(f"{TASKS[len(edits) % len(TASKS)]}\n\n```python\n{fn}\n```")
         sources.append(f)
         if len(edits) == n:
             break
-    paras = [p for p in prose_paragraphs(held_out=True) if len(p) <= 900]
+    paras = [p for p in train_pair.prose_paragraphs(held_out=True) if len(p) <= 900]
     summaries = [f"{SUMMARY_TASK}\n\n{paras[i * len(paras) // n]}" for i in range(n)]
     prompts = [p for pair in zip(edits, summaries) for p in pair]  # alternate, so --prompts N takes both kinds
     sources = [s for f in sources for s in (f, "pydoc_data.topics (held-out topic)")]
@@ -72,11 +73,11 @@ def mixed(grounded_prompts: list[str], grounded_sources: list[str]) -> None:
 
 
 def main(n: int = 16) -> None:
-    root, rel = stdlib_files()
-    _, held = split_files(rel, 50)
+    root, rel = train_pair.stdlib_files()
+    _, held = train_pair.split_files(rel, 50)
     prompts, sources = [], []
     for f in held:
-        lines = read_text(root / f).splitlines()
+        lines = train_pair.read_text(root / f).splitlines()
         defs = [i for i, l in enumerate(lines) if i >= 15 and l.lstrip().startswith("def ") and l.rstrip().endswith(":")]
         if not defs:
             continue

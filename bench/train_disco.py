@@ -24,26 +24,25 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+from specdec.models import load_default_pair
+from specdec.strategies import ASSETS, draft_features
+from specdec.tune import _interp, measure_latency
+from specdec_kernels.benchmarking import import_script
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_api"))
-
-from specdec.models import load_default_pair  # noqa: E402
-from specdec.strategies import ASSETS, draft_features  # noqa: E402
-from specdec.tune import _interp, measure_latency  # noqa: E402
 
 
 def training_snippets(n: int, seed: int) -> list[str]:
     """Snippets from the pair's training files (files whose sorted index % 50 != 0)."""
-    sys.path.insert(0, str(ROOT / "bench" / "models"))
-    from train_pair import read_text, split_files, stdlib_files
-
-    root, rel = stdlib_files()
-    train, _ = split_files(rel, 50)
+    train_pair = import_script(ROOT / "bench" / "models" / "train_pair.py")  # its corpus helpers
+    root, rel = train_pair.stdlib_files()
+    train, _ = train_pair.split_files(rel, 50)
     rng = random.Random(seed)
     out = []
     for f in rng.sample(train, n * 3):
-        text = read_text(root / f)
+        text = train_pair.read_text(root / f)
         lines = [i for i, l in enumerate(text.splitlines()) if l.lstrip().startswith("def ")]
         if lines:
             start = rng.choice(lines)
@@ -58,7 +57,8 @@ def traces(target, draft, tok, snippets, k_max: int, new_tokens: int):
     """(features [M, 6], labels [M], step ids [M], draft index [M]) over all positions of all snippets."""
     feats, labels, steps, index = [], [], [], []
     step = 0
-    for i, text in enumerate(snippets):
+    bar = tqdm(snippets, desc="traces (snippets)")
+    for text in bar:
         ids = tok(text, return_tensors="pt").input_ids[:, -192:]
         seq = target.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
         truth = seq[0]
@@ -79,8 +79,7 @@ def traces(target, draft, tok, snippets, k_max: int, new_tokens: int):
                 out = draft(torch.tensor([[d]]), past_key_values=cache, use_cache=True)
                 cache, logits = out.past_key_values, out.logits[0, -1]
             step += 1
-        print(f"\rtraces: {i + 1}/{len(snippets)} snippets, {step} steps", end="", file=sys.stderr)
-    print(file=sys.stderr)
+        bar.set_postfix(steps=step)
     return torch.stack(feats), torch.tensor(labels), torch.tensor(steps), torch.tensor(index)
 
 

@@ -40,11 +40,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+# train_pair.py sits beside this script: Python puts a script's own folder first on sys.path
+from train_pair import functions, prose_paragraphs, read_text, split_files, stdlib_files
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "python_api"))
-sys.path.insert(0, str(REPO / "bench" / "models"))
-from train_pair import functions, prose_paragraphs, read_text, split_files, stdlib_files  # noqa: E402
 
 DEFAULT_OUT = REPO / "python_api" / "specdec" / "assets" / "smollm2_draft"
 TOPK = 16
@@ -82,13 +83,19 @@ CONCEPTS = [
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}")  # above a running progress bar, not through it
 
 
-def progress(done: float, total: float, t0: float, what: str) -> None:
-    frac = min(1.0, done / max(total, 1e-9))
-    bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-    print(f"\r[{bar}] {100 * frac:5.1f}% {what} ({time.time() - t0:6.0f} s)", end="", file=sys.stderr, flush=True)
+def time_bar(budget_s: float, desc: str) -> tqdm:
+    """A progress bar over a wall-clock budget, in seconds (advanced with :func:`advance`)."""
+    return tqdm(total=int(budget_s), desc=desc, unit="s")
+
+
+def advance(bar: tqdm, t0: float, what: str) -> None:
+    """Move ``bar`` to the seconds elapsed since ``t0`` and show ``what`` beside it."""
+    bar.n = min(int(time.time() - t0), bar.total)
+    bar.set_postfix_str(what, refresh=False)
+    bar.refresh()
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -217,6 +224,7 @@ def collect(target, tokenizer, args) -> None:
     # Sort each chunk of 8 batches by length: less left padding, still a mixed order over time.
     t0, n_tok, budget = time.time(), 0, args.gen_minutes * 60
     i, shard = start, len(done_shards)
+    bar = time_bar(budget, "generation (s)")
     while time.time() - t0 < budget and i < len(prompts):
         batch = prompts[i: i + args.batch]
         temp = 0.8 if shard % 3 == 2 else 0.0
@@ -224,21 +232,21 @@ def collect(target, tokenizer, args) -> None:
         torch.save(recs, work / f"gen_{shard:05d}.pt")
         n_tok += sum(len(r["tokens"]) for r in recs)
         i, shard = i + args.batch, shard + 1
-        progress(time.time() - t0, budget, t0, f"generation: {shard} shards, {n_tok} tokens, "
-                 f"{n_tok / (time.time() - t0):.0f} tok/s")
-    print(file=sys.stderr)
+        advance(bar, t0, f"{shard} shards, {n_tok} tokens, {n_tok / (time.time() - t0):.0f} tok/s")
+    bar.close()
     log(f"generation done: {n_tok} new labelled tokens")
     windows = raw_windows(tokenizer, args.window, rng)
     done_raw = shard_paths(work, "raw")
     t0, n_tok, budget, shard = time.time(), 0, args.label_minutes * 60, len(done_raw)
     i = shard * args.label_batch
+    bar = time_bar(budget, "labelling (s)")
     while time.time() - t0 < budget and i < len(windows):
         recs = label_windows(target, windows[i: i + args.label_batch])
         torch.save(recs, work / f"raw_{shard:05d}.pt")
         n_tok += sum(len(r["tokens"]) for r in recs)
         i, shard = i + args.label_batch, shard + 1
-        progress(time.time() - t0, budget, t0, f"labelling: {n_tok} tokens, {n_tok / (time.time() - t0):.0f} tok/s")
-    print(file=sys.stderr)
+        advance(bar, t0, f"{n_tok} tokens, {n_tok / (time.time() - t0):.0f} tok/s")
+    bar.close()
     log(f"labelling done: {n_tok} tokens")
 
 
@@ -377,6 +385,7 @@ def train(target, tokenizer, args) -> dict:
     t0, budget, step, seen, epoch = time.time(), args.train_minutes * 60, 0, 0, 0
     history, next_eval = [], args.eval_every
     ema = None
+    bar = time_bar(budget, "training (s)")
     while time.time() - t0 < budget:
         epoch += 1
         for batch in make_batches(records, args.max_len, args.tokens_per_batch, rng):
@@ -393,15 +402,13 @@ def train(target, tokenizer, args) -> dict:
             seen += int(w.sum())
             ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
             elapsed = time.time() - t0
-            progress(elapsed, budget, t0, f"epoch {epoch} step {step} loss {ema:.3f} lr {lr:.1e} "
-                     f"{seen / elapsed:.0f} tok/s")
+            advance(bar, t0, f"epoch {epoch} step {step} loss {ema:.3f} lr {lr:.1e} {seen / elapsed:.0f} tok/s")
             if elapsed >= next_eval:
-                print(file=sys.stderr)
                 a = agreement(draft, held, remap, subset)
                 history.append(dict(minutes=round(elapsed / 60, 1), tokens=seen, loss=round(ema, 4), agreement=round(a, 4)))
                 log(f"held-out agreement {a:.3f} after {seen} tokens")
                 next_eval += args.eval_every
-    print(file=sys.stderr)
+    bar.close()
     final = agreement(draft, held, remap, subset)
     log(f"held-out greedy agreement: {final:.3f} (before training {agree0:.3f}, subset coverage {cov:.3f})")
     save(draft, args.out)

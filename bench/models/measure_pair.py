@@ -11,7 +11,7 @@ Also checks that the speculative output equals plain greedy decoding with the ta
 Writes bench/results/default_pair.md and (with --write-snippets) the held-out snippets that
 tests/test_models.py uses to python_api/specdec/assets/default_pair/heldout_snippets.json.
 
-Usage: PYTHONPATH=python_api python bench/models/measure_pair.py [--prompts 20] [--new-tokens 128]
+Usage: python bench/models/measure_pair.py [--prompts 20] [--new-tokens 128]
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "python_api"))
+from specdec.models import default_pair_dir, load_default_pair
+from specdec_kernels.benchmarking import machine_description
 
-from specdec.models import default_pair_dir, load_default_pair  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 EOT = "<|endoftext|>"
 
@@ -168,7 +168,7 @@ def main() -> None:
     meta = json.loads((root / "training.json").read_text()) if (root / "training.json").exists() else {}
     pt = sum(p.numel() for p in target.parameters())
     pd = sum(p.numel() for p in draft.parameters())
-    cmd = "PYTHONPATH=python_api python bench/models/measure_pair.py " + " ".join(sys.argv[1:])
+    cmd = "python bench/models/measure_pair.py " + " ".join(sys.argv[1:])
     lines = [
         "# Default model pair (specdec.models.load_default_pair)",
         "",
@@ -203,8 +203,8 @@ def main() -> None:
     lines += [
         "",
         f"Command: `{cmd.strip()}`  ",
-        f"Machine: {platform.machine()} {platform.processor() or ''} 2-core CPU (shared), torch {torch.__version__}, "
-        f"{args.threads} threads; measured {time.strftime('%Y-%m-%d')} in {time.time() - t0:.0f} s.",
+        f"Machine: {machine_description()} (shared with other jobs); "
+        f"measured {time.strftime('%Y-%m-%d')} in {time.time() - t0:.0f} s.",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

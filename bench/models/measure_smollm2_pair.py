@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+# distill_smollm2_draft.py sits beside this script: Python puts a script's own folder first on sys.path
+from distill_smollm2_draft import build_prompts
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "python_api"))
-sys.path.insert(0, str(REPO / "bench" / "models"))
-from distill_smollm2_draft import build_prompts  # noqa: E402
 
 
 @torch.no_grad()
@@ -56,8 +56,7 @@ def main() -> None:
     strategies = {f"chain k={k}": specdec.Chain(k) for k in args.ks}
     strategies["prompt lookup k=8 (no draft model)"] = specdec.PromptLookup(k=8)
     emitted = {n: [0, 0] for n in strategies}
-    t0 = time.time()
-    for i, (p, kind) in enumerate(zip(prompts, kinds)):
+    for p, kind in zip(tqdm(prompts, desc="prompts"), kinds):
         ids = encode(tok, p, chat=True)
         h, n = agreement(target, draft, ids, args.new_tokens)
         hits[kind][0] += h
@@ -67,8 +66,6 @@ def main() -> None:
                                    eos_token_id=tok.eos_token_id)
             emitted[name][0] += out.stats["new_tokens"] - 1  # the prefill's token is not speculative
             emitted[name][1] += out.stats["target_calls"] - 1
-        print(f"\r[{i + 1}/{len(prompts)}] {time.time() - t0:5.0f} s", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
     total = [hits["code"][0] + hits["prose"][0], hits["code"][1] + hits["prose"][1]]
     rows = [("greedy agreement, all answer tokens", total), ("greedy agreement, code prompts", hits["code"]),
             ("greedy agreement, prose prompts", hits["prose"])]

@@ -40,12 +40,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "bench" / "models"))
-from distill_smollm2_draft import build_prompts, make_batches, optimizer_step, raw_windows, schedule  # noqa: E402
-from train_pair import functions, read_text, split_files, stdlib_files  # noqa: E402
+# distill_smollm2_draft.py and train_pair.py sit beside this script: Python puts a script's own folder first
+# on sys.path, so they import by name (training-data and optimiser helpers of these scripts, not library code)
+from distill_smollm2_draft import build_prompts, make_batches, optimizer_step, raw_windows, schedule
+from train_pair import functions, read_text, split_files, stdlib_files
 
-from specdec.eagle import FeatureTap, eagle3_layers, new_head, unrolled_forward  # noqa: E402
+from specdec.eagle import FeatureTap, eagle3_layers, new_head, unrolled_forward
+
+REPO = Path(__file__).resolve().parents[2]
 
 ASSETS = REPO / "python_api" / "specdec" / "assets"
 OUT_NAMES = {"smollm2": "smollm2_eagle", "tiny": "default_pair_eagle"}  # the EAGLE-1 ablation adds "1"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 import specdec
 from specdec.strategies import resolve_strategy
@@ -149,7 +150,7 @@ def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_n
     calls = {c.name: 0 for c in configs}
     exact = {c.name: True for c in configs}
     reference = {}
-    total, done, t_start = len(configs) * repeats * len(encoded), 0, time.perf_counter()
+    bar = tqdm(total=len(configs) * repeats * len(encoded), desc="runs", unit="run")  # on stderr
     for rep in range(repeats):
         for i, ids in enumerate(encoded):
             for cfg in configs:
@@ -164,8 +165,9 @@ def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_n
                         reference[i] = new
                     else:
                         exact[cfg.name] &= torch.equal(new, reference[i])
-                done += 1
-                _progress(done, total, cfg.name, time.perf_counter() - t_start, log)
+                bar.set_postfix_str(cfg.name[:40], refresh=False)
+                bar.update()
+    bar.close()
     rows = []
     for cfg in configs:
         rates = [t / e for t, e in zip(toks[cfg.name], elapsed[cfg.name])]
@@ -181,13 +183,6 @@ def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_n
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / base
     return rows
-
-
-def _progress(done, total, name, elapsed, log):
-    eta = elapsed / done * (total - done)
-    print(f"\r[{done}/{total}] {name[:40]:<40} {elapsed:6.0f}s elapsed, ~{eta:4.0f}s left", end="", file=sys.stderr)
-    if done == total:
-        print(file=sys.stderr)
 
 
 def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: list[str], names: list[str],
@@ -216,10 +211,16 @@ def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: l
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
-    ra = torch.tensor(a).argsort().argsort().float()
-    rb = torch.tensor(b).argsort().argsort().float()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
+    """Spearman rank correlation of paired lists (ties get their average rank), as a float in [-1, 1].
+
+    NaN where it is undefined: fewer than two pairs, or either list constant (no ranking to compare)."""
+    from scipy.stats import spearmanr
+
+    if len(a) != len(b):
+        raise ValueError(f"a and b must pair up, got lengths {len(a)} and {len(b)}")
+    if len(a) < 2 or len(set(a)) < 2 or len(set(b)) < 2:  # checked here: scipy would warn, then give NaN
+        return math.nan
+    return float(spearmanr(a, b).statistic)
 
 
 def markdown(rows: list[dict], header: str) -> str:
