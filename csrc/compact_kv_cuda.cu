@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "compact_kv_cuda.h"
+#include "staged_copy.cuh"
 #include "vector_width.cuh"
 
 namespace specdec {
@@ -33,33 +34,15 @@ __global__ void compact_kv_kernel(Vec* __restrict__ cache,  // [planes, S, row_v
   // The whole block returns (d is the block's), so no thread misses a __syncthreads.
   if (d <= -M || d >= S) return;
   Vec* rows = cache + plane * S * row_vecs;  // int64: planes * S * row_vecs can pass 2^31
-  const int64_t total = n * row_vecs;
-  constexpr int64_t kChunk = int64_t(kThreads) * kVecsPerThread;
-
-  for (int64_t start = 0; start < total; start += kChunk) {
-    Vec staged[kVecsPerThread];
-    int64_t to[kVecsPerThread];
-#pragma unroll
-    for (int r = 0; r < kVecsPerThread; ++r) {
-      const int64_t e = start + int64_t(r) * kThreads + threadIdx.x;
-      to[r] = -1;
-      if (e < total) {
-        const int64_t i = e / row_vecs, c = e % row_vecs;
-        const int64_t s = src[b * M + i];
-        // Rows already in place are skipped; out-of-range rows (unchecked calls) are never touched.
-        if (s != d + i && s >= 0 && s < S && d + i >= 0 && d + i < S) {
-          staged[r] = rows[s * row_vecs + c];
-          to[r] = (d + i) * row_vecs + c;
-        }
-      }
-    }
-    __syncthreads();  // every read of this chunk precedes every write of it
-#pragma unroll
-    for (int r = 0; r < kVecsPerThread; ++r) {
-      if (to[r] >= 0) rows[to[r]] = staged[r];
-    }
-    __syncthreads();  // the next chunk's reads follow this chunk's writes
-  }
+  staged_copy<kThreads, kVecsPerThread>(rows, n * row_vecs, [&](int64_t e, int64_t& from, int64_t& to) {
+    const int64_t i = e / row_vecs, col = e % row_vecs;
+    const int64_t s = src[b * M + i];
+    // Rows already in place are skipped; out-of-range rows (unchecked calls) are never touched.
+    if (s == d + i || s < 0 || s >= S || d + i < 0 || d + i >= S) return false;
+    from = s * row_vecs + col;
+    to = (d + i) * row_vecs + col;
+    return true;
+  });
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "compact_kv_cuda.h"
+#include "staged_copy.cuh"
 #include "vector_width.cuh"
 
 namespace specdec {
@@ -34,33 +35,15 @@ __global__ void move_kv_slots_kernel(MoveBuffers buffers, int64_t planes, int64_
   const int64_t width = row_vecs - first_col < slice_vecs ? row_vecs - first_col : slice_vecs;
   // int64 offsets: planes * num_slots * row_vecs can pass 2^31
   Vec* rows = static_cast<Vec*>(buffers.ptr[buffer]) + plane * num_slots * row_vecs + first_col;
-  const int64_t total = n * width;
-  constexpr int64_t kChunk = int64_t(kThreads) * kVecsPerThread;
-
-  for (int64_t start = 0; start < total; start += kChunk) {
-    Vec staged[kVecsPerThread];
-    int64_t to[kVecsPerThread];
-#pragma unroll
-    for (int r = 0; r < kVecsPerThread; ++r) {
-      const int64_t e = start + int64_t(r) * kThreads + threadIdx.x;
-      to[r] = -1;
-      if (e < total) {
-        const int64_t i = e / width, c = e % width;
-        const int64_t s = src[i], d = dst[i];
-        // Padding (-1), no-op moves and, in unchecked calls, out-of-range slots are never touched.
-        if (s != d && s >= 0 && s < num_slots && d >= 0 && d < num_slots) {
-          staged[r] = rows[s * row_vecs + c];
-          to[r] = d * row_vecs + c;
-        }
-      }
-    }
-    __syncthreads();  // every read of this chunk precedes every write of it
-#pragma unroll
-    for (int r = 0; r < kVecsPerThread; ++r) {
-      if (to[r] >= 0) rows[to[r]] = staged[r];
-    }
-    __syncthreads();  // the next chunk's reads follow this chunk's writes
-  }
+  staged_copy<kThreads, kVecsPerThread>(rows, n * width, [&](int64_t e, int64_t& from, int64_t& to) {
+    const int64_t i = e / width, c = e % width;
+    const int64_t s = src[i], d = dst[i];
+    // Padding (-1), no-op moves and, in unchecked calls, out-of-range slots are never touched.
+    if (s == d || s < 0 || s >= num_slots || d < 0 || d >= num_slots) return false;
+    from = s * row_vecs + c;
+    to = d * row_vecs + c;
+    return true;
+  });
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 """Paged tree attention: the token trees of a ragged batch attend to a paged KV cache (serving layout).
 
-Same semantics as :func:`specdec_kernels.tree_attention` (see there and DESIGN.md, "Trees"), in the
+Same semantics as :func:`specdec_kernels.tree_attention` (see there and docs/design.md, "Trees"), in the
 layout of serving runtimes instead of padded ``[B, H, S, D]`` tensors:
 
 - queries are packed ("varlen"): request b's ``n_b`` tree nodes are rows

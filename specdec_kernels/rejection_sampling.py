@@ -1,6 +1,6 @@
 """Fused rejection sampling: lossless verification of draft tokens, chain or tree, in one launch.
 
-Terms (DESIGN.md, "Verification (lossless)"). A *node* u of the token tree carries the target's
+Terms (docs/design.md, "Verification"). A *node* u of the token tree carries the target's
 distribution ``p_u`` for the token after it and, when its children were sampled, the draft's
 distribution ``q_u`` they were drawn from. Verification walks from the root: at node u the children
 are tried in node order; an *accepted* child becomes the new u. When every child of u is rejected
@@ -33,13 +33,14 @@ masked out and ``Z`` is updated by a subtraction, no pass per rejection.
 
 Sampling from an unnormalised residual is two passes over vocabulary tiles: the sum (skipped when a
 rejection pass already computed it), then an inverse-CDF scan that stops at the tile holding the
-token. Randomness is counter-based (Philox4x32-10): key = seed, counter = (sequence index, node, 0),
-or key = seed[b] and counter = (0, node, 0) with per-sequence seeds; output word 0 is node j's accept
-test, word 1 the correction/bonus draw at node u. A fixed seed reproduces the result and a row's
-result does not depend on the other rows. A decoding loop must pass a new seed every step.
+token. Randomness is counter-based (Philox4x32-10, :mod:`specdec_kernels.philox`): key = seed, counter =
+(sequence index, node, 0), or key = seed[b] and counter = (0, node, 0) with per-sequence seeds; output
+word 0 is node j's accept test, word 1 the correction/bonus draw at node u. A fixed seed reproduces the
+result and a row's result does not depend on the other rows. A decoding loop must pass a new seed every
+step.
 :func:`ragged_verify` (flattened batches of serving runtimes) uses key = seed[b] and counter
 (offset[b] low word, node, offset[b] high word), or uniforms the caller supplies.
-The PyTorch reference draws the same numbers (a bit-exact Philox in int64 arithmetic), so the two
+The PyTorch reference draws the same numbers (philox.py's bit-exact reference), so the two
 backends agree up to float rounding at decision boundaries.
 
 Target logits with a temperature can replace target probabilities: the softmax is fused (one online
@@ -48,6 +49,7 @@ max/sum pass per visited node), temperature 0 means greedy.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -55,6 +57,8 @@ import triton
 import triton.language as tl
 
 from specdec_kernels._backend import resolve_backend
+from specdec_kernels.philox import (MASK32, UNIFORM_SHIFT, UNIFORM_STEP, philox_2x32, philox_2x32_tl,
+                                    uniform_closed_open, uniform_open)
 from specdec_kernels.trees import validate_parents
 
 __all__ = [
@@ -70,17 +74,14 @@ PAD_TOKEN = -1  # padding in tokens / path outputs
 MAX_NODES = 1024  # per-program vectors of next_pow2(N) entries
 MAX_BLOCK_V = 2048  # vocabulary tile
 
-# verification modes (tl.constexpr)
-MODE_GREEDY = 0
-MODE_DETERMINISTIC = 1  # draft_probs=None: q one-hot at each child
-MODE_SAMPLED = 2  # children drawn from draft_probs without replacement
+# Verification modes, the kernels' MODE: tl.constexpr so that the kernels test them by name (they compare
+# and hash as the ints; launches pass int(mode)).
+MODE_GREEDY = tl.constexpr(0)
+MODE_DETERMINISTIC = tl.constexpr(1)  # draft_probs=None: q one-hot at each child
+MODE_SAMPLED = tl.constexpr(2)  # children drawn from draft_probs without replacement
 
-_PHILOX_KEY_A = 0x9E3779B9
-_PHILOX_KEY_B = 0xBB67AE85
-_PHILOX_ROUND_A = 0xD2511F53
-_PHILOX_ROUND_B = 0xCD9E8D57
-_PHILOX_ROUNDS = 10
-_U24 = 1.0 / 16777216.0  # 2**-24
+_NO_INDEX = tl.constexpr(2147483647)  # int32 max: "no token here" in min-reductions over token indices
+_MIN_Q_MASS = tl.constexpr(1e-30)  # floor of S (q's mass left), so that Z / S stays finite
 
 _PROB_SUM_TOL = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -108,9 +109,10 @@ class TreeVerifyResult(NamedTuple):
 # Triton kernel
 # ----------------------------------------------------------------------------------------------------
 # Few nested @triton.jit calls on purpose: the CPU interpreter re-patches triton.language on every
-# device-function call (about a millisecond each), so per-node work is inlined in the kernel and the
-# vocabulary passes share one helper; reductions call tl.reduce with Triton's own combine functions
-# (what tl.sum / tl.max / tl.min do), which the interpreter maps to numpy.
+# device-function call (about a millisecond each), so the helpers are what runs once per sequence (its
+# tree, its random numbers) or once per vocabulary pass, and the per-child work is inlined in the walk;
+# reductions call tl.reduce with Triton's own combine functions (what tl.sum / tl.max / tl.min do), which
+# the interpreter maps to numpy.
 
 
 def _combine_fn(name, fallback):
@@ -139,22 +141,6 @@ _MIN = _combine_fn("_elementwise_min", _min_combine)
 
 
 @triton.jit
-def _philox_2x32(k0, k1, c0, c1, c2):
-    """First two output words of Philox4x32-10, key (k0, k1), counter (c0, c1, c2, 0); uint32."""
-    c3 = c0 * 0
-    for _ in tl.static_range(10):
-        _c0 = c0
-        _c2 = c2
-        c0 = tl.math.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
-        c2 = tl.math.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
-        c1 = _c2 * 0xCD9E8D57
-        c3 = _c0 * 0xD2511F53
-        k0 = k0 + 0x9E3779B9
-        k1 = k1 + 0xBB67AE85
-    return c0, c1
-
-
-@triton.jit
 def _row_argmax(row, V, BLOCK_V: tl.constexpr):
     """First index of the maximum of a row (probabilities or logits), tile by tile."""
     offs0 = tl.arange(0, BLOCK_V)
@@ -165,7 +151,7 @@ def _row_argmax(row, V, BLOCK_V: tl.constexpr):
         x = tl.load(row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
         mx = tl.reduce(x, 0, _MAX)
         take = mx > best_v  # strict: an earlier tile keeps ties
-        best_i = tl.where(take, tl.reduce(tl.where(x == mx, offs, 2147483647), 0, _MIN), best_i)
+        best_i = tl.where(take, tl.reduce(tl.where(x == mx, offs, _NO_INDEX), 0, _MIN), best_i)
         best_v = tl.where(take, mx, best_v)
     return best_i
 
@@ -194,22 +180,112 @@ def _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej, targ
             r = tl.exp(lg * inv_temp - m) * inv_l
         else:
             r = tl.load(row + offs, mask=mask, other=0.0).to(tl.float32)
-        if MODE == 2:
+        if MODE == MODE_SAMPLED:
             if use_q:
                 q = tl.load(qrow + offs, mask=mask, other=0.0).to(tl.float32)
                 r = tl.maximum(r - a32 * q, 0.0)
-        elif MODE == 1:
+        elif MODE == MODE_DETERMINISTIC:
             # mask the rejected child tokens that fall in this tile (few tiles hold any)
             if tl.reduce(((rej >= start) & (rej < start + BLOCK_V)).to(tl.int32), 0, _SUM) > 0:
                 for i in range(0, nrej):
                     r = tl.where(offs == tl.reduce(tl.where(ar_n == i, rej, 0), 0, _SUM), 0.0, r)
         c = running + tl.associative_scan(r, 0, _SUM)
-        first = tl.reduce(tl.where((c > target) & (r > 0.0), offs, 2147483647), 0, _MIN)
-        tok = tl.where(first < 2147483647, first, -1)
+        first = tl.reduce(tl.where((c > target) & (r > 0.0), offs, _NO_INDEX), 0, _MIN)
+        tok = tl.where(first < _NO_INDEX, first, -1)
         last = tl.maximum(last, tl.reduce(tl.where(r > 0.0, offs, -1), 0, _MAX))
         running += tl.reduce(r, 0, _SUM)
         start += BLOCK_V
     return running, tok, last
+
+
+@triton.jit
+def _sequence_tree(tok_ptr, par_ptr, lens_ptr, cu_ptr, b, ar, N, T, stride_tok_b, stride_par_b,
+                   IS_CHAIN: tl.constexpr, HAS_LENS: tl.constexpr, RAGGED: tl.constexpr):
+    """The tree of sequence b in registers, vectors over the nodes ``ar``: (node tokens, parents, which
+    nodes are drafts, last node n_last, t0 = the first flat entry of its drafts when RAGGED, else 0)."""
+    in_n = ar < N
+    t0 = b * 0
+    if RAGGED:
+        # request b's drafts are the flat entries t0 .. t0 + n_last - 1 (nodes 1 .. n_last); clamped so
+        # that unchecked bad offsets (validate=False) stay inside the buffers
+        t0 = tl.minimum(tl.maximum(tl.load(cu_ptr + b).to(tl.int64), 0), T)
+        t1 = tl.minimum(tl.maximum(tl.load(cu_ptr + b + 1).to(tl.int64), t0), T)
+        n_last = tl.minimum(t1 - t0, N - 1).to(tl.int32)
+        valid = (ar >= 1) & (ar <= n_last)
+        tok_vec = tl.load(tok_ptr + t0 + ar - 1, mask=valid, other=-1).to(tl.int32)
+        if IS_CHAIN:
+            par_vec = ar - 1
+        else:
+            par_vec = tl.load(par_ptr + t0 + ar - 1, mask=valid, other=-2).to(tl.int32)
+    elif IS_CHAIN:
+        tok_vec = tl.load(tok_ptr + b * stride_tok_b + ar - 1, mask=(ar >= 1) & in_n, other=-1).to(tl.int32)
+        par_vec = ar - 1
+        n_last = N - 1
+        if HAS_LENS:
+            n_last = tl.minimum(tl.load(lens_ptr + b).to(tl.int32), N - 1)
+        valid = (ar >= 1) & (ar <= n_last)
+    else:
+        tok_vec = tl.load(tok_ptr + b * stride_tok_b + ar, mask=in_n, other=-1).to(tl.int32)
+        par_vec = tl.load(par_ptr + b * stride_par_b + ar, mask=in_n, other=-2).to(tl.int32)
+        valid = (ar >= 1) & in_n
+        n_last = N - 1  # (used only by RAGGED)
+    return tok_vec, par_vec, valid, n_last, t0
+
+
+@triton.jit
+def _sequence_uniforms(seeds_ptr, offset_ptr, uacc_ptr, usmp_ptr, pid, b, ar, valid, t0, seed_lo, seed_hi,
+                       SEED_PER_ROW: tl.constexpr, SEED_SCALAR: tl.constexpr, RNG_OFFSET: tl.constexpr,
+                       UNIFORMS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The sequence's random numbers, vectors over the nodes ``ar``: (fp64 accept-test uniform in (0, 1) of
+    node j, fp32 correction/bonus uniform in [0, 1) when the walk ends at node u). One Philox call, counter
+    (c0, node, c2); or the caller's numbers (UNIFORMS)."""
+    u_acc_vec = tl.zeros([BLOCK_N], tl.float64)
+    u_smp_vec = tl.zeros([BLOCK_N], tl.float32)
+    if UNIFORMS:  # the caller's numbers: node j's accept test, one correction/bonus draw per request
+        u_acc_vec = tl.load(uacc_ptr + t0 + ar - 1, mask=valid, other=0.5).to(tl.float64)
+        u_smp_vec += tl.load(usmp_ptr + b).to(tl.float32)
+    else:
+        if SEED_PER_ROW:
+            if SEED_SCALAR:  # read on the device, not the host: same key and counter as an int seed
+                s = tl.load(seeds_ptr)
+                c0 = (ar * 0 + pid).to(tl.uint32)
+            else:
+                s = tl.load(seeds_ptr + b)
+                c0 = (ar * 0).to(tl.uint32)
+            k0 = s.to(tl.uint32)
+            k1 = (s >> 32).to(tl.uint32)
+        else:
+            k0 = seed_lo.to(tl.uint32, bitcast=True)
+            k1 = seed_hi.to(tl.uint32, bitcast=True)
+            c0 = (ar * 0 + pid).to(tl.uint32)
+        c2 = (ar * 0).to(tl.uint32)
+        if RNG_OFFSET:  # counter (offset low word, node, offset high word); offset 0: the seed's numbers
+            o = tl.load(offset_ptr + b)
+            c0 = c0 + o.to(tl.uint32)
+            c2 = c2 + (o >> 32).to(tl.uint32)
+        w0, w1 = philox_2x32_tl(k0, k1, c0, ar.to(tl.uint32), c2)
+        # as philox.uniform_open (0, 1) and philox.uniform_closed_open [0, 1)
+        u_acc_vec = ((w0 >> UNIFORM_SHIFT).to(tl.float64) + 0.5) * UNIFORM_STEP
+        u_smp_vec = (w1 >> UNIFORM_SHIFT).to(tl.float32) * UNIFORM_STEP
+    return u_acc_vec, u_smp_vec
+
+
+@triton.jit
+def _softmax_stats(row, n, V, inv_temp, BLOCK_V: tl.constexpr):
+    """Online softmax statistics of ``logits * inv_temp`` over the first n entries of a row, one pass:
+    (max m, 1 / sum exp(logits * inv_temp - m))."""
+    offs0 = tl.arange(0, BLOCK_V)
+    m_vec = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    l_vec = tl.zeros([BLOCK_V], tl.float32)
+    for start in range(0, n, BLOCK_V):
+        offs = start + offs0
+        lg = tl.load(row + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
+        m_new = tl.maximum(m_vec, lg)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_vec = l_vec * tl.exp(m_vec - m_safe) + tl.exp(lg - m_safe)
+        m_vec = m_new
+    m = tl.reduce(m_vec, 0, _MAX)
+    return m, 1.0 / tl.reduce(l_vec * tl.exp(m_vec - m), 0, _SUM)
 
 
 # The walk is one device function (inlined when compiled) behind two launch entries: _verify_kernel keeps
@@ -252,32 +328,10 @@ def _verify_program(
     b = pid.to(tl.int64)
     ar = tl.arange(0, BLOCK_N)
     in_n = ar < N
-    offs0 = tl.arange(0, BLOCK_V)
 
     # ---- the tree of this sequence, in registers: node tokens, parents, which nodes exist
-    if RAGGED:
-        # request b's drafts are the flat entries t0 .. t0 + n_last - 1 (nodes 1 .. n_last); clamped so
-        # that unchecked bad offsets (validate=False) stay inside the buffers
-        t0 = tl.minimum(tl.maximum(tl.load(cu_ptr + b).to(tl.int64), 0), T)
-        t1 = tl.minimum(tl.maximum(tl.load(cu_ptr + b + 1).to(tl.int64), t0), T)
-        n_last = tl.minimum(t1 - t0, N - 1).to(tl.int32)
-        valid = (ar >= 1) & (ar <= n_last)
-        tok_vec = tl.load(tok_ptr + t0 + ar - 1, mask=valid, other=-1).to(tl.int32)
-        if IS_CHAIN:
-            par_vec = ar - 1
-        else:
-            par_vec = tl.load(par_ptr + t0 + ar - 1, mask=valid, other=-2).to(tl.int32)
-    elif IS_CHAIN:
-        tok_vec = tl.load(tok_ptr + b * stride_tok_b + ar - 1, mask=(ar >= 1) & in_n, other=-1).to(tl.int32)
-        par_vec = ar - 1
-        n_last = N - 1
-        if HAS_LENS:
-            n_last = tl.minimum(tl.load(lens_ptr + b).to(tl.int32), N - 1)
-        valid = (ar >= 1) & (ar <= n_last)
-    else:
-        tok_vec = tl.load(tok_ptr + b * stride_tok_b + ar, mask=in_n, other=-1).to(tl.int32)
-        par_vec = tl.load(par_ptr + b * stride_par_b + ar, mask=in_n, other=-2).to(tl.int32)
-        valid = (ar >= 1) & in_n
+    tok_vec, par_vec, valid, n_last, t0 = _sequence_tree(tok_ptr, par_ptr, lens_ptr, cu_ptr, b, ar, N, T,
+                                                         stride_tok_b, stride_par_b, IS_CHAIN, HAS_LENS, RAGGED)
 
     # ---- the rule of this row: MODE, or greedy where the per-request flag says so (mixed batches);
     # a greedy row skips the sampled work by running those vocabulary loops over 0 tokens, and back
@@ -290,36 +344,14 @@ def _verify_program(
     if ROW_TEMP:
         inv_temp = tl.load(inv_temp_ptr + b).to(tl.float32)
 
-    # ---- randomness: one Philox call for all of the sequence's numbers, counter (c0, node, c2):
-    # word 0 is the accept test of node j, word 1 the correction/bonus draw at node u
+    # ---- randomness: every number of the sequence up front (u_acc_vec[j]: node j's accept test,
+    # u_smp_vec[u]: the correction/bonus draw when the walk ends at node u)
     u_acc_vec = tl.zeros([BLOCK_N], tl.float64)
     u_smp_vec = tl.zeros([BLOCK_N], tl.float32)
-    if MODE != 0:
-        if UNIFORMS:  # the caller's numbers: node j's accept test, one correction/bonus draw per request
-            u_acc_vec = tl.load(uacc_ptr + t0 + ar - 1, mask=valid, other=0.5).to(tl.float64)
-            u_smp_vec += tl.load(usmp_ptr + b).to(tl.float32)
-        else:
-            if SEED_PER_ROW:
-                if SEED_SCALAR:  # read on the device, not the host: same key and counter as an int seed
-                    s = tl.load(seeds_ptr)
-                    c0 = (ar * 0 + pid).to(tl.uint32)
-                else:
-                    s = tl.load(seeds_ptr + b)
-                    c0 = (ar * 0).to(tl.uint32)
-                k0 = s.to(tl.uint32)
-                k1 = (s >> 32).to(tl.uint32)
-            else:
-                k0 = seed_lo.to(tl.uint32, bitcast=True)
-                k1 = seed_hi.to(tl.uint32, bitcast=True)
-                c0 = (ar * 0 + pid).to(tl.uint32)
-            c2 = (ar * 0).to(tl.uint32)
-            if RNG_OFFSET:  # counter (offset low word, node, offset high word); offset 0: the seed's numbers
-                o = tl.load(offset_ptr + b)
-                c0 = c0 + o.to(tl.uint32)
-                c2 = c2 + (o >> 32).to(tl.uint32)
-            w0, w1 = _philox_2x32(k0, k1, c0, ar.to(tl.uint32), c2)
-            u_acc_vec = ((w0 >> 8).to(tl.float64) + 0.5) * 5.9604644775390625e-08  # (0, 1), 2**-24 steps
-            u_smp_vec = (w1 >> 8).to(tl.float32) * 5.9604644775390625e-08  # [0, 1)
+    if MODE != MODE_GREEDY:
+        u_acc_vec, u_smp_vec = _sequence_uniforms(
+            seeds_ptr, offset_ptr, uacc_ptr, usmp_ptr, pid, b, ar, valid, t0, seed_lo, seed_hi,
+            SEED_PER_ROW, SEED_SCALAR, RNG_OFFSET, UNIFORMS, BLOCK_N)
 
     tgt_b = tgt_ptr + b * stride_tgt_b
     drf_b = drf_ptr + b * stride_drf_b
@@ -352,23 +384,13 @@ def _verify_program(
             row = tl.where(cur == n_last, bonus_ptr + b * stride_bonus_b, row)
         if pending:  # entering node cur
             pending = zero_i != 0
-            if MODE == 0:
+            if MODE == MODE_GREEDY:
                 amax = _row_argmax(row, V, BLOCK_V)
             else:
                 if ROW_GREEDY:
                     amax = _row_argmax(row, v_grd, BLOCK_V)
-                if LOGITS:  # online softmax statistics, one pass
-                    m_vec = tl.full([BLOCK_V], float("-inf"), tl.float32)
-                    l_vec = tl.zeros([BLOCK_V], tl.float32)
-                    for start in range(0, v_smp, BLOCK_V):
-                        offs = start + offs0
-                        lg = tl.load(row + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_temp
-                        m_new = tl.maximum(m_vec, lg)
-                        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                        l_vec = l_vec * tl.exp(m_vec - m_safe) + tl.exp(lg - m_safe)
-                        m_vec = m_new
-                    m = tl.reduce(m_vec, 0, _MAX)
-                    inv_l = 1.0 / tl.reduce(l_vec * tl.exp(m_vec - m), 0, _SUM)
+                if LOGITS:
+                    m, inv_l = _softmax_stats(row, v_smp, V, inv_temp, BLOCK_V)
         j = tl.reduce(tl.where(valid & (par_vec == cur) & (ar > jlast), ar, BLOCK_N), 0, _MIN)  # next child
         searching = j < BLOCK_N
         if searching:
@@ -379,7 +401,7 @@ def _verify_program(
             xs = tl.minimum(tl.maximum(x, 0), V - 1)
             qx = zero_d
             px_res = zero_d
-            if MODE == 0:
+            if MODE == MODE_GREEDY:
                 accept = x == amax
             else:
                 u = tl.reduce(tl.where(ar == j, u_acc_vec, 0.0), 0, _SUM)
@@ -387,7 +409,7 @@ def _verify_program(
                     px = (tl.exp(tl.load(row + xs).to(tl.float32) * inv_temp - m) * inv_l).to(tl.float64)
                 else:
                     px = tl.load(row + xs).to(tl.float64)
-                if MODE == 2:
+                if MODE == MODE_SAMPLED:
                     qx = tl.load(qrow + xs).to(tl.float64)
                     px_res = tl.maximum(px - a_sub * qx, 0.0)
                     # accept w.p. min(1, p_k(x) / q_k(x)) with p_k = P / Z, q_k = q / S
@@ -410,15 +432,15 @@ def _verify_program(
                 nrej = zero_i
                 rej = tl.full([BLOCK_N], -1, tl.int32)
             else:
-                if MODE == 2:
+                if MODE == MODE_SAMPLED:
                     # p <- norm(max(0, p - q)): A += Z / S and Z from one vocabulary pass; then q loses x
                     a_sub = a_sub + z_res / s_q
                     z32, _t, _l = _residual_pass(row, qrow, v_smp, m, inv_l, inv_temp, a_sub.to(tl.float32),
                                                  zero_i == 0, rej, nrej, float("inf"),
                                                  MODE, LOGITS, BLOCK_V, BLOCK_N)
                     z_res = z32.to(tl.float64)
-                    s_q = tl.maximum(s_q - qx, 1e-30)
-                elif MODE == 1:
+                    s_q = tl.maximum(s_q - qx, _MIN_Q_MASS)
+                elif MODE == MODE_DETERMINISTIC:
                     z_res = z_res - px_res  # p <- p without x
                     rej = tl.where(ar == nrej, x, rej)
                 nrej += 1
@@ -431,7 +453,7 @@ def _verify_program(
         row = tl.where(cur == n_last, bonus_ptr + b * stride_bonus_b, row)
     if RAGGED:  # q of the current node: the last rejected child's draft row (read only after a rejection)
         qrow = drf_b + tl.maximum(jlast - 1, 0).to(tl.int64) * stride_drf_n
-    if MODE == 0:
+    if MODE == MODE_GREEDY:
         nxt = amax
     else:
         u = tl.reduce(tl.where(ar == cur, u_smp_vec, 0.0), 0, _SUM)
@@ -441,7 +463,7 @@ def _verify_program(
         # untouched softmax row (1); otherwise one sum pass (input probabilities are normalised only
         # to a tolerance, and a masked deterministic residual is re-summed so that the scan agrees)
         z_smp = z_res.to(tl.float32)
-        if MODE == 2:
+        if MODE == MODE_SAMPLED:
             if LOGITS:
                 need_sum = zero_i != 0
             else:
@@ -547,7 +569,7 @@ def _launch(tok, parents, lens, tgt, drf, *, is_chain, mode, logits, inv_temp, s
     per_row = isinstance(seed, torch.Tensor)
     seed_lo = seed_hi = 0
     if not per_row:
-        seed_lo, seed_hi = seed & 0xFFFFFFFF, seed >> 32
+        seed_lo, seed_hi = seed & MASK32, seed >> 32
         seed_lo = seed_lo - (1 << 32) if seed_lo >= (1 << 31) else seed_lo  # as int32 bits
         seed_hi = seed_hi - (1 << 32) if seed_hi >= (1 << 31) else seed_hi
     block_v = block_v or min(triton.next_power_of_2(V), MAX_BLOCK_V)
@@ -567,7 +589,7 @@ def _launch(tok, parents, lens, tgt, drf, *, is_chain, mode, logits, inv_temp, s
             parents.stride(0) if parents is not None and parents.dim() == 2 else 0,
             tgt.stride(0), tgt.stride(1),
             drf.stride(0) if drf is not None else 0, drf.stride(1) if drf is not None else 0,
-            IS_CHAIN=is_chain, HAS_LENS=lens is not None, MODE=mode, LOGITS=logits,
+            IS_CHAIN=is_chain, HAS_LENS=lens is not None, MODE=int(mode), LOGITS=logits,
             SEED_PER_ROW=per_row, SEED_SCALAR=per_row and seed.dim() == 0, WRITE_PATH=write_path,
             BLOCK_V=block_v, BLOCK_N=block_n, num_warps=8 if block_v >= 2048 else 4,
         )
@@ -577,32 +599,6 @@ def _launch(tok, parents, lens, tgt, drf, *, is_chain, mode, logits, inv_temp, s
 # ----------------------------------------------------------------------------------------------------
 # PyTorch reference (defines the semantics; the CPU path). Vectorised over the batch, a loop over nodes.
 # ----------------------------------------------------------------------------------------------------
-
-
-def _mulhilo32(a: int, b: torch.Tensor):
-    """(high, low) 32-bit words of a * b for a < 2**32 and int64 b in [0, 2**32), without overflow."""
-    b_lo, b_hi = b & 0xFFFF, b >> 16
-    t_lo = a * b_lo  # < 2**48
-    t = a * b_hi + (t_lo >> 16)  # < 2**49
-    return t >> 16, ((t & 0xFFFF) << 16) | (t_lo & 0xFFFF)
-
-
-def philox_2x32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1, c2=0):
-    """Philox4x32-10, first two output words, as int64 in [0, 2**32): the kernel's random numbers,
-    bit for bit. Key (k0, k1) and counter (c0, c1, c2, 0) are uint32 values in int64 tensors (or ints)."""
-    M = 0xFFFFFFFF
-    c0 = c0.to(torch.int64)
-    c1 = torch.as_tensor(c1, dtype=torch.int64, device=c0.device).expand_as(c0)
-    c2 = torch.as_tensor(c2, dtype=torch.int64, device=c0.device).expand_as(c0)
-    c3 = torch.zeros_like(c0)
-    k0, k1 = k0.to(torch.int64), k1.to(torch.int64)
-    for _ in range(_PHILOX_ROUNDS):
-        hi_b, lo_b = _mulhilo32(_PHILOX_ROUND_B, c2)
-        hi_a, lo_a = _mulhilo32(_PHILOX_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0 = (k0 + _PHILOX_KEY_A) & M
-        k1 = (k1 + _PHILOX_KEY_B) & M
-    return c0, c1
 
 
 def _row_chunks(n: int, V: int):
@@ -692,7 +688,7 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
                 u = uniforms[0][rows, j].to(f64)
             else:
                 r32, _ = philox_2x32(k0[rows], k1[rows], c0[rows], j, c2[rows])
-                u = ((r32 >> 8).to(f64) + 0.5) * _U24  # (0, 1)
+                u = uniform_open(r32)
             if logits:
                 px = (torch.exp(tgt[rows, node, xs].float() * it[rows] - m[rows]) * inv_l[rows]).to(f64)
             else:
@@ -719,7 +715,7 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
             if mode == MODE_SAMPLED:  # p <- norm(max(0, p - q)), then q loses x
                 a_sub[rr] += z_res[rr] / s_q[rr]
                 z_res[rr] = residual_sum(rr, cur[rr], torch.ones_like(rr, dtype=torch.bool)).to(f64)
-                s_q[rr] = torch.clamp(s_q[rr] - qx[~acc], min=1e-30)
+                s_q[rr] = torch.clamp(s_q[rr] - qx[~acc], min=_MIN_Q_MASS.value)
             elif mode == MODE_DETERMINISTIC:  # p <- p without x
                 z_res[rr] -= px_res[~acc]
                 rej[rr, nrej[rr]] = x[~acc]
@@ -732,7 +728,7 @@ def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, 
             u = uniforms[1].to(torch.float32)
         else:
             _, r32 = philox_2x32(k0, k1, c0, cur, c2)
-            u = (r32 >> 8).to(torch.float32) * _U24  # [0, 1)
+            u = uniform_closed_open(r32)
         use_q = nrej > 0
         if mode == MODE_SAMPLED:
             need_sum = torch.zeros_like(use_q) if logits else nrej == 0
@@ -837,6 +833,24 @@ def _greedy_checks(x, rows_used, name, what, logits):
     return [(bad & rows_used, f"{what}: {name} has a NaN or infinite entry in row (batch, node) = {{idx}}")]
 
 
+def _seed_and_target_checks(seed, target, rows_used, tname, what, logits, mode):
+    """Value checks of chain_verify / tree_verify shared by both: a seed tensor is >= 0; the target rows in
+    use are finite (greedy) or distributions (the sampled rules)."""
+    checks = []
+    if isinstance(seed, torch.Tensor):
+        checks.append((seed.reshape(-1) < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
+    if mode == MODE_GREEDY:
+        return checks + _greedy_checks(target, rows_used, tname, what, logits)
+    return checks + _dist_checks(target, rows_used, tname, what, logits)
+
+
+def _check_draft_probs(draft_probs, shape, desc, what, device):
+    """draft_probs: a float tensor on the target's device of the given shape (desc names its dims)."""
+    _check_tensor(draft_probs, "draft_probs", what, (3,), floating=True, device=device)
+    if tuple(draft_probs.shape) != shape:
+        raise ValueError(f"{what}: draft_probs must have shape {desc} = {shape}, got {tuple(draft_probs.shape)}")
+
+
 def _target_args(target_probs, target_logits, temperature, what):
     if (target_probs is None) == (target_logits is None):
         raise ValueError(f"{what}: pass exactly one of target_probs and target_logits")
@@ -859,10 +873,10 @@ def _mode(greedy, logits, temperature, draft_probs):
 
 def _reference_keys(seed, B, device):
     if isinstance(seed, torch.Tensor) and seed.dim() == 0:  # one seed on the device: an int seed's numbers
-        return (seed & 0xFFFFFFFF).expand(B), (seed >> 32).expand(B), torch.arange(B, dtype=torch.int64, device=device)
+        return (seed & MASK32).expand(B), (seed >> 32).expand(B), torch.arange(B, dtype=torch.int64, device=device)
     if isinstance(seed, torch.Tensor):
-        return seed & 0xFFFFFFFF, seed >> 32, torch.zeros(B, dtype=torch.int64, device=device)
-    k0 = torch.full((B,), seed & 0xFFFFFFFF, dtype=torch.int64, device=device)
+        return seed & MASK32, seed >> 32, torch.zeros(B, dtype=torch.int64, device=device)
+    k0 = torch.full((B,), seed & MASK32, dtype=torch.int64, device=device)
     k1 = torch.full((B,), seed >> 32, dtype=torch.int64, device=device)
     return k0, k1, torch.arange(B, dtype=torch.int64, device=device)
 
@@ -952,10 +966,7 @@ def chain_verify(
         raise ValueError(f"{what}: need V >= 1 and K + 1 <= {MAX_NODES}, got {tname} {tuple(target.shape)}")
     mode = _mode(greedy, logits, temperature, draft_probs)
     if draft_probs is not None:
-        _check_tensor(draft_probs, "draft_probs", what, (3,), floating=True, device=dev)
-        if tuple(draft_probs.shape) != (B, K, V):
-            raise ValueError(f"{what}: draft_probs must have shape [B, K, V] = {(B, K, V)}, "
-                             f"got {tuple(draft_probs.shape)}")
+        _check_draft_probs(draft_probs, (B, K, V), "[B, K, V]", what, dev)
     if draft_lens is not None:
         _check_tensor(draft_lens, "draft_lens", what, (1,), floating=False, device=dev)
         if draft_lens.shape[0] != B:
@@ -972,14 +983,9 @@ def chain_verify(
             (((draft_tokens < 0) | (draft_tokens >= V)) & node_ok[:, 1:],
              f"{what}: draft_tokens out of range [0, V={V}) at (batch, k) = {{idx}}"),
         ]
-        if isinstance(seed, torch.Tensor):
-            checks.append((seed.reshape(-1) < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
-        if mode == MODE_GREEDY:
-            checks += _greedy_checks(target, node_ok, tname, what, logits)
-        else:
-            checks += _dist_checks(target, node_ok, tname, what, logits)
-            if mode == MODE_SAMPLED:
-                checks += _dist_checks(draft_probs, node_ok[:, 1:], "draft_probs", what, False)
+        checks += _seed_and_target_checks(seed, target, node_ok, tname, what, logits, mode)
+        if mode == MODE_SAMPLED:
+            checks += _dist_checks(draft_probs, node_ok[:, 1:], "draft_probs", what, False)
         _run_value_checks(checks)
 
     inv_temp = 1.0 / temperature if logits and temperature > 0 else 1.0
@@ -1073,10 +1079,7 @@ def tree_verify(
         raise ValueError(f"{what}: need V >= 1 and 1 <= N <= {MAX_NODES}, got {tname} {tuple(target.shape)}")
     mode = _mode(greedy, logits, temperature, draft_probs)
     if draft_probs is not None:
-        _check_tensor(draft_probs, "draft_probs", what, (3,), floating=True, device=dev)
-        if tuple(draft_probs.shape) != (B, N, V):
-            raise ValueError(f"{what}: draft_probs must have shape [B, N, V] = {(B, N, V)}, "
-                             f"got {tuple(draft_probs.shape)}")
+        _check_draft_probs(draft_probs, (B, N, V), "[B, N, V]", what, dev)
     seed = _parse_seed(seed, B, dev, what) if mode != MODE_GREEDY else 0
     impl = resolve_backend(backend, dev, what)
 
@@ -1085,17 +1088,12 @@ def tree_verify(
         nodes_ok = torch.ones(B, N, dtype=torch.bool, device=dev)
         checks = [(((tokens < 0) | (tokens >= V)) & (torch.arange(N, device=dev) >= 1),
                    f"{what}: tokens out of range [0, V={V}) at (batch, node) = {{idx}}")]
-        if isinstance(seed, torch.Tensor):
-            checks.append((seed.reshape(-1) < 0, f"{what}: seed tensor must be >= 0; bad at batch {{idx}}"))
-        if mode == MODE_GREEDY:
-            checks += _greedy_checks(target, nodes_ok, tname, what, logits)
-        else:
-            checks += _dist_checks(target, nodes_ok, tname, what, logits)
-            if mode == MODE_SAMPLED:
-                par = parents.to(torch.int64).expand(B, N)
-                has_child = torch.zeros(B, N + 1, dtype=torch.bool, device=dev)
-                has_child.scatter_(1, (par + (par < 0) * (N + 1)), True)  # the root's -1 -> column N
-                checks += _dist_checks(draft_probs, has_child[:, :N], "draft_probs", what, False)
+        checks += _seed_and_target_checks(seed, target, nodes_ok, tname, what, logits, mode)
+        if mode == MODE_SAMPLED:
+            par = parents.to(torch.int64).expand(B, N)
+            has_child = torch.zeros(B, N + 1, dtype=torch.bool, device=dev)
+            has_child.scatter_(1, (par + (par < 0) * (N + 1)), True)  # the root's -1 -> column N
+            checks += _dist_checks(draft_probs, has_child[:, :N], "draft_probs", what, False)
         _run_value_checks(checks)
 
     inv_temp = 1.0 / temperature if logits and temperature > 0 else 1.0
@@ -1440,7 +1438,7 @@ def _launch_ragged(a, tok, cu, par, drf, out_tok, acc_len, acc_idx, nxt, *, gree
             bonus.stride(0) if bonus is not None else 0, drf.stride(0) if drf is not None else 0,
             out_tok.stride(0), out_tok.stride(1),
             acc_idx.stride(0) if acc_idx is not None else 0, acc_idx.stride(1) if acc_idx is not None else 0,
-            IS_CHAIN=par is None, MODE=a.mode, LOGITS=a.logits, SEP_BONUS=bonus is not None,
+            IS_CHAIN=par is None, MODE=int(a.mode), LOGITS=a.logits, SEP_BONUS=bonus is not None,
             ROW_GREEDY=greedy_rows is not None, ROW_TEMP=inv_temp is not None, SEED_PER_ROW=seed is not None,
             RNG_OFFSET=offset is not None, UNIFORMS=u_acc is not None, WRITE_PATH=acc_idx is not None,
             BLOCK_V=block_v, BLOCK_N=block_n, num_warps=8 if block_v >= 2048 else 4,
@@ -1568,7 +1566,7 @@ def ragged_verify(
         return
     tok, par, valid, tgt, drf_p, ua, t0 = _ragged_padded(a, draft_token_ids, cu_num_draft_tokens, parents, drf,
                                                          u_acc)
-    M = 0xFFFFFFFF
+    M = MASK32
     zeros = torch.zeros(a.B, dtype=torch.int64, device=tgt.device)
     s = seed if seed is not None else zeros
     o = offset if offset is not None else zeros
@@ -1587,51 +1585,43 @@ def ragged_verify(
 from specdec_kernels import _ops as _specdec_ops_ragged  # noqa: E402,F401  (the C++ `specdec` library first)
 
 
-@torch.library.custom_op(
-    "specdec::ragged_verify", mutates_args=("output_token_ids", "accept_length", "accept_index", "next_token"))
-def _ragged_verify_op(
-    draft_token_ids: torch.Tensor,
-    cu_num_draft_tokens: torch.Tensor,
-    output_token_ids: torch.Tensor,
-    accept_length: torch.Tensor,
-    target_probs: torch.Tensor | None = None,
-    target_logits: torch.Tensor | None = None,
-    bonus_probs: torch.Tensor | None = None,
-    bonus_logits: torch.Tensor | None = None,
-    draft_probs: torch.Tensor | None = None,
-    parents: torch.Tensor | None = None,
-    is_greedy: torch.Tensor | None = None,
-    temperature: torch.Tensor | None = None,
-    seed: torch.Tensor | None = None,
-    offset: torch.Tensor | None = None,
-    uniform_accept: torch.Tensor | None = None,
-    uniform_sample: torch.Tensor | None = None,
-    accept_index: torch.Tensor | None = None,
-    next_token: torch.Tensor | None = None,
-    *,
-    greedy: bool = False,
-    validate: bool = True,
-    backend: str | None = None,
-) -> None:
+# The op's arguments are ragged_verify's, in its order, with the tensors positional (custom ops take no
+# keyword-only tensors) and the flags keyword-only; the schema is written out from ragged_verify's
+# signature so that the argument list is kept in one place.
+_RAGGED_OP_FLAGS = "*, bool greedy=False, bool validate=True, str? backend=None"
+_RAGGED_OP_OUTPUTS = ("output_token_ids", "accept_length", "accept_index", "next_token")
+
+
+def _ragged_op_tensors() -> tuple[str, ...]:
+    """ragged_verify's tensor arguments in order: all of its parameters but the flags."""
+    return tuple(n for n in inspect.signature(ragged_verify).parameters if n not in ("greedy", "validate", "backend"))
+
+
+def _ragged_op_schema(names) -> str:
+    """``(Tensor draft_token_ids, ..., Tensor(a2!) output_token_ids, ..., Tensor? target_probs=None, ...,
+    *, flags) -> ()``: a tensor without a default in ragged_verify is required, an output is marked mutated."""
+    params = inspect.signature(ragged_verify).parameters
+    args = []
+    for i, name in enumerate(names):
+        alias = f"(a{i}!)" if name in _RAGGED_OP_OUTPUTS else ""
+        required = params[name].default is inspect.Parameter.empty
+        args.append(f"Tensor{alias} {name}" if required else f"Tensor{alias}? {name}=None")
+    return "(" + ", ".join(args + [_RAGGED_OP_FLAGS]) + ") -> ()"
+
+
+_RAGGED_OP_TENSORS = _ragged_op_tensors()
+
+
+@torch.library.custom_op("specdec::ragged_verify", mutates_args=_RAGGED_OP_OUTPUTS,
+                         schema=_ragged_op_schema(_RAGGED_OP_TENSORS))
+def _ragged_verify_op(*tensors, greedy=False, validate=True, backend=None) -> None:
     """:func:`ragged_verify` as a torch op (writes its output buffers, returns nothing). Same arguments;
-    the tensors may also be passed by position (custom ops allow no keyword-only tensors)."""
-    ragged_verify(
-        draft_token_ids, cu_num_draft_tokens, output_token_ids=output_token_ids, accept_length=accept_length,
-        target_probs=target_probs, target_logits=target_logits, bonus_probs=bonus_probs,
-        bonus_logits=bonus_logits, draft_probs=draft_probs, parents=parents, greedy=greedy,
-        is_greedy=is_greedy, temperature=temperature, seed=seed, offset=offset, uniform_accept=uniform_accept,
-        uniform_sample=uniform_sample, accept_index=accept_index, next_token=next_token, validate=validate,
-        backend=backend)
+    the tensors may also be passed by position, in ragged_verify's order."""
+    ragged_verify(**dict(zip(_RAGGED_OP_TENSORS, tensors)), greedy=greedy, validate=validate, backend=backend)
 
 
 @_ragged_verify_op.register_fake
-def _ragged_verify_fake(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_length,
-                        target_probs=None, target_logits=None, bonus_probs=None, bonus_logits=None,
-                        draft_probs=None, parents=None, is_greedy=None, temperature=None, seed=None,
-                        offset=None, uniform_accept=None, uniform_sample=None, accept_index=None,
-                        next_token=None, *, greedy=False, validate=True, backend=None):
+def _ragged_verify_fake(*tensors, greedy=False, validate=True, backend=None):
     # outputs are written in place: only the argument metadata can be checked
-    _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_length, target_probs,
-                 target_logits, bonus_probs, bonus_logits, draft_probs, parents, greedy, is_greedy, temperature,
-                 seed, offset, uniform_accept, uniform_sample, accept_index, next_token)
+    _ragged_args(**dict(zip(_RAGGED_OP_TENSORS, tensors)), greedy=greedy)
     return None

@@ -1,6 +1,6 @@
 """Tree attention: N speculated tokens, arranged as a token tree, attend to a KV cache and their ancestors.
 
-Terms (DESIGN.md, "Trees"). Sequence b holds ``kv_lens[b]`` valid cache entries; the last N of them are
+Terms (docs/design.md, "Trees"). Sequence b holds ``kv_lens[b]`` valid cache entries; the last N of them are
 the tree's own keys/values (node j at cache position ``prefix_b + j``, ``prefix_b = kv_lens[b] - N``).
 Node i attends to every prefix entry and to tree node j iff ``tree_mask[i, j]`` (j is i or an ancestor
 of i). Nodes are in topological order, so an ancestor always precedes its descendant: bits above the

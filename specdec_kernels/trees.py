@@ -1,6 +1,6 @@
 """Token-tree helpers shared by the kernels and the decoding loop.
 
-Conventions (DESIGN.md, "Trees"): N nodes in topological order, ``parents[0] == -1`` (the root),
+Conventions (docs/design.md, "Trees"): N nodes in topological order, ``parents[0] == -1`` (the root),
 ``parents[i] < i`` for every other node. ``depth[0] = 0`` and ``depth[i] = depth[parents[i]] + 1``.
 Node i attends to node j iff j is i or an ancestor of i. The packed mask stores bit j of row i in
 int32 word ``j // 32``, 32 nodes to a word.

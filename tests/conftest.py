@@ -1,11 +1,6 @@
-import os
-
-# The Triton interpreter must be switched on before any @triton.jit kernel is defined (i.e. before
-# specdec_kernels is imported); set later, a launch fails with "0 active drivers".
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# TRITON_INTERPRET=1 is set by the repository's root conftest.py, which pytest loads first.
+import pytest
+import torch
 
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")

@@ -12,7 +12,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-from specdec_kernels import hf_attention, trees  # noqa: E402
+from specdec import hf_attention  # noqa: E402
+from specdec_kernels import trees  # noqa: E402
 
 VOCAB = 97
 ATOL = RTOL = 2e-5  # fp32 end to end; the two paths differ only in summation order

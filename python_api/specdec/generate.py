@@ -243,11 +243,14 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
 
     Examples
     --------
+    >>> import specdec
     >>> target, draft, tok = specdec.load_default_pair()
     >>> ids = tok("def fib(n):", return_tensors="pt").input_ids
     >>> out = specdec.generate(target, draft, ids, max_new_tokens=32)
+    >>> out.sequences.shape[1] <= ids.shape[1] + 32
+    True
     >>> target, head, tok = specdec.load_default_pair(draft="eagle")
-    >>> out = specdec.generate(target, head, ids, max_new_tokens=32, strategy="eagle2")
+    >>> out = specdec.generate(target, head, ids, max_new_tokens=32, strategy="eagle2")  # doctest: +SKIP
     """
     sampling, from_config = resolve_sampling(temperature, top_k, top_p, min_p, repetition_penalty, generation_config)
     max_new_tokens = _first_given(max_new_tokens, from_config.get("max_new_tokens"), 128)

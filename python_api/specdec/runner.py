@@ -9,8 +9,9 @@ import weakref
 
 import torch
 
-from specdec_kernels import hf_attention, trees
+from specdec_kernels import trees
 
+from specdec import hf_attention
 from specdec.cache import SpecCache
 
 

@@ -4,7 +4,7 @@
 A model built with ``attn_implementation="specdec_tree"`` (or switched with
 ``model.set_attn_implementation("specdec_tree")``) then verifies a whole token tree in one forward::
 
-    import specdec_kernels.hf_attention as hfa
+    import specdec.hf_attention as hfa
     hfa.register()
     model.set_attn_implementation("specdec_tree")
     out = model(tree_tokens,                          # [B, N], node 0 the root
@@ -94,7 +94,7 @@ def register(name: str = ATTENTION_NAME) -> str:
 
     Idempotent. Returns the name to pass as ``attn_implementation``.
 
-    >>> import specdec_kernels.hf_attention as hfa
+    >>> import specdec.hf_attention as hfa
     >>> hfa.register()
     'specdec_tree'
     """
