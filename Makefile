@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench cuda-check clean vllm-setup vllm-check vllm-bench
+.PHONY: setup demo test lint bench cuda-check clean vllm-setup vllm-check vllm-bench
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# ruff: the linter and formatter configured in pyproject.toml (CI runs this)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	$(PY) bench/bench_compaction.py

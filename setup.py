@@ -3,6 +3,7 @@
 The .cu sources use raw pointers and a cudaStream_t only, so nvcc compiles them without torch's headers;
 the torch-facing glue (op registration, stream lookup) lives in .cpp files.
 """
+
 import glob
 import os
 

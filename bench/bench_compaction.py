@@ -8,6 +8,7 @@ same op called once per layer, CUDA only: L launches), ``torch gather+scatter pe
 ``torch index_select loop`` (per layer and sequence). GB/s counts the bytes moved: every kept row
 read once and written once, K and V, all layers and heads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,7 +85,10 @@ def main(argv=None):
     providers = [("op (one launch, all layers)", op_one_launch)]
     if a.device == "cuda":
         providers.append(("op per layer (L launches)", op_per_layer))
-    providers += [("torch gather+scatter per layer", torch_gather_scatter), ("torch index_select loop", torch_index_select_loop)]
+    providers += [
+        ("torch gather+scatter per layer", torch_gather_scatter),
+        ("torch index_select loop", torch_index_select_loop),
+    ]
 
     expected = case[0].clone()
     sk.compact_kv_cache_reference(expected, *case[1:])
@@ -110,7 +114,10 @@ def main(argv=None):
     base = rows[0][1]
     for name, med, lo, hi, gbs in rows:
         lines.append(f"| {name} | {med * 1e3:.1f} | {lo * 1e3:.1f}-{hi * 1e3:.1f} | {gbs:.1f} | {med / base:.2f}x |")
-    lines += ["", f"measured copy bandwidth (torch copy_, read+write): {bw:.1f} GB/s; op reaches {rows[0][4] / bw:.0%} of it"]
+    lines += [
+        "",
+        f"measured copy bandwidth (torch copy_, read+write): {bw:.1f} GB/s; op reaches {rows[0][4] / bw:.0%} of it",
+    ]
     table = "\n".join(lines)
     print(table)
     if a.out:

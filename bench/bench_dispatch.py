@@ -9,6 +9,7 @@ arguments as a runtime would pass them: ``check=False`` / ``validate=False`` and
 providers alternate round by round; the table gives the median per-call time over the rounds, and the
 fastest round (the least disturbed by other processes on a shared machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ _LIB.define("copy(Tensor x) -> Tensor")
 _LIB.define("fill_(Tensor(a!) x) -> ()")
 _LIB.impl("copy", _copy, "CompositeExplicitAutograd")
 _LIB.impl("fill_", _fill, "CompositeExplicitAutograd")
-_LIB.define("copy_many(Tensor q, Tensor k, Tensor v, Tensor kv_lens, Tensor tree_mask, *, float? sm_scale=None, "
-            "bool check=True, int? max_kv_len=None, int? num_splits=None, str? backend=None) -> Tensor")
+_LIB.define(
+    "copy_many(Tensor q, Tensor k, Tensor v, Tensor kv_lens, Tensor tree_mask, *, float? sm_scale=None, "
+    "bool check=True, int? max_kv_len=None, int? num_splits=None, str? backend=None) -> Tensor"
+)
 _LIB.impl("copy_many", lambda q, k, v, kv_lens, tree_mask, **kw: q.clone(), "CompositeExplicitAutograd")
 torch.library.custom_op("specdec_bench_custom_op::copy", _copy, mutates_args=())
 torch.library.custom_op("specdec_bench_custom_op::fill_", _fill, mutates_args=("x",))
@@ -64,23 +67,42 @@ def cases():
     x = torch.zeros(1)
     return [
         ("trivial op x.clone(), as specdec registers", lambda: _copy(x), lambda: torch.ops.specdec_bench.copy(x)),
-        ("trivial op q.clone() with tree_attention's arguments, as specdec registers",
-         lambda: (lambda q, k, v, kv_lens, tree_mask, **kw: q.clone())(x, x, x, x, x, check=False, max_kv_len=16),
-         lambda: torch.ops.specdec_bench.copy_many(x, x, x, x, x, check=False, max_kv_len=16)),
+        (
+            "trivial op q.clone() with tree_attention's arguments, as specdec registers",
+            lambda: (lambda q, k, v, kv_lens, tree_mask, **kw: q.clone())(x, x, x, x, x, check=False, max_kv_len=16),
+            lambda: torch.ops.specdec_bench.copy_many(x, x, x, x, x, check=False, max_kv_len=16),
+        ),
         ("trivial op x.clone(), custom_op", lambda: _copy(x), lambda: torch.ops.specdec_bench_custom_op.copy(x)),
-        ("trivial mutating op x.fill_(1), as specdec registers", lambda: _fill(x),
-         lambda: torch.ops.specdec_bench.fill_(x)),
-        ("trivial mutating op x.fill_(1), custom_op", lambda: _fill(x),
-         lambda: torch.ops.specdec_bench_custom_op.fill_(x)),
-        ("tree_attention", lambda: sk.tree_attention(q, k, v, lens, mask, check=False, max_kv_len=16),
-         lambda: OPS.tree_attention(q, k, v, lens, mask, check=False, max_kv_len=16)),
-        ("tree_attention (out=)", lambda: sk.tree_attention(q, k, v, lens, mask, out=out, check=False, max_kv_len=16),
-         lambda: OPS.tree_attention_out(q, k, v, lens, mask, out, check=False, max_kv_len=16)),
-        ("chain_verify (sampled)", lambda: sk.chain_verify(tok[:, 1:], p, dq[:, 1:], seed=seed, validate=False),
-         lambda: OPS.chain_verify(tok[:, 1:], p, dq[:, 1:], seed=seed, validate=False)),
-        ("tree_verify (greedy, logits)",
-         lambda: sk.tree_verify(tok, parents, target_logits=p, greedy=True, validate=False),
-         lambda: OPS.tree_verify(tok, parents, target_logits=p, greedy=True, validate=False)),
+        (
+            "trivial mutating op x.fill_(1), as specdec registers",
+            lambda: _fill(x),
+            lambda: torch.ops.specdec_bench.fill_(x),
+        ),
+        (
+            "trivial mutating op x.fill_(1), custom_op",
+            lambda: _fill(x),
+            lambda: torch.ops.specdec_bench_custom_op.fill_(x),
+        ),
+        (
+            "tree_attention",
+            lambda: sk.tree_attention(q, k, v, lens, mask, check=False, max_kv_len=16),
+            lambda: OPS.tree_attention(q, k, v, lens, mask, check=False, max_kv_len=16),
+        ),
+        (
+            "tree_attention (out=)",
+            lambda: sk.tree_attention(q, k, v, lens, mask, out=out, check=False, max_kv_len=16),
+            lambda: OPS.tree_attention_out(q, k, v, lens, mask, out, check=False, max_kv_len=16),
+        ),
+        (
+            "chain_verify (sampled)",
+            lambda: sk.chain_verify(tok[:, 1:], p, dq[:, 1:], seed=seed, validate=False),
+            lambda: OPS.chain_verify(tok[:, 1:], p, dq[:, 1:], seed=seed, validate=False),
+        ),
+        (
+            "tree_verify (greedy, logits)",
+            lambda: sk.tree_verify(tok, parents, target_logits=p, greedy=True, validate=False),
+            lambda: OPS.tree_verify(tok, parents, target_logits=p, greedy=True, validate=False),
+        ),
     ]
 
 
@@ -107,8 +129,15 @@ def main():
         for _ in range(args.rounds):
             times["direct"].append(per_call_us(direct, args.calls))
             times["op"].append(per_call_us(op, args.calls))
-        rows.append((name, statistics.median(times["direct"]), statistics.median(times["op"]),
-                     min(times["direct"]), min(times["op"])))
+        rows.append(
+            (
+                name,
+                statistics.median(times["direct"]),
+                statistics.median(times["op"]),
+                min(times["direct"]),
+                min(times["op"]),
+            )
+        )
 
     lines = [
         f"Eager dispatch overhead of torch.ops.specdec.* vs the direct Python call, {machine_description()}; "
@@ -116,16 +145,28 @@ def main():
         "(check=False / validate=False, seed tensor), B=2 Hq=4 Hkv=2 N=5 D=16 S=16 V=32.",
         "",
         f"command: `python bench/bench_dispatch.py --calls {args.calls} --rounds {args.rounds}"
-        + (f" --threads {args.threads}" if args.threads != 1 else "") + (f" --out {args.out}`" if args.out else "`"),
+        + (f" --threads {args.threads}" if args.threads != 1 else "")
+        + (f" --out {args.out}`" if args.out else "`"),
         "",
         f"µs per call: median and fastest of {args.rounds} rounds of {args.calls} calls; load average at the end "
         f"{os.getloadavg()[0]:.1f} (other processes share the machine)",
         "",
-        *markdown_header(["op", "direct µs (median)", "torch.ops µs (median)", "overhead µs (median)",
-                          "direct µs (fastest)", "torch.ops µs (fastest)", "overhead µs (fastest)"], align="lrrrrrr"),
+        *markdown_header(
+            [
+                "op",
+                "direct µs (median)",
+                "torch.ops µs (median)",
+                "overhead µs (median)",
+                "direct µs (fastest)",
+                "torch.ops µs (fastest)",
+                "overhead µs (fastest)",
+            ],
+            align="lrrrrrr",
+        ),
     ]
-    lines += [f"| {n} | {d:.1f} | {o:.1f} | {o - d:+.1f} | {dm:.1f} | {om:.1f} | {om - dm:+.1f} |"
-              for n, d, o, dm, om in rows]
+    lines += [
+        f"| {n} | {d:.1f} | {o:.1f} | {o - d:+.1f} | {dm:.1f} | {om:.1f} | {om - dm:+.1f} |" for n, d, o, dm, om in rows
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -4,6 +4,7 @@ slow forward widths to faster ones (specdec.runner.cpu_pad_map, measured per mod
 
     python bench/bench_latency.py --pair smollm2      # or --pair default; appends to bench/results/latency_cpu.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,21 +31,27 @@ def main() -> None:
     target, draft, _ = load_smollm2_pair() if args.pair == "smollm2" else load_default_pair()
     tables = {}
     for label, pad in (("padded", True), ("unpadded", False)):
-        tables[label] = [runner.time_forwards(m, TOKENS, prefix=args.prefix, reps=args.reps, pad=pad)
-                         for m in (target, draft)]
+        tables[label] = [
+            runner.time_forwards(m, TOKENS, prefix=args.prefix, reps=args.reps, pad=pad) for m in (target, draft)
+        ]
         print(f"{label} done", file=sys.stderr)
     name = "SmolLM2-135M-Instruct + distilled draft" if args.pair == "smollm2" else "bundled pair"
-    lines = [f"Forward latency, {name}, through specdec's runner, B=1, prefix {args.prefix}, median of {args.reps}; "
-             f"{machine_description()}; command: "
-             f"`python bench/bench_latency.py --pair {args.pair}`", "",
-             "| tokens per call | target ms | target ms, unpadded | draft ms | draft ms, unpadded |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Forward latency, {name}, through specdec's runner, B=1, prefix {args.prefix}, median of {args.reps}; "
+        f"{machine_description()}; command: "
+        f"`python bench/bench_latency.py --pair {args.pair}`",
+        "",
+        "| tokens per call | target ms | target ms, unpadded | draft ms | draft ms, unpadded |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     (tp, dp), (tu, du) = tables["padded"], tables["unpadded"]
     for n in TOKENS:
         lines.append(f"| {n} | {tp[n] * 1e3:.2f} | {tu[n] * 1e3:.2f} | {dp[n] * 1e3:.2f} | {du[n] * 1e3:.2f} |")
     lines.append("")
-    lines.append(f"Padding maps measured by specdec.runner.cpu_pad_map: target {runner.cpu_pad_map(target)}, "
-                 f"draft {runner.cpu_pad_map(draft)}")
+    lines.append(
+        f"Padding maps measured by specdec.runner.cpu_pad_map: target {runner.cpu_pad_map(target)}, "
+        f"draft {runner.cpu_pad_map(draft)}"
+    )
     table = "\n".join(lines)
     print(table)
     with open(args.out, "a") as f:

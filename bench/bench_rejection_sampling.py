@@ -11,11 +11,13 @@ children. CPU: the reference only, smaller sizes (V=32000, B in {1, 8}).
 Target logits are peaked (a few tokens hold most of the mass, like a confident model) and the draft is
 correlated with them (q = softmax(target logits + noise)), so walks go several nodes deep as in real
 speculation. Timings: median and p20/p80 of --reps calls (``specdec_kernels.benchmarking.measure``: CUDA
-events with the L2 flushed before each call on CUDA, wall clock on CPU). GB/s counts the bytes a verifier must read at least once: for every
+events with the L2 flushed before each call on CUDA, wall clock on CPU). GB/s counts the bytes a verifier
+must read at least once: for every
 sequence, the target row of every visited node (``num_accepted + 1`` rows) plus, for sampled drafts,
 the draft row of those nodes; the copy bandwidth is a device-to-device copy (read + write) of a large
 buffer measured in the same run. ``validate=False`` in the timed calls (a decoding loop's setting).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +27,14 @@ import sys
 import torch
 
 import specdec_kernels as sk
-from specdec_kernels.benchmarking import (copy_bandwidth_gbps, gbps, machine_description, markdown_header,
-                                          markdown_row, measure)
+from specdec_kernels.benchmarking import (
+    copy_bandwidth_gbps,
+    gbps,
+    machine_description,
+    markdown_header,
+    markdown_row,
+    measure,
+)
 
 
 def peaked_logits(*shape, device, gen, top=4, boost=14.0):
@@ -82,12 +90,18 @@ def cases(device):
     # The issue's shapes on CUDA (V=128256, chain B=32, trees B=1/32); smaller ones for the CPU reference.
     V, chain_b, tree_bs = (128256, 32, (1, 32)) if device == "cuda" else (32000, 8, (1, 8))
     yield "chain fp32 probs, sampled", f"B={chain_b} K=8", lambda g: ("chain", make_chain(chain_b, 8, V, device, gen=g))
-    yield "chain bf16 logits, sampled", f"B={chain_b} K=8", lambda g: (
-        "chain", make_chain(chain_b, 8, V, device, torch.bfloat16, gen=g))
+    yield (
+        "chain bf16 logits, sampled",
+        f"B={chain_b} K=8",
+        lambda g: ("chain", make_chain(chain_b, 8, V, device, torch.bfloat16, gen=g)),
+    )
     for B in tree_bs:
         yield "tree fp32 probs, sampled", f"B={B} N=64", lambda g, B=B: ("tree", make_tree(B, 64, V, device, gen=g))
-        yield "tree bf16 logits, top-k", f"B={B} N=64", lambda g, B=B: (
-            "tree", make_tree(B, 64, V, device, torch.bfloat16, gen=g))
+        yield (
+            "tree bf16 logits, top-k",
+            f"B={B} N=64",
+            lambda g, B=B: ("tree", make_tree(B, 64, V, device, torch.bfloat16, gen=g)),
+        )
 
 
 def main(argv=None):
@@ -120,15 +134,25 @@ def main(argv=None):
         kind, inputs = build(gen)
         fn = sk.chain_verify if kind == "chain" else sk.tree_verify
         for prov in providers:
-            def call(prov=prov):
+
+            def call(prov=prov, fn=fn, inputs=inputs):
                 return fn(**inputs, seed=1, validate=False, backend=prov)
 
             res = call()
             t = measure(call, repeats=args.reps, device=device)
             gbs = gbps(useful_bytes(inputs, res), t.median_s)
-            row = markdown_row([name, shape, prov, f"{t.median_s * 1e6:.1f}",
-                                f"{t.quantile(0.2) * 1e6:.1f}–{t.quantile(0.8) * 1e6:.1f}", f"{gbs:.2f}",
-                                f"{100 * gbs / copy_gbs:.1f}%", f"{float(res.num_emitted.float().mean()):.2f}"])
+            row = markdown_row(
+                [
+                    name,
+                    shape,
+                    prov,
+                    f"{t.median_s * 1e6:.1f}",
+                    f"{t.quantile(0.2) * 1e6:.1f}–{t.quantile(0.8) * 1e6:.1f}",
+                    f"{gbs:.2f}",
+                    f"{100 * gbs / copy_gbs:.1f}%",
+                    f"{float(res.num_emitted.float().mean()):.2f}",
+                ]
+            )
             lines.append(row)
             print(row, flush=True)
         del inputs

@@ -14,6 +14,7 @@ fraction of a measured device-to-device copy (read + write bytes / time).
     python bench/bench_tree_attention.py                          # CUDA defaults: B=1, 32q/8kv heads, D=128
     python bench/bench_tree_attention.py --device cpu --n 16 64 --prefix 512 2048 --out bench/results/x.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,15 @@ import torch.nn.functional as F
 
 import specdec_kernels as sk
 from specdec_kernels import trees
-from specdec_kernels.benchmarking import (copy_bandwidth_gbps, gbps, machine_description, markdown_header,
-                                          markdown_row, measure, tflops)
+from specdec_kernels.benchmarking import (
+    copy_bandwidth_gbps,
+    gbps,
+    machine_description,
+    markdown_header,
+    markdown_row,
+    measure,
+    tflops,
+)
 from specdec_kernels.tree_attention import tree_attention_mask
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -67,8 +75,9 @@ def run(args) -> str:
             if device.type == "cuda":
                 providers["triton"] = lambda: sk.tree_attention(q, k, v, kv_lens, tmask, backend="triton", check=False)
             else:
-                providers["reference"] = lambda: sk.tree_attention(q, k, v, kv_lens, tmask, backend="reference",
-                                                                   check=False)
+                providers["reference"] = lambda: sk.tree_attention(
+                    q, k, v, kv_lens, tmask, backend="reference", check=False
+                )
             providers["sdpa_bool_mask"] = lambda: F.scaled_dot_product_attention(
                 q, k, v, attn_mask=dense, enable_gqa=True
             )
@@ -76,11 +85,24 @@ def run(args) -> str:
                 t = measure(fn, repeats=reps, device=device)
                 med = t.median_s
                 gbs = gbps(nbytes, med)
-                rows.append((n, prefix, name, med * 1e6, t.quantile(0.2) * 1e6, t.quantile(0.8) * 1e6,
-                             tflops(flops, med), gbs, None if copy_gbs is None else gbs / copy_gbs))
+                rows.append(
+                    (
+                        n,
+                        prefix,
+                        name,
+                        med * 1e6,
+                        t.quantile(0.2) * 1e6,
+                        t.quantile(0.8) * 1e6,
+                        tflops(flops, med),
+                        gbs,
+                        None if copy_gbs is None else gbs / copy_gbs,
+                    )
+                )
 
     columns = ["N", "prefix", "provider", "median µs", "p20–p80 µs", "TFLOP/s", "GB/s (K/V once)"]
-    lines = markdown_header(columns + (["% of copy BW"] if copy_gbs else []), align="rrlrrrr" + ("r" if copy_gbs else ""))
+    lines = markdown_header(
+        columns + (["% of copy BW"] if copy_gbs else []), align="rrlrrrr" + ("r" if copy_gbs else "")
+    )
     for n, prefix, name, med, lo, hi, tf, gbs, frac in rows:
         cells = [n, prefix, name, f"{med:.1f}", f"{lo:.1f}–{hi:.1f}", f"{tf:.3f}", f"{gbs:.1f}"]
         lines.append(markdown_row(cells + ([f"{100 * frac:.0f}%"] if copy_gbs else [])))
@@ -97,8 +119,10 @@ def run(args) -> str:
         header.append(f"- measured device-to-device copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
     if device.type == "cpu":
         header.append(f"- load average at start (the 2 cores are shared): {load_at_start:.1f}")
-        header.append("- CPU: `reference` is the CPU path of `tree_attention` (fp32 SDPA, GQA by reshaping q); "
-                      f"wall-clock median of {reps} calls. The Triton interpreter is not timed.")
+        header.append(
+            "- CPU: `reference` is the CPU path of `tree_attention` (fp32 SDPA, GQA by reshaping q); "
+            f"wall-clock median of {reps} calls. The Triton interpreter is not timed."
+        )
     return "\n".join(header + [""] + lines) + "\n"
 
 

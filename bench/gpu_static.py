@@ -27,6 +27,7 @@ interpreter functions and cannot be compiled), so the functions below can be cal
 Compiled reports are cached under ``$XDG_CACHE_HOME/specdec_gpu_static`` (default ~/.cache), keyed by the
 PTX; Triton caches the compilation itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,13 @@ DEVICES = {
     "H200": Device("H200", 4.8e12, 989e12),
     "B200": Device("B200", 8.0e12, 2250e12),
 }
-_DEVICE_NAME_PATTERNS = (("H100 PCIe", Device("H100 PCIe", 2.0e12, 756e12)), ("H200", DEVICES["H200"]),
-                         ("H100", DEVICES["H100"]), ("A100", DEVICES["A100"]), ("B200", DEVICES["B200"]))
+_DEVICE_NAME_PATTERNS = (
+    ("H100 PCIe", Device("H100 PCIe", 2.0e12, 756e12)),
+    ("H200", DEVICES["H200"]),
+    ("H100", DEVICES["H100"]),
+    ("A100", DEVICES["A100"]),
+    ("B200", DEVICES["B200"]),
+)
 
 # FlashInfer's chain speculative sampler, B=32, k=8, V=128k: 78 us on a B200 (the published anchor).
 ANCHOR = dict(what="FlashInfer chain speculative sampling, B=32 k=8 V=128k", us=78.0, device="B200")
@@ -180,20 +186,29 @@ def attention_cases(dtypes=("bf16", "fp16"), ns=ATTN_N, prefixes=ATTN_PREFIX) ->
 
 def verify_cases() -> list[VerifyCase]:
     """The rejection-sampling benchmark's cases plus greedy (chain B=32 K=8, trees of 64 nodes, V=128256)."""
-    out = [VerifyCase("chain", 32, 9, "greedy", True, target_dtype="bf16"),
-           VerifyCase("chain", 32, 9, "sampled", False),
-           VerifyCase("chain", 32, 9, "sampled", True, target_dtype="bf16")]
+    out = [
+        VerifyCase("chain", 32, 9, "greedy", True, target_dtype="bf16"),
+        VerifyCase("chain", 32, 9, "sampled", False),
+        VerifyCase("chain", 32, 9, "sampled", True, target_dtype="bf16"),
+    ]
     for b in (1, 32):
-        out += [VerifyCase("tree", b, 64, "greedy", True, target_dtype="bf16"),
-                VerifyCase("tree", b, 64, "sampled", False),
-                VerifyCase("tree", b, 64, "topk", True, target_dtype="bf16")]
+        out += [
+            VerifyCase("tree", b, 64, "greedy", True, target_dtype="bf16"),
+            VerifyCase("tree", b, 64, "sampled", False),
+            VerifyCase("tree", b, 64, "topk", True, target_dtype="bf16"),
+        ]
     return out
 
 
 def quick_cases() -> list:
     """What CI compiles: the small-row attention tiles that spilled, a large one, and each verify mode."""
-    return [AttnCase(1, 8192, "bf16"), AttnCase(16, 8192, "fp16"), AttnCase(64, 8192, "bf16"),
-            VerifyCase("chain", 32, 9, "sampled", False), VerifyCase("tree", 32, 64, "topk", True, target_dtype="bf16")]
+    return [
+        AttnCase(1, 8192, "bf16"),
+        AttnCase(16, 8192, "fp16"),
+        AttnCase(64, 8192, "bf16"),
+        VerifyCase("chain", 32, 9, "sampled", False),
+        VerifyCase("tree", 32, 64, "topk", True, target_dtype="bf16"),
+    ]
 
 
 def _bench_module(name: str):
@@ -262,8 +277,12 @@ def record_attention(case: AttnCase, arch: Arch):
     kv_lens = torch.empty(case.b, dtype=torch.int64, device=dev)
     packed = torch.empty(case.n, (case.n + 31) // 32, dtype=torch.int32, device=dev)
     out = torch.empty_like(q)
-    return _record(ta, ("_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"), arch,
-                   lambda: ta._tree_attention_triton(q, k, v, kv_lens, packed, case.d ** -0.5, out, s, None))
+    return _record(
+        ta,
+        ("_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
+        arch,
+        lambda: ta._tree_attention_triton(q, k, v, kv_lens, packed, case.d**-0.5, out, s, None),
+    )
 
 
 def record_verify(case: VerifyCase, arch: Arch):
@@ -276,14 +295,30 @@ def record_verify(case: VerifyCase, arch: Arch):
     tgt = torch.empty(case.b, case.n, case.v, dtype=_torch_dtype(case.target_dtype), device=dev)
     drf = None
     if case.mode == "sampled":
-        drf = torch.empty(case.b, case.n - 1 if chain else case.n, case.v, dtype=_torch_dtype(case.draft_dtype),
-                          device=dev)
+        drf = torch.empty(
+            case.b, case.n - 1 if chain else case.n, case.v, dtype=_torch_dtype(case.draft_dtype), device=dev
+        )
     tok = torch.empty(case.b, case.n - 1 if chain else case.n, dtype=torch.int64, device=dev)
     parents = None if chain else torch.empty(case.n, dtype=torch.int64, device=dev)
     mode = {"greedy": rs.MODE_GREEDY, "topk": rs.MODE_DETERMINISTIC, "sampled": rs.MODE_SAMPLED}[case.mode]
-    return _record(rs, ("_verify_kernel",), arch, lambda: rs._launch(
-        tok, parents, None, tgt, drf, is_chain=chain, mode=mode, logits=case.logits, inv_temp=1.0, seed=1,
-        write_path=not chain))
+    return _record(
+        rs,
+        ("_verify_kernel",),
+        arch,
+        lambda: rs._launch(
+            tok,
+            parents,
+            None,
+            tgt,
+            drf,
+            is_chain=chain,
+            mode=mode,
+            logits=case.logits,
+            inv_temp=1.0,
+            seed=1,
+            write_path=not chain,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,8 +354,9 @@ def parse_ptxas_log(log: str) -> dict:
     spill = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
     if not regs or not spill:
         raise RuntimeError(f"unexpected ptxas -v output:\n{log}")
-    return dict(regs=int(regs[-1]), stack=int(spill[-1][0]), spill_stores=int(spill[-1][1]),
-                spill_loads=int(spill[-1][2]))
+    return dict(
+        regs=int(regs[-1]), stack=int(spill[-1][0]), spill_stores=int(spill[-1][1]), spill_loads=int(spill[-1][2])
+    )
 
 
 def sass_counts(sass: str) -> dict:
@@ -373,13 +409,33 @@ def _resources(kernel, arch: Arch) -> dict:
     work.mkdir(exist_ok=True)
     (work / "kernel.ptx").write_text(ptx)
     (work / "kernel.cubin").write_bytes(kernel.asm["cubin"])
-    log = subprocess.run([ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2",
-                          f"--gpu-name={sm_arch_from_capability(arch.capability)}", str(work / "kernel.ptx"),
-                          "-o", str(work / "ptxas.cubin")], capture_output=True, text=True, check=True).stderr
-    sass = subprocess.run([str(_nvidia_bin() / "cuobjdump"), "-sass", str(work / "kernel.cubin")],
-                          capture_output=True, text=True, check=True).stdout
-    res = dict(parse_ptxas_log(log), **sass_counts(sass), ptx_mma=ptx.count("mma.sync") + ptx.count("wgmma.mma_async"),
-               ptx_local=ptx.count("st.local"))
+    log = subprocess.run(
+        [
+            ptxas,
+            "-lineinfo",
+            "-v",
+            "--regAllocOptLevel=2",
+            f"--gpu-name={sm_arch_from_capability(arch.capability)}",
+            str(work / "kernel.ptx"),
+            "-o",
+            str(work / "ptxas.cubin"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    sass = subprocess.run(
+        [str(_nvidia_bin() / "cuobjdump"), "-sass", str(work / "kernel.cubin")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    res = dict(
+        parse_ptxas_log(log),
+        **sass_counts(sass),
+        ptx_mma=ptx.count("mma.sync") + ptx.count("wgmma.mma_async"),
+        ptx_local=ptx.count("st.local"),
+    )
     cached.write_text(json.dumps(res))
     return res
 
@@ -388,8 +444,7 @@ _CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_S", "BLOCK_V", "SPLIT", 
 
 
 def _config_text(consts: dict, options) -> str:
-    parts = [f"{k}={int(consts[k]) if isinstance(consts[k], bool) else consts[k]}"
-             for k in _CONFIG_KEYS if k in consts]
+    parts = [f"{k}={int(consts[k]) if isinstance(consts[k], bool) else consts[k]}" for k in _CONFIG_KEYS if k in consts]
     return " ".join(parts + [f"warps={options.num_warps}", f"stages={options.num_stages}"])
 
 
@@ -418,10 +473,19 @@ def _worker(cases: list, arch: Arch) -> list[dict]:
             config = _config_text(consts, options)
             res = _resources(kernel, arch)
             occ, limit = occupancy(res["regs"], kernel.metadata.shared, options.num_warps, arch)
-            rows[key] = dict(arch=arch.name, kernel=name, config=config, num_warps=options.num_warps,
-                             smem=kernel.metadata.shared, occupancy=occ, occupancy_limit=limit,
-                             mma_expected=_mma_expected(name, case), cases=[case.label], grid_programs=[programs],
-                             **res)
+            rows[key] = dict(
+                arch=arch.name,
+                kernel=name,
+                config=config,
+                num_warps=options.num_warps,
+                smem=kernel.metadata.shared,
+                occupancy=occ,
+                occupancy_limit=limit,
+                mma_expected=_mma_expected(name, case),
+                cases=[case.label],
+                grid_programs=[programs],
+                **res,
+            )
     return list(rows.values())
 
 
@@ -446,8 +510,14 @@ def compile_report(cases: list, archs=("sm_80", "sm_90"), jobs: int = 2) -> list
     payload = json.dumps([_case_to_json(c) for c in cases])
 
     def run(arch):
-        p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_worker", arch], input=payload,
-                           capture_output=True, text=True, env=env, cwd=ROOT)
+        p = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "_worker", arch],
+            input=payload,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         sys.stderr.write(p.stderr if p.returncode == 0 else "")
         if p.returncode != 0:
             raise RuntimeError(f"compiling for {arch} failed:\n{p.stderr[-6000:]}")
@@ -473,14 +543,18 @@ def _kernel_name_and_vector(mangled: str) -> tuple[str, str]:
     """(kernel name, mangled Vec type) of ``..._Z..<len><name>I<Vec>EEv...``; the name is length-prefixed."""
     for m in re.finditer(r"\d+", mangled):
         end = m.end() + int(m.group())
-        name = mangled[m.end():end]
-        if name.endswith("kernel") and mangled[end:end + 1] == "I":
-            return name, mangled[end + 1:mangled.index("EEv", end)]
+        name = mangled[m.end() : end]
+        if name.endswith("kernel") and mangled[end : end + 1] == "I":
+            return name, mangled[end + 1 : mangled.index("EEv", end)]
     return mangled, ""
 
 
-def cuda_report(archs=("sm_80", "sm_90"), sources=("csrc/compact_kv_cuda.cu",), case: CompactCase = CompactCase(),
-                threads: int = 256) -> list[dict]:
+def cuda_report(
+    archs=("sm_80", "sm_90"),
+    sources=("csrc/compact_kv_cuda.cu",),
+    case: CompactCase = CompactCase(),
+    threads: int = 256,
+) -> list[dict]:
     """``nvcc -Xptxas -v`` of each kernel instantiation in the sources (every kernel launches ``threads``
     threads per block, compact_kv_cuda.cu's kThreads); raises RuntimeError when nvcc fails."""
     nvcc = nvcc_path()
@@ -491,8 +565,12 @@ def cuda_report(archs=("sm_80", "sm_90"), sources=("csrc/compact_kv_cuda.cu",), 
         arch = ARCHS[arch_name]
         for src in sources:
             print(f"[gpu_static] {arch_name} nvcc {src}", file=sys.stderr, flush=True)
-            p = subprocess.run([nvcc, "-c", "-std=c++17", f"-arch={arch_name}", "-Xptxas", "-v", src, "-o",
-                                os.devnull], capture_output=True, text=True, cwd=ROOT)
+            p = subprocess.run(
+                [nvcc, "-c", "-std=c++17", f"-arch={arch_name}", "-Xptxas", "-v", src, "-o", os.devnull],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             if p.returncode != 0:
                 raise RuntimeError(f"nvcc {src} for {arch_name} failed:\n{p.stderr[-4000:]}")
             for block in re.split(r"(?=ptxas info\s+: Compiling entry function)", p.stderr)[1:]:
@@ -503,11 +581,25 @@ def cuda_report(archs=("sm_80", "sm_90"), sources=("csrc/compact_kv_cuda.cu",), 
                 used = vec_bytes == 16  # bf16 rows of 128 (256 bytes, 16-byte aligned) move as uint4
                 smem = int(re.search(r"(\d+) bytes smem", block).group(1)) if "bytes smem" in block else 0
                 occ, limit = occupancy(res["regs"], smem, threads // 32, arch)
-                rows.append(dict(arch=arch_name, kernel=f"{name} (CUDA)", config=f"{vec_bytes}-byte vectors, "
-                                 f"{threads} threads", num_warps=threads // 32, smem=smem, occupancy=occ,
-                                 occupancy_limit=limit, mma_expected=False, hmma=0, hgmma=0, stl=0, ldl=0,
-                                 cases=[case.label] if used else [], grid_programs=[2 * case.layers * case.b * case.h],
-                                 **res))
+                rows.append(
+                    dict(
+                        arch=arch_name,
+                        kernel=f"{name} (CUDA)",
+                        config=f"{vec_bytes}-byte vectors, {threads} threads",
+                        num_warps=threads // 32,
+                        smem=smem,
+                        occupancy=occ,
+                        occupancy_limit=limit,
+                        mma_expected=False,
+                        hmma=0,
+                        hgmma=0,
+                        stl=0,
+                        ldl=0,
+                        cases=[case.label] if used else [],
+                        grid_programs=[2 * case.layers * case.b * case.h],
+                        **res,
+                    )
+                )
     return rows
 
 
@@ -526,8 +618,12 @@ def attention_roofline(case: AttnCase) -> tuple[float, float]:
     tree_pairs = int(trees.ancestor_mask(parents).tril().sum())  # (node, ancestor-or-self) pairs
     visible = case.b * (case.n * case.prefix + tree_pairs)
     e = ESIZE[case.dtype]
-    nbytes = (2 * case.b * case.hkv * (case.prefix + case.n) * case.d * e + 2 * case.b * case.hq * case.n * case.d * e
-              + case.n * ((case.n + 31) // 32) * 4 + case.b * 8)
+    nbytes = (
+        2 * case.b * case.hkv * (case.prefix + case.n) * case.d * e
+        + 2 * case.b * case.hq * case.n * case.d * e
+        + case.n * ((case.n + 31) // 32) * 4
+        + case.b * 8
+    )
     return float(nbytes), float(4 * case.d * case.hq * visible)
 
 
@@ -571,14 +667,20 @@ def bound_us(nbytes: float, flops: float, dev: Device) -> tuple[float, str]:
 # Reports
 # --------------------------------------------------------------------------------------------------
 
-NOTHING_MEASURED = ("Nothing in this file was measured on a GPU: no machine this project has run on has had one. "
-                    "Every number is compiled (ptxas / nvcc for the target) or predicted (roofline).")
+NOTHING_MEASURED = (
+    "Nothing in this file was measured on a GPU: no machine this project has run on has had one. "
+    "Every number is compiled (ptxas / nvcc for the target) or predicted (roofline)."
+)
 
 
 def _summarise_cases(labels: list[str]) -> str:
     if not labels:
         return "(not at the benchmark shapes)"
-    return "; ".join(dict.fromkeys(labels)) if len(labels) <= 3 else f"{'; '.join(list(dict.fromkeys(labels))[:3])}; +{len(set(labels)) - 3} more"
+    return (
+        "; ".join(dict.fromkeys(labels))
+        if len(labels) <= 3
+        else f"{'; '.join(list(dict.fromkeys(labels))[:3])}; +{len(set(labels)) - 3} more"
+    )
 
 
 def _span(values: list[int]) -> str:
@@ -605,28 +707,34 @@ def static_markdown(rows: list[dict], command: str) -> str:
         "MMA: tensor-core instructions in the SASS (HMMA = mma.sync, HGMMA = wgmma), "
         "expected where a `tl.dot` has 16-bit inputs. Spill: ptxas spill stores / loads, bytes per thread.",
         "",
-        "| arch | kernel | config | used by | regs/thread | spill st/ld B | smem B | programs/SM (limit) | grid | MMA |",
+        "| arch | kernel | config | used by | regs/thread | spill st/ld B | smem B | programs/SM (limit) | grid "
+        "| MMA |",
         "|---|---|---|---|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
-        mma = (f"yes ({r['hgmma']} HGMMA)" if r["hgmma"] else f"yes ({r['hmma']} HMMA)" if r["hmma"] else "no")
+        mma = f"yes ({r['hgmma']} HGMMA)" if r["hgmma"] else f"yes ({r['hmma']} HMMA)" if r["hmma"] else "no"
         mma += "" if r["mma_expected"] or mma == "no" else " (unexpected)"
         mma = mma if r["mma_expected"] or mma != "no" else "no (none expected)"
         grid = r["grid_programs"]
-        lines.append(f"| {r['arch']} | {r['kernel']} | {r['config']} | {_summarise_cases(r['cases'])} | {r['regs']} | "
-                     f"{r['spill_stores']}/{r['spill_loads']} | {r['smem']} | {r['occupancy']} ({r['occupancy_limit']}) | "
-                     f"{_span(grid)} | {mma} |")
+        lines.append(
+            f"| {r['arch']} | {r['kernel']} | {r['config']} | {_summarise_cases(r['cases'])} | {r['regs']} | "
+            f"{r['spill_stores']}/{r['spill_loads']} | {r['smem']} | {r['occupancy']} ({r['occupancy_limit']}) | "
+            f"{_span(grid)} | {mma} |"
+        )
     bad = problems(rows)
     verify_grid = sorted({g for r in rows if r["kernel"] == "_verify_kernel" for g in r["grid_programs"]})
     lines += ["", "Findings:", ""]
     lines += [f"- PROBLEM: {p}" for p in bad] or [
         "- No configuration spills (ptxas spill bytes and SASS STL/LDL are all 0), every kernel fits on "
         "the SM, and every 16-bit attention dot runs on tensor cores (HMMA = mma.sync; HGMMA = wgmma, which "
-        "sm_90 uses for tiles of 64+ rows)."]
+        "sm_90 uses for tiles of 64+ rows)."
+    ]
     if verify_grid:
-        lines.append(f"- Verification launches one program per sequence (grids of {verify_grid} programs): "
-                     f"at most that many SMs stream the vocabulary rows (of {ARCHS['sm_90'].sms} on an H100), "
-                     "so the small-batch cases are bound by a few SMs' bandwidth, not by HBM's roofline.md bound.")
+        lines.append(
+            f"- Verification launches one program per sequence (grids of {verify_grid} programs): "
+            f"at most that many SMs stream the vocabulary rows (of {ARCHS['sm_90'].sms} on an H100), "
+            "so the small-batch cases are bound by a few SMs' bandwidth, not by HBM's roofline.md bound."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -637,8 +745,10 @@ def problems(rows: list[dict]) -> list[str]:
     for r in rows:
         where = f"{r['arch']} {r['kernel']} [{r['config']}]"
         if r["spill_stores"] or r["spill_loads"] or r["stl"] or r["ldl"]:
-            out.append(f"{where}: spills ({r['spill_stores']} bytes stored, {r['spill_loads']} loaded, "
-                       f"{r['stl']} STL / {r['ldl']} LDL)")
+            out.append(
+                f"{where}: spills ({r['spill_stores']} bytes stored, {r['spill_loads']} loaded, "
+                f"{r['stl']} STL / {r['ldl']} LDL)"
+            )
         if r["mma_expected"] and not (r["hmma"] or r["hgmma"]):
             out.append(f"{where}: 16-bit tl.dot without tensor-core MMA instructions")
         if r["occupancy"] < 1:
@@ -671,8 +781,10 @@ def roofline_markdown(command: str) -> str:
     for c in attention_cases():
         nb, fl = attention_roofline(c)
         (th, wh), (ta, wa) = bound_us(nb, fl, h100), bound_us(nb, fl, a100)
-        lines.append(f"| {c.dtype} | {c.n} | {c.prefix} | {nb / 1e6:.2f} | {fl / 1e9:.2f} | {fl / nb:.1f} | "
-                     f"{th:.1f} ({wh}) | {ta:.1f} ({wa}) |")
+        lines.append(
+            f"| {c.dtype} | {c.n} | {c.prefix} | {nb / 1e6:.2f} | {fl / 1e9:.2f} | {fl / nb:.1f} | "
+            f"{th:.1f} ({wh}) | {ta:.1f} ({wa}) |"
+        )
     lines += [
         "",
         "## Verification (chain_verify / tree_verify), V=128256",
@@ -689,9 +801,11 @@ def roofline_markdown(command: str) -> str:
     for c in verify_cases():
         nb_all, _ = verify_roofline(c)
         nb_one, _ = verify_roofline(c, 1)
-        lines.append(f"| {c.label} | {nb_all / 1e6:.1f} | {bound_us(nb_all, 0, h100)[0]:.1f} | "
-                     f"{bound_us(nb_all, 0, a100)[0]:.1f} | {nb_one / 1e6:.2f} | {bound_us(nb_one, 0, h100)[0]:.1f} | "
-                     f"{bound_us(nb_one, 0, a100)[0]:.1f} |")
+        lines.append(
+            f"| {c.label} | {nb_all / 1e6:.1f} | {bound_us(nb_all, 0, h100)[0]:.1f} | "
+            f"{bound_us(nb_all, 0, a100)[0]:.1f} | {nb_one / 1e6:.2f} | {bound_us(nb_one, 0, h100)[0]:.1f} | "
+            f"{bound_us(nb_one, 0, a100)[0]:.1f} |"
+        )
     anchor = VerifyCase("chain", 32, 9, "sampled", False)  # V=128k read as the benchmark's 128256
     nb_anchor, _ = verify_roofline(anchor)
     b200 = DEVICES["B200"]
@@ -724,8 +838,11 @@ def roofline_markdown(command: str) -> str:
 
 def _table_rows(text: str) -> list[list[str]]:
     """Rows of the first markdown table after the header row (cells stripped)."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.strip().startswith("|")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.strip().startswith("|")
+    ]
     return [r for r in rows[2:]] if len(rows) > 2 else []
 
 
@@ -736,12 +853,17 @@ def measured_vs_bound(files: list[str], device_name: str) -> str:
     dev = device_from_name(device_name)
     if dev is None:
         return f"roofline: no peak numbers for device {device_name!r}; add it to DEVICES in bench/gpu_static.py\n"
-    out = [f"# Measured vs roofline on {device_name} ({dev.hbm_bytes_s / 1e12:.2f} TB/s, "
-           f"{dev.tc_flops_s / 1e12:.0f} TFLOP/s)", "",
-           "Bound: bench/results/roofline.md's model for this device (fp32 attention is held to the 16-bit "
-           "tensor-core peak: optimistic); verification bytes are the benchmark's own count of visited rows. "
-           "bound / measured = the fraction of the roofline reached.", "",
-           "| benchmark | case | provider | measured µs | bound µs | bound / measured |", "|---|---|---|---:|---:|---:|"]
+    out = [
+        f"# Measured vs roofline on {device_name} ({dev.hbm_bytes_s / 1e12:.2f} TB/s, "
+        f"{dev.tc_flops_s / 1e12:.0f} TFLOP/s)",
+        "",
+        "Bound: bench/results/roofline.md's model for this device (fp32 attention is held to the 16-bit "
+        "tensor-core peak: optimistic); verification bytes are the benchmark's own count of visited rows. "
+        "bound / measured = the fraction of the roofline reached.",
+        "",
+        "| benchmark | case | provider | measured µs | bound µs | bound / measured |",
+        "|---|---|---|---:|---:|---:|",
+    ]
 
     def add(bench, case, prov, med, nbytes, flops):
         b = bound_us(nbytes, flops, dev)[0]
@@ -762,8 +884,14 @@ def measured_vs_bound(files: list[str], device_name: str) -> str:
                 add("verify", f"{r[0]} {r[1]}", r[2], med, gbs * 1e9 * med * 1e-6, 0.0)
         elif "KV compaction" in text:
             m = re.search(r"L=(\d+) B=(\d+) H=(\d+) D=(\d+) (\w+), (\d+) rows kept", text)
-            c = CompactCase(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(6)),
-                            {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[m.group(5)])
+            c = CompactCase(
+                int(m.group(1)),
+                int(m.group(2)),
+                int(m.group(3)),
+                int(m.group(4)),
+                int(m.group(6)),
+                {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[m.group(5)],
+            )
             for r in _table_rows(text):
                 add("compaction", c.label, r[0], float(r[1]), *compaction_roofline(c))
     return "\n".join(out) + "\n"

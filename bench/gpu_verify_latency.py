@@ -9,6 +9,7 @@ then tree_verify on its logits and compaction of the accepted path. Reported per
 forward, of verification, of compaction, and the forward's cost relative to N = 1 (how much a wider tree
 costs: the quantity the cost model trades against tau).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,30 @@ from specdec_kernels import trees
 from specdec_kernels.benchmarking import machine_description, markdown_header, measure
 
 SHAPES = {
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256),
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    ),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+    ),
 }
 
 
@@ -73,20 +92,31 @@ def main(argv=None):
             toks = torch.randint(0, V, (1, n), generator=g).to(a.device)
             fwd = timed(lambda: runner.forward(toks, pos, mask), a.device, a.reps)
             logits = runner.forward(toks, pos, mask)
-            ver = timed(lambda: sk.tree_verify(toks, parents, target_logits=logits, greedy=True, validate=False),
-                        a.device, a.reps)
+            ver = timed(
+                lambda: sk.tree_verify(toks, parents, target_logits=logits, greedy=True, validate=False),
+                a.device,
+                a.reps,
+            )
             res = sk.tree_verify(toks, parents, target_logits=logits, greedy=True, validate=False)
             start = torch.tensor([a.prefix], device=a.device)
-            comp = timed(lambda: runner.cache.compact(start[:, None] + res.path.clamp(min=0), start,
-                                                      res.num_accepted + 1), a.device, a.reps)
+            comp = timed(
+                lambda: runner.cache.compact(start[:, None] + res.path.clamp(min=0), start, res.num_accepted + 1),
+                a.device,
+                a.reps,
+            )
             base = base or fwd
             rows.append((n, fwd, ver, comp, fwd / base))
             print(f"N={n}: forward {fwd:.2f} ms, verify {ver:.3f} ms, compact {comp:.3f} ms", file=sys.stderr)
-    lines = [f"Verification latency vs tree size: random-weight Llama ({a.shape}, {dtype}), prefix {a.prefix}, "
-             f"B=1, {machine_description(a.device)}", "",
-             f"command: `python bench/gpu_verify_latency.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
-             *markdown_header(["N", "target forward ms", "tree_verify ms", "compaction ms", "forward / forward(N=1)"],
-                              align="rrrrr")]
+    lines = [
+        f"Verification latency vs tree size: random-weight Llama ({a.shape}, {dtype}), prefix {a.prefix}, "
+        f"B=1, {machine_description(a.device)}",
+        "",
+        f"command: `python bench/gpu_verify_latency.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        "",
+        *markdown_header(
+            ["N", "target forward ms", "tree_verify ms", "compaction ms", "forward / forward(N=1)"], align="rrrrr"
+        ),
+    ]
     lines += [f"| {n} | {f:.2f} | {v:.3f} | {c:.3f} | {r:.2f} |" for n, f, v, c, r in rows]
     table = "\n".join(lines)
     print(table)

@@ -1,11 +1,14 @@
 """Build the held-out prompt sets used by the demo and the benchmarks.
 
-    python bench/make_prompts.py     # writes python_api/specdec/assets/prompts/{heldout_code,input_grounded,chat_mixed}.json
+    python bench/make_prompts.py
+
+writes python_api/specdec/assets/prompts/{heldout_code,input_grounded,chat_mixed}.json
 
 Prompts come only from the bundled pair's held-out files (CPython stdlib files whose sorted index
 % 50 == 0, see bench/models/train_pair.py), so the models never saw them in training. Each prompt is
 the 12 lines before a function definition plus its ``def`` line: the model continues the body.
 """
+
 import json
 from pathlib import Path
 
@@ -54,8 +57,9 @@ def grounded(held, root, n: int = 6) -> None:
     summaries = [f"{SUMMARY_TASK}\n\n{paras[i * len(paras) // n]}" for i in range(n)]
     prompts = [p for pair in zip(edits, summaries) for p in pair]  # alternate, so --prompts N takes both kinds
     sources = [s for f in sources for s in (f, "pydoc_data.topics (held-out topic)")]
-    GROUNDED.write_text(json.dumps({"about": grounded.__doc__.split(".")[0], "sources": sources,
-                                    "prompts": prompts}, indent=1) + "\n")
+    GROUNDED.write_text(
+        json.dumps({"about": grounded.__doc__.split(".")[0], "sources": sources, "prompts": prompts}, indent=1) + "\n"
+    )
     print(f"{len(prompts)} prompts -> {GROUNDED}")
     mixed(prompts, sources)
 
@@ -67,8 +71,9 @@ def mixed(grounded_prompts: list[str], grounded_sources: list[str]) -> None:
     for i, q in enumerate(OPEN_QUESTIONS):
         prompts += [grounded_prompts[2 * i], grounded_prompts[2 * i + 1], q]
         sources += [grounded_sources[2 * i], grounded_sources[2 * i + 1], "open question (make_prompts.OPEN_QUESTIONS)"]
-    MIXED.write_text(json.dumps({"about": mixed.__doc__.split(".")[0], "sources": sources, "prompts": prompts},
-                                indent=1) + "\n")
+    MIXED.write_text(
+        json.dumps({"about": mixed.__doc__.split(".")[0], "sources": sources, "prompts": prompts}, indent=1) + "\n"
+    )
     print(f"{len(prompts)} prompts -> {MIXED}")
 
 
@@ -78,7 +83,9 @@ def main(n: int = 16) -> None:
     prompts, sources = [], []
     for f in held:
         lines = train_pair.read_text(root / f).splitlines()
-        defs = [i for i, l in enumerate(lines) if i >= 15 and l.lstrip().startswith("def ") and l.rstrip().endswith(":")]
+        defs = [
+            i for i, ln in enumerate(lines) if i >= 15 and ln.lstrip().startswith("def ") and ln.rstrip().endswith(":")
+        ]
         if not defs:
             continue
         i = defs[len(defs) // 2]
@@ -87,7 +94,9 @@ def main(n: int = 16) -> None:
         if len(prompts) == n:
             break
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"about": __doc__.strip().splitlines()[0], "sources": sources, "prompts": prompts}, indent=1) + "\n")
+    OUT.write_text(
+        json.dumps({"about": __doc__.strip().splitlines()[0], "sources": sources, "prompts": prompts}, indent=1) + "\n"
+    )
     print(f"{len(prompts)} prompts -> {OUT}")
     grounded(held, root)
 

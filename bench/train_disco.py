@@ -14,6 +14,7 @@ from the labels and the classifier, and a step costs the draft's and target's fo
 measured on this machine (specdec.tune.measure_latency). The script prints the simulated speedup of
 DISCO over the best static k on the validation traces.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,10 @@ def training_snippets(n: int, seed: int) -> list[str]:
     out = []
     for f in rng.sample(train, n * 3):
         text = train_pair.read_text(root / f)
-        lines = [i for i, l in enumerate(text.splitlines()) if l.lstrip().startswith("def ")]
+        lines = [i for i, ln in enumerate(text.splitlines()) if ln.lstrip().startswith("def ")]
         if lines:
             start = rng.choice(lines)
-            out.append("\n".join(text.splitlines()[max(0, start - 6): start + 1]) + "\n")
+            out.append("\n".join(text.splitlines()[max(0, start - 6) : start + 1]) + "\n")
         if len(out) == n:
             break
     return out
@@ -60,7 +61,9 @@ def traces(target, draft, tok, snippets, k_max: int, new_tokens: int):
     bar = tqdm(snippets, desc="traces (snippets)")
     for text in bar:
         ids = tok(text, return_tensors="pt").input_ids[:, -192:]
-        seq = target.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        seq = target.generate(
+            ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+        )
         truth = seq[0]
         for t in range(ids.shape[1], seq.shape[1] - k_max):
             ctx = truth[:t][None]
@@ -139,18 +142,27 @@ def main(argv=None):
     prob = torch.sigmoid(x @ w)
     acc = ((prob[va] >= 0.5).float() == y[va]).float().mean()
     lat_t, lat_d = measure_latency(target), measure_latency(draft)
-    static = {k: simulate(prob[va], y[va], steps[va], index[va], a.k_max, lat_t, lat_d, k=k) for k in range(1, a.k_max + 1)}
+    static = {
+        k: simulate(prob[va], y[va], steps[va], index[va], a.k_max, lat_t, lat_d, k=k) for k in range(1, a.k_max + 1)
+    }
     best_k = max(static, key=static.get)
     grid = [i / 20 for i in range(1, 19)] + [0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
     disco = {t: simulate(prob[va], y[va], steps[va], index[va], a.k_max, lat_t, lat_d, threshold=t) for t in grid}
     best_t = max(disco, key=disco.get)
     report = {
-        "weights": w.tolist(), "threshold": best_t, "k_max": a.k_max,
+        "weights": w.tolist(),
+        "threshold": best_t,
+        "k_max": a.k_max,
         "features": ["top1", "top2", "top3", "entropy", "draft_index/8", "bias"],
-        "train_labels": int(tr.sum()), "val_labels": int(va.sum()), "val_accuracy@0.5": round(float(acc), 4),
-        "simulated_tokens_per_s": {"best_static_k": best_k, "static": round(static[best_k], 1),
-                                   "disco": round(disco[best_t], 1),
-                                   "disco_over_static": round(disco[best_t] / static[best_k], 3)},
+        "train_labels": int(tr.sum()),
+        "val_labels": int(va.sum()),
+        "val_accuracy@0.5": round(float(acc), 4),
+        "simulated_tokens_per_s": {
+            "best_static_k": best_k,
+            "static": round(static[best_k], 1),
+            "disco": round(disco[best_t], 1),
+            "disco_over_static": round(disco[best_t] / static[best_k], 3),
+        },
         "command": "python bench/train_disco.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "minutes": round((time.time() - t0) / 60, 1),
     }

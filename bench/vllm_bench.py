@@ -11,6 +11,7 @@ project's environment, as a subprocess (``--specdec-python``), in the same run::
 Greedy (temperature 0), one request at a time and a batch of 4; tokens/s = generated tokens / wall time.
 Every speculative mode must produce exactly the target-only output (checked, the run fails otherwise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,16 @@ import time
 
 MODES = {  # name -> speculative_config (None: target alone)
     "vLLM target only": None,
-    "vLLM n-gram (k=4)": {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2,
-                          "prompt_lookup_max": 3},
-    "vLLM + specdec proposer (k<=4)": {"model": "specdec.integrations.vllm.SpecdecProposer",
-                                       "num_speculative_tokens": 4},
+    "vLLM n-gram (k=4)": {
+        "method": "ngram",
+        "num_speculative_tokens": 4,
+        "prompt_lookup_min": 2,
+        "prompt_lookup_max": 3,
+    },
+    "vLLM + specdec proposer (k<=4)": {
+        "model": "specdec.integrations.vllm.SpecdecProposer",
+        "num_speculative_tokens": 4,
+    },
 }
 
 
@@ -35,14 +42,19 @@ def log(*a) -> None:
 
 
 def chat_token_ids(n_prompts: int) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
     from specdec.bench import load_prompts
     from specdec.models import _smollm2_cache_dir
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(_smollm2_cache_dir(), local_files_only=True)
     prompts = load_prompts("chat_mixed")[:n_prompts]
-    return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
-                                    return_dict=True)["input_ids"] for p in prompts]
+    return [
+        tok.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        for p in prompts
+    ]
 
 
 def spec_counts(llm) -> tuple[int, int]:
@@ -63,9 +75,15 @@ def run_vllm(mode: str, ids: list[list[int]], max_tokens: int, batches: list[int
     from specdec.models import _smollm2_cache_dir
 
     t0 = time.perf_counter()
-    llm = LLM(model=str(_smollm2_cache_dir()), dtype="float32", enforce_eager=True, max_model_len=2048,
-              gpu_memory_utilization=float(os.environ.get("VLLM_MEM_FRACTION", "0.25")),
-              speculative_config=MODES[mode], disable_log_stats=False)
+    llm = LLM(
+        model=str(_smollm2_cache_dir()),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=2048,
+        gpu_memory_utilization=float(os.environ.get("VLLM_MEM_FRACTION", "0.25")),
+        speculative_config=MODES[mode],
+        disable_log_stats=False,
+    )
     log(f"{mode}: loaded in {time.perf_counter() - t0:.0f} s")
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=False)
     llm.generate([TokensPrompt(prompt_token_ids=ids[0])], params, use_tqdm=False)  # warm-up
@@ -99,8 +117,14 @@ eos = tok.eos_token_id
 rows = []
 for name, strategy in (("specdec loop: transformers target only", None),
                        ("specdec loop: prompt lookup", specdec.PromptLookup(k=8, min_ngram=2))):
-    run = (lambda x: target.generate(x, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos)[0, x.shape[1]:]) \
-        if strategy is None else (lambda x: specdec.generate(target, None, x, max_new_tokens=max_tokens, strategy=strategy, eos_token_id=eos).sequences[0, x.shape[1]:])
+    if strategy is None:
+        def run(x):
+            out = target.generate(x, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+            return out[0, x.shape[1]:]
+    else:
+        def run(x):
+            out = specdec.generate(target, None, x, max_new_tokens=max_tokens, strategy=strategy, eos_token_id=eos)
+            return out.sequences[0, x.shape[1]:]
     run(torch.tensor([ids[0]]))
     outs, n, wall = [], 0, 0.0
     for x in ids:
@@ -111,15 +135,19 @@ for name, strategy in (("specdec loop: transformers target only", None),
 print(json.dumps(rows))
 """
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    res = subprocess.run([python, "-c", code], input=json.dumps([ids, max_tokens]), capture_output=True, text=True,
-                         env=env, check=True)
+    res = subprocess.run(
+        [python, "-c", code], input=json.dumps([ids, max_tokens]), capture_output=True, text=True, env=env, check=True
+    )
     return json.loads(res.stdout)
 
 
 def table(rows: list[dict], batches: list[int], args) -> str:
     base = {b: rows[0].get(f"tok_s_b{b}") for b in batches}
-    head = "| configuration | " + " | ".join(f"tokens/s (batch {b}) | vs vLLM target" for b in batches) + \
-           " | draft acceptance | output = vLLM target |"
+    head = (
+        "| configuration | "
+        + " | ".join(f"tokens/s (batch {b}) | vs vLLM target" for b in batches)
+        + " | draft acceptance | output = vLLM target |"
+    )
     lines = [head, "|" + "---|" * (2 + 2 * len(batches) + 1)]
     for r in rows:
         cells = []
@@ -129,19 +157,21 @@ def table(rows: list[dict], batches: list[int], args) -> str:
         acc = "—" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
         lines.append(f"| {r['mode']} | " + " | ".join(cells) + f" | {acc} | {r['same']} |")
     cmd = "LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py " + " ".join(sys.argv[1:])
-    return "\n".join([
-        f"# vLLM {args.vllm_version} (CPU build) and specdec, SmolLM2-135M-Instruct fp32, greedy",
-        "",
-        f"{args.prompts} chat_mixed prompts (code edits, summaries, open questions; chat template), up to "
-        f"{args.max_tokens} new tokens, EOS honoured. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {args.torch_version}. Command: `{cmd}`.",
-        "",
-        *lines,
-        "",
-        "tokens/s = generated tokens / wall time of the generate calls (model load and one warm-up request "
-        "excluded). Acceptance = accepted / proposed draft tokens (vLLM's spec-decode counters). "
-        "'output = vLLM target': every prompt's tokens identical to vLLM without speculation.",
-    ])
+    return "\n".join(
+        [
+            f"# vLLM {args.vllm_version} (CPU build) and specdec, SmolLM2-135M-Instruct fp32, greedy",
+            "",
+            f"{args.prompts} chat_mixed prompts (code edits, summaries, open questions; chat template), up to "
+            f"{args.max_tokens} new tokens, EOS honoured. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {args.torch_version}. Command: `{cmd}`.",
+            "",
+            *lines,
+            "",
+            "tokens/s = generated tokens / wall time of the generate calls (model load and one warm-up request "
+            "excluded). Acceptance = accepted / proposed draft tokens (vLLM's spec-decode counters). "
+            "'output = vLLM target': every prompt's tokens identical to vLLM without speculation.",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -167,8 +197,11 @@ def main(argv=None) -> int:
         rows += run_specdec_loop(args.specdec_python, ids, args.max_tokens)
     reference = rows[0]["outputs"]
     for r in rows:
-        r["same"] = "yes" if r["outputs"] == reference else \
-            f"NO ({sum(a != b for a, b in zip(r['outputs'], reference))} of {len(reference)} differ)"
+        r["same"] = (
+            "yes"
+            if r["outputs"] == reference
+            else f"NO ({sum(a != b for a, b in zip(r['outputs'], reference))} of {len(reference)} differ)"
+        )
     report = table(rows, batches, args)
     print(report)
     if args.out:

@@ -7,13 +7,32 @@
 Every kernel function takes ``backend=None`` (auto: Triton/CUDA on CUDA tensors, reference on CPU),
 ``"triton"`` (on CPU tensors it runs under the Triton interpreter) or ``"reference"``.
 """
+
 from specdec_kernels import tree_formats, trees  # tree_formats: converters to serving-runtime tree formats
-from specdec_kernels.kv_compaction import (accepted_path_slots, compact_kv_cache, compact_kv_cache_reference,
-                                           move_kv_slots, move_kv_slots_reference)
+from specdec_kernels.kv_compaction import (
+    accepted_path_slots,
+    compact_kv_cache,
+    compact_kv_cache_reference,
+    move_kv_slots,
+    move_kv_slots_reference,
+)
 from specdec_kernels.paged_tree_attention import paged_tree_attention, paged_tree_attention_reference
 from specdec_kernels.rejection_sampling import chain_verify, ragged_verify, tree_verify
 from specdec_kernels.tree_attention import tree_attention, tree_attention_reference
 
-__all__ = ["trees", "tree_formats", "compact_kv_cache", "compact_kv_cache_reference", "move_kv_slots",
-           "move_kv_slots_reference", "accepted_path_slots", "tree_attention", "tree_attention_reference",
-           "paged_tree_attention", "paged_tree_attention_reference", "chain_verify", "tree_verify", "ragged_verify"]
+__all__ = [
+    "trees",
+    "tree_formats",
+    "compact_kv_cache",
+    "compact_kv_cache_reference",
+    "move_kv_slots",
+    "move_kv_slots_reference",
+    "accepted_path_slots",
+    "tree_attention",
+    "tree_attention_reference",
+    "paged_tree_attention",
+    "paged_tree_attention_reference",
+    "chain_verify",
+    "tree_verify",
+    "ragged_verify",
+]

@@ -1,4 +1,5 @@
 """Backend selection shared by every kernel family (docs/design.md, "Backends")."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Loads the compiled extension and registers the fake (meta) kernels torch.compile needs."""
+
 from __future__ import annotations
 
 import torch

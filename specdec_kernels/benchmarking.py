@@ -20,6 +20,7 @@ before every call, so a sample also holds the host's launch time (a decoding ste
 |---|---:|
 | a | 1.0 |
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +29,25 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["Timing", "measure", "gbps", "tflops", "copy_bandwidth_gbps", "machine_description",
-           "markdown_header", "markdown_row", "markdown_table", "import_script"]
+__all__ = [
+    "Timing",
+    "measure",
+    "gbps",
+    "tflops",
+    "copy_bandwidth_gbps",
+    "machine_description",
+    "markdown_header",
+    "markdown_row",
+    "markdown_table",
+    "import_script",
+]
 
 L2_FLUSH_BYTES = 256 << 20  # larger than the L2 of any current GPU (H100: 50 MB, B200: 126 MB)
 
@@ -72,9 +83,16 @@ DEFAULT_WARMUP = {"cpu": 1, "cuda": 10}
 DEFAULT_REPEATS = {"cpu": 20, "cuda": 100}
 
 
-def measure(fn: Callable[[], object], *, warmup: int | None = None, repeats: int | None = None,
-            device: str | torch.device = "cpu", number: int = 1, sync_each: bool = False,
-            timer: Callable[[], float] = time.perf_counter) -> Timing:
+def measure(
+    fn: Callable[[], object],
+    *,
+    warmup: int | None = None,
+    repeats: int | None = None,
+    device: str | torch.device = "cpu",
+    number: int = 1,
+    sync_each: bool = False,
+    timer: Callable[[], float] = time.perf_counter,
+) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` samples of ``number`` calls each.
 
     A sample is the time of its ``number`` calls divided by ``number`` (several calls per sample for
@@ -89,8 +107,9 @@ def measure(fn: Callable[[], object], *, warmup: int | None = None, repeats: int
     warmup = DEFAULT_WARMUP[kind] if warmup is None else warmup
     repeats = DEFAULT_REPEATS[kind] if repeats is None else repeats
     if warmup < 0 or repeats < 1 or number < 1:
-        raise ValueError(f"need warmup >= 0, repeats >= 1, number >= 1; got warmup={warmup}, "
-                         f"repeats={repeats}, number={number}")
+        raise ValueError(
+            f"need warmup >= 0, repeats >= 1, number >= 1; got warmup={warmup}, repeats={repeats}, number={number}"
+        )
     for _ in range(warmup):
         fn()
     if kind == "cuda":
@@ -136,8 +155,9 @@ def tflops(flops: float, seconds: float) -> float:
     return flops / seconds / 1e12
 
 
-def copy_bandwidth_gbps(nbytes: int, device: str | torch.device, *, warmup: int | None = None,
-                        repeats: int | None = None) -> float:
+def copy_bandwidth_gbps(
+    nbytes: int, device: str | torch.device, *, warmup: int | None = None, repeats: int | None = None
+) -> float:
     """Measured same-device copy bandwidth in GB/s, counting read + write bytes (2 * nbytes per copy)
     of a ``nbytes`` buffer: the practical ceiling a bandwidth-bound kernel is compared with."""
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
@@ -170,8 +190,10 @@ def machine_description(device: str | torch.device = "cpu") -> str:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
-    return (f"{hw}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, triton {triton_version}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{hw}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, triton {triton_version}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def markdown_header(columns: Sequence[str], align: str | None = None) -> list[str]:

@@ -31,6 +31,7 @@ Serving runtimes address their caches by flat slot (``block * page_size + offset
 lists of slots, applied in index order, for every buffer (layer, K and V) in one launch. See
 :func:`move_kv_slots` for the layouts and the ordering contract.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -291,6 +292,7 @@ def accepted_path_slots(
     real = real.flatten()
     num_moves = real.sum()
     order = torch.where(real, real.cumsum(0) - 1, num_moves + (~real).cumsum(0) - 1)
+
     def partitioned(slots: torch.Tensor) -> torch.Tensor:
         out = torch.empty(B * P, dtype=torch.int64, device=device)
         return out.scatter_(0, order, torch.where(real, slots.flatten(), -1))

@@ -18,10 +18,10 @@ rows, split). Each K/V tile's positions are translated through the block table (
 BLOCK_N block ids, so any page size works, including 1 and sizes that do not divide BLOCK_N). Tiles
 past a request's rows do nothing, so the grid can be sized from ``Nmax`` without reading the lengths.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import triton
@@ -30,10 +30,10 @@ import triton.language as tl
 from specdec_kernels import trees
 from specdec_kernels._backend import interpreter_enabled, resolve_backend
 from specdec_kernels.tree_attention import (
+    _LOG2E,
     MAX_HEAD_DIM,
     MAX_TREE_NODES,
     SUPPORTED_DTYPES,
-    _LOG2E,
     _check_sm_scale,
     _dense_tree_mask,
     _dot,
@@ -77,17 +77,42 @@ def _paged_tree_attention_fwd_kernel(
     OUT,  # [T, Hq, D] any strides (written when SPLIT is False)
     MID_O,  # [Hkv, num_splits, T * G, D] fp32 contiguous (written when SPLIT is True)
     MID_LSE,  # [Hkv, num_splits, T * G] fp32 contiguous, log2-sum-exp2 of the split
-    stride_qt, stride_qh, stride_qd,
-    stride_kblk, stride_kpg, stride_kh, stride_kd,
-    stride_vblk, stride_vpg, stride_vh, stride_vd,
-    stride_btb, stride_btn,
-    stride_mb, stride_mi, stride_mw,
-    stride_ot, stride_oh, stride_od,
-    T, n_max, num_words, num_blocks, max_blocks, num_splits, qk_scale,  # qk_scale = sm_scale * log2(e)
-    H_KV: tl.constexpr, GROUP: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    stride_kblk,
+    stride_kpg,
+    stride_kh,
+    stride_kd,
+    stride_vblk,
+    stride_vpg,
+    stride_vh,
+    stride_vd,
+    stride_btb,
+    stride_btn,
+    stride_mb,
+    stride_mi,
+    stride_mw,
+    stride_ot,
+    stride_oh,
+    stride_od,
+    T,
+    n_max,
+    num_words,
+    num_blocks,
+    max_blocks,
+    num_splits,
+    qk_scale,  # qk_scale = sm_scale * log2(e)
+    H_KV: tl.constexpr,
+    GROUP: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)  # b * H_KV + kv head (axis 0: no 65535 limit on the batch)
     pid_m = tl.program_id(1)  # tile of the request's G * n_b query rows
@@ -221,20 +246,61 @@ def _paged_tree_attention_triton(
         mid_o = mid_lse = out  # unused
     stride_mb = packed.stride(0) if packed.dim() == 3 else 0
     _paged_tree_attention_fwd_kernel[(B * Hkv, m_tiles, num_splits)](
-        q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, packed, out, mid_o, mid_lse,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_table.stride(),
-        stride_mb, packed.stride(-2), packed.stride(-1), *out.stride(),
-        T, packed.shape[-2], packed.shape[-1], num_blocks, block_table.shape[1], num_splits, sm_scale * _LOG2E,
-        H_KV=Hkv, GROUP=G, PAGE_SIZE=page_size, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-        SPLIT=split, IEEE=q.dtype == torch.float32,
+        q,
+        k_cache,
+        v_cache,
+        cu_seqlens_q,
+        seq_lens_k,
+        block_table,
+        packed,
+        out,
+        mid_o,
+        mid_lse,
+        *q.stride(),
+        *k_cache.stride(),
+        *v_cache.stride(),
+        *block_table.stride(),
+        stride_mb,
+        packed.stride(-2),
+        packed.stride(-1),
+        *out.stride(),
+        T,
+        packed.shape[-2],
+        packed.shape[-1],
+        num_blocks,
+        block_table.shape[1],
+        num_splits,
+        sm_scale * _LOG2E,
+        H_KV=Hkv,
+        GROUP=G,
+        PAGE_SIZE=page_size,
+        HEAD_DIM=D,
+        BLOCK_D=block_d,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        SPLIT=split,
+        IEEE=q.dtype == torch.float32,
         UPCAST=q.dtype == torch.bfloat16 and interpreter_enabled(),
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if split:  # all T rows as one sequence of T "nodes" (B = 1): out row t = tok, stride_on = out.stride(0)
         _tree_attention_combine_kernel[(Hkv * T * G,)](
-            mid_o, mid_lse, out, 0, out.stride(1), out.stride(0), out.stride(2), T, num_splits,
-            H_KV=Hkv, GROUP=G, HEAD_DIM=D, BLOCK_D=block_d,
-            BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1 if D <= 64 else 2,
+            mid_o,
+            mid_lse,
+            out,
+            0,
+            out.stride(1),
+            out.stride(0),
+            out.stride(2),
+            T,
+            num_splits,
+            H_KV=Hkv,
+            GROUP=G,
+            HEAD_DIM=D,
+            BLOCK_D=block_d,
+            BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+            num_warps=1 if D <= 64 else 2,
         )
     return out
 
@@ -301,8 +367,15 @@ def paged_tree_attention_reference(
 
 def _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, out) -> None:
     """Shapes, dtypes and devices (no host sync). Raises TypeError/ValueError naming the argument."""
-    tensors = (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cu_seqlens_q", cu_seqlens_q),
-               ("seq_lens_k", seq_lens_k), ("block_table", block_table), ("tree_mask", tree_mask))
+    tensors = (
+        ("q", q),
+        ("k_cache", k_cache),
+        ("v_cache", v_cache),
+        ("cu_seqlens_q", cu_seqlens_q),
+        ("seq_lens_k", seq_lens_k),
+        ("block_table", block_table),
+        ("tree_mask", tree_mask),
+    )
     for name, t in tensors:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{_NAME}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -332,27 +405,41 @@ def _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tr
     if Hkv < 1 or Hq % Hkv != 0:
         raise ValueError(f"{_NAME}: q heads ({Hq}) must be a multiple of k_cache/v_cache heads ({Hkv})")
     if seq_lens_k.dtype not in _INDEX_DTYPES or seq_lens_k.dim() != 1:
-        raise TypeError(f"{_NAME}: seq_lens_k must be an int32/int64 tensor of shape [B], got "
-                        f"{seq_lens_k.dtype} {tuple(seq_lens_k.shape)}")
+        raise TypeError(
+            f"{_NAME}: seq_lens_k must be an int32/int64 tensor of shape [B], got "
+            f"{seq_lens_k.dtype} {tuple(seq_lens_k.shape)}"
+        )
     B = seq_lens_k.shape[0]
     if cu_seqlens_q.dtype not in _INDEX_DTYPES or tuple(cu_seqlens_q.shape) != (B + 1,):
-        raise TypeError(f"{_NAME}: cu_seqlens_q must be an int32/int64 tensor of shape [B + 1 = {B + 1}], got "
-                        f"{cu_seqlens_q.dtype} {tuple(cu_seqlens_q.shape)}")
-    if block_table.dtype not in _INDEX_DTYPES or block_table.dim() != 2 or block_table.shape[0] != B \
-            or block_table.shape[1] < 1:
-        raise TypeError(f"{_NAME}: block_table must be an int32/int64 tensor of shape [B={B}, max_blocks >= 1], "
-                        f"got {block_table.dtype} {tuple(block_table.shape)}")
+        raise TypeError(
+            f"{_NAME}: cu_seqlens_q must be an int32/int64 tensor of shape [B + 1 = {B + 1}], got "
+            f"{cu_seqlens_q.dtype} {tuple(cu_seqlens_q.shape)}"
+        )
+    if (
+        block_table.dtype not in _INDEX_DTYPES
+        or block_table.dim() != 2
+        or block_table.shape[0] != B
+        or block_table.shape[1] < 1
+    ):
+        raise TypeError(
+            f"{_NAME}: block_table must be an int32/int64 tensor of shape [B={B}, max_blocks >= 1], "
+            f"got {block_table.dtype} {tuple(block_table.shape)}"
+        )
     if tree_mask.dim() not in (2, 3) or not 1 <= tree_mask.shape[-2] <= MAX_TREE_NODES:
-        raise ValueError(f"{_NAME}: tree_mask must be [B, Nmax, Nmax] bool or [B, Nmax, ceil(Nmax/32)] int32 "
-                         f"with 1 <= Nmax <= {MAX_TREE_NODES}, got {tuple(tree_mask.shape)}")
+        raise ValueError(
+            f"{_NAME}: tree_mask must be [B, Nmax, Nmax] bool or [B, Nmax, ceil(Nmax/32)] int32 "
+            f"with 1 <= Nmax <= {MAX_TREE_NODES}, got {tuple(tree_mask.shape)}"
+        )
     trees.validate_tree_mask(tree_mask, tree_mask.shape[-2], B, name=f"{_NAME}: tree_mask")
     _check_sm_scale(sm_scale)
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{_NAME}: out must be a torch.Tensor, got {type(out).__name__}")
         if tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype or out.device != q.device:
-            raise ValueError(f"{_NAME}: out must be {tuple(q.shape)} {q.dtype} on {q.device}, "
-                             f"got {tuple(out.shape)} {out.dtype} on {out.device}")
+            raise ValueError(
+                f"{_NAME}: out must be {tuple(q.shape)} {q.dtype} on {q.device}, "
+                f"got {tuple(out.shape)} {out.dtype} on {out.device}"
+            )
 
 
 def _check_hint(name: str, value) -> None:
@@ -384,13 +471,16 @@ def _check_values(q, k_cache, cu_seqlens_q, seq_lens_k, block_table, n_max, max_
     if n_lo < 0:
         raise ValueError(f"{_NAME}: cu_seqlens_q must be non-decreasing")
     if n_hi > n_max:
-        raise ValueError(f"{_NAME}: every request's node count n_b = cu_seqlens_q[b+1] - cu_seqlens_q[b] must be "
-                         f"<= Nmax={n_max} (tree_mask's dim 1), got {n_hi}")
+        raise ValueError(
+            f"{_NAME}: every request's node count n_b = cu_seqlens_q[b+1] - cu_seqlens_q[b] must be "
+            f"<= Nmax={n_max} (tree_mask's dim 1), got {n_hi}"
+        )
     if room < 0:
         raise ValueError(f"{_NAME}: seq_lens_k[b] must be >= n_b (the tree's K/V are its last n_b entries)")
     if len_hi > max_blocks * page_size:
-        raise ValueError(f"{_NAME}: seq_lens_k[b] must be <= max_blocks * page_size = {max_blocks * page_size}, "
-                         f"got {len_hi}")
+        raise ValueError(
+            f"{_NAME}: seq_lens_k[b] must be <= max_blocks * page_size = {max_blocks * page_size}, got {len_hi}"
+        )
     if any_bad:
         raise ValueError(f"{_NAME}: block_table entries of used pages must be block ids in [0, {num_blocks})")
     if max_seqlen_q is not None and max_seqlen_q < n_hi:
@@ -405,8 +495,22 @@ def _check_values(q, k_cache, cu_seqlens_q, seq_lens_k, block_table, n_max, max_
 # --------------------------------------------------------------------------------------------------
 
 
-def _paged_tree_attention_impl(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale,
-                               out, backend, check, max_seqlen_q, max_seqlen_k, num_splits) -> torch.Tensor:
+def _paged_tree_attention_impl(
+    q,
+    k_cache,
+    v_cache,
+    cu_seqlens_q,
+    seq_lens_k,
+    block_table,
+    tree_mask,
+    sm_scale,
+    out,
+    backend,
+    check,
+    max_seqlen_q,
+    max_seqlen_k,
+    num_splits,
+) -> torch.Tensor:
     _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, out)
     impl = resolve_backend(backend, q.device, _NAME)
     _check_hint("max_seqlen_q", max_seqlen_q)
@@ -416,22 +520,25 @@ def _paged_tree_attention_impl(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, bl
         raise TypeError(f"{_NAME}: check must be True, False or None, got {check!r}")
     n_max = tree_mask.shape[-2]
     if check or (check is None and q.device.type == "cpu"):
-        n_hi, len_hi = _check_values(q, k_cache, cu_seqlens_q, seq_lens_k, block_table, n_max,
-                                     max_seqlen_q, max_seqlen_k)
+        n_hi, len_hi = _check_values(
+            q, k_cache, cu_seqlens_q, seq_lens_k, block_table, n_max, max_seqlen_q, max_seqlen_k
+        )
         max_seqlen_q = max(n_hi, 1) if max_seqlen_q is None else max_seqlen_q
         max_seqlen_k = max(len_hi, 1) if max_seqlen_k is None else max_seqlen_k
     scale = 1.0 / math.sqrt(q.shape[2]) if sm_scale is None else float(sm_scale)
     if impl == "reference":
-        return paged_tree_attention_reference(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table,
-                                              tree_mask, sm_scale=scale, out=out)
+        return paged_tree_attention_reference(
+            q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale=scale, out=out
+        )
     packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     capacity = block_table.shape[1] * k_cache.shape[1]
     max_q = n_max if max_seqlen_q is None else min(max_seqlen_q, n_max)
     max_k = capacity if max_seqlen_k is None else min(max_seqlen_k, capacity)
-    return _paged_tree_attention_triton(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, packed,
-                                        scale, out, max_q, max_k, num_splits)
+    return _paged_tree_attention_triton(
+        q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, packed, scale, out, max_q, max_k, num_splits
+    )
 
 
 def paged_tree_attention(
@@ -510,8 +617,14 @@ def paged_tree_attention(
     """
     args = (q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask)
     if torch.compiler.is_compiling():
-        opts = dict(sm_scale=sm_scale, backend=backend, check=check, max_seqlen_q=max_seqlen_q,
-                    max_seqlen_k=max_seqlen_k, num_splits=num_splits)
+        opts = dict(
+            sm_scale=sm_scale,
+            backend=backend,
+            check=check,
+            max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k,
+            num_splits=num_splits,
+        )
         if out is None:
             return torch.ops.specdec.paged_tree_attention(*args, **opts)
         torch.ops.specdec.paged_tree_attention_out(*args, out, **opts)
@@ -521,38 +634,110 @@ def paged_tree_attention(
 
 @torch.library.custom_op("specdec::paged_tree_attention", mutates_args=())
 def _paged_tree_attention_op(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
-    seq_lens_k: torch.Tensor, block_table: torch.Tensor, tree_mask: torch.Tensor,
-    sm_scale: Optional[float] = None, backend: Optional[str] = None, check: Optional[bool] = None,
-    max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None, num_splits: Optional[int] = None,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens_k: torch.Tensor,
+    block_table: torch.Tensor,
+    tree_mask: torch.Tensor,
+    sm_scale: float | None = None,
+    backend: str | None = None,
+    check: bool | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    num_splits: int | None = None,
 ) -> torch.Tensor:
-    return _paged_tree_attention_impl(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask,
-                                      sm_scale, None, backend, check, max_seqlen_q, max_seqlen_k, num_splits)
+    return _paged_tree_attention_impl(
+        q,
+        k_cache,
+        v_cache,
+        cu_seqlens_q,
+        seq_lens_k,
+        block_table,
+        tree_mask,
+        sm_scale,
+        None,
+        backend,
+        check,
+        max_seqlen_q,
+        max_seqlen_k,
+        num_splits,
+    )
 
 
 @_paged_tree_attention_op.register_fake
-def _paged_tree_attention_fake(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask,
-                               sm_scale=None, backend=None, check=None, max_seqlen_q=None, max_seqlen_k=None,
-                               num_splits=None):
+def _paged_tree_attention_fake(
+    q,
+    k_cache,
+    v_cache,
+    cu_seqlens_q,
+    seq_lens_k,
+    block_table,
+    tree_mask,
+    sm_scale=None,
+    backend=None,
+    check=None,
+    max_seqlen_q=None,
+    max_seqlen_k=None,
+    num_splits=None,
+):
     _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, None)
     return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("specdec::paged_tree_attention_out", mutates_args=("out",))
 def _paged_tree_attention_out_op(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
-    seq_lens_k: torch.Tensor, block_table: torch.Tensor, tree_mask: torch.Tensor, out: torch.Tensor,
-    sm_scale: Optional[float] = None, backend: Optional[str] = None, check: Optional[bool] = None,
-    max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None, num_splits: Optional[int] = None,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens_k: torch.Tensor,
+    block_table: torch.Tensor,
+    tree_mask: torch.Tensor,
+    out: torch.Tensor,
+    sm_scale: float | None = None,
+    backend: str | None = None,
+    check: bool | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    num_splits: int | None = None,
 ) -> None:
-    _paged_tree_attention_impl(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask,
-                               sm_scale, out, backend, check, max_seqlen_q, max_seqlen_k, num_splits)
+    _paged_tree_attention_impl(
+        q,
+        k_cache,
+        v_cache,
+        cu_seqlens_q,
+        seq_lens_k,
+        block_table,
+        tree_mask,
+        sm_scale,
+        out,
+        backend,
+        check,
+        max_seqlen_q,
+        max_seqlen_k,
+        num_splits,
+    )
 
 
 @_paged_tree_attention_out_op.register_fake
-def _paged_tree_attention_out_fake(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, out,
-                                   sm_scale=None, backend=None, check=None, max_seqlen_q=None, max_seqlen_k=None,
-                                   num_splits=None):
+def _paged_tree_attention_out_fake(
+    q,
+    k_cache,
+    v_cache,
+    cu_seqlens_q,
+    seq_lens_k,
+    block_table,
+    tree_mask,
+    out,
+    sm_scale=None,
+    backend=None,
+    check=None,
+    max_seqlen_q=None,
+    max_seqlen_k=None,
+    num_splits=None,
+):
     _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, out)
     return None
 

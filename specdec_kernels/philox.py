@@ -12,6 +12,7 @@ in (0, 1) (the accept test: never 0, so a zero-probability token is never accept
 The constants are ``tl.constexpr`` so that the kernels can read them; they compare and index as ints
 (``.value`` is the plain number).
 """
+
 from __future__ import annotations
 
 import torch

@@ -46,6 +46,7 @@ backends agree up to float rounding at decision boundaries.
 Target logits with a temperature can replace target probabilities: the softmax is fused (one online
 max/sum pass per visited node), temperature 0 means greedy.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,15 @@ import triton
 import triton.language as tl
 
 from specdec_kernels._backend import resolve_backend
-from specdec_kernels.philox import (MASK32, UNIFORM_SHIFT, UNIFORM_STEP, philox_2x32, philox_2x32_tl,
-                                    uniform_closed_open, uniform_open)
+from specdec_kernels.philox import (
+    MASK32,
+    UNIFORM_SHIFT,
+    UNIFORM_STEP,
+    philox_2x32,
+    philox_2x32_tl,
+    uniform_closed_open,
+    uniform_open,
+)
 from specdec_kernels.trees import validate_parents
 
 __all__ = [
@@ -157,8 +165,23 @@ def _row_argmax(row, V, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej, target,
-                   MODE: tl.constexpr, LOGITS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr):
+def _residual_pass(
+    row,
+    qrow,
+    V,
+    m,
+    inv_l,
+    inv_temp,
+    a32,
+    use_q,
+    rej,
+    nrej,
+    target,
+    MODE: tl.constexpr,
+    LOGITS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """One pass over the residual of the current node, tile by tile, in token order.
 
     The residual is ``p`` (``softmax(logits * inv_temp)`` from the stats ``m``, ``inv_l`` when LOGITS),
@@ -199,8 +222,21 @@ def _residual_pass(row, qrow, V, m, inv_l, inv_temp, a32, use_q, rej, nrej, targ
 
 
 @triton.jit
-def _sequence_tree(tok_ptr, par_ptr, lens_ptr, cu_ptr, b, ar, N, T, stride_tok_b, stride_par_b,
-                   IS_CHAIN: tl.constexpr, HAS_LENS: tl.constexpr, RAGGED: tl.constexpr):
+def _sequence_tree(
+    tok_ptr,
+    par_ptr,
+    lens_ptr,
+    cu_ptr,
+    b,
+    ar,
+    N,
+    T,
+    stride_tok_b,
+    stride_par_b,
+    IS_CHAIN: tl.constexpr,
+    HAS_LENS: tl.constexpr,
+    RAGGED: tl.constexpr,
+):
     """The tree of sequence b in registers, vectors over the nodes ``ar``: (node tokens, parents, which
     nodes are drafts, last node n_last, t0 = the first flat entry of its drafts when RAGGED, else 0)."""
     in_n = ar < N
@@ -233,9 +269,24 @@ def _sequence_tree(tok_ptr, par_ptr, lens_ptr, cu_ptr, b, ar, N, T, stride_tok_b
 
 
 @triton.jit
-def _sequence_uniforms(seeds_ptr, offset_ptr, uacc_ptr, usmp_ptr, pid, b, ar, valid, t0, seed_lo, seed_hi,
-                       SEED_PER_ROW: tl.constexpr, SEED_SCALAR: tl.constexpr, RNG_OFFSET: tl.constexpr,
-                       UNIFORMS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _sequence_uniforms(
+    seeds_ptr,
+    offset_ptr,
+    uacc_ptr,
+    usmp_ptr,
+    pid,
+    b,
+    ar,
+    valid,
+    t0,
+    seed_lo,
+    seed_hi,
+    SEED_PER_ROW: tl.constexpr,
+    SEED_SCALAR: tl.constexpr,
+    RNG_OFFSET: tl.constexpr,
+    UNIFORMS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """The sequence's random numbers, vectors over the nodes ``ar``: (fp64 accept-test uniform in (0, 1) of
     node j, fp32 correction/bonus uniform in [0, 1) when the walk ends at node u). One Philox call, counter
     (c0, node, c2); or the caller's numbers (UNIFORMS)."""
@@ -305,11 +356,25 @@ def _verify_program(
     num_acc_ptr,  # [B] out
     num_emit_ptr,  # [B] out
     next_ptr,  # [B] out
-    seed_lo, seed_hi,  # int32 halves of the seed (SEED_PER_ROW=False)
-    N, V, inv_temp,
-    stride_tok_b, stride_par_b, stride_tgt_b, stride_tgt_n, stride_drf_b, stride_drf_n,
-    IS_CHAIN: tl.constexpr, HAS_LENS: tl.constexpr, MODE: tl.constexpr, LOGITS: tl.constexpr,
-    SEED_PER_ROW: tl.constexpr, WRITE_PATH: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    seed_lo,
+    seed_hi,  # int32 halves of the seed (SEED_PER_ROW=False)
+    N,
+    V,
+    inv_temp,
+    stride_tok_b,
+    stride_par_b,
+    stride_tgt_b,
+    stride_tgt_n,
+    stride_drf_b,
+    stride_drf_n,
+    IS_CHAIN: tl.constexpr,
+    HAS_LENS: tl.constexpr,
+    MODE: tl.constexpr,
+    LOGITS: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr,
+    WRITE_PATH: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     SEED_SCALAR: tl.constexpr,  # with SEED_PER_ROW: a 0-d seed tensor, the int seed's numbers
     # ragged batches (ragged_verify); each pointer is read only under its flag
     cu_ptr,  # RAGGED: [B + 1] cumulative draft counts
@@ -317,10 +382,20 @@ def _verify_program(
     greedy_ptr,  # ROW_GREEDY: [B] per-request greedy flags
     inv_temp_ptr,  # ROW_TEMP: [B] fp32 per-request 1 / temperature
     offset_ptr,  # RNG_OFFSET: [B] int64 Philox counter offsets
-    uacc_ptr, usmp_ptr,  # UNIFORMS: [T] accept-test uniforms (one per draft), [B] correction/bonus uniforms
-    T, stride_bonus_b, stride_out_b, stride_out_n, stride_path_b, stride_path_n,
-    RAGGED: tl.constexpr, SEP_BONUS: tl.constexpr, ROW_GREEDY: tl.constexpr, ROW_TEMP: tl.constexpr,
-    RNG_OFFSET: tl.constexpr, UNIFORMS: tl.constexpr,
+    uacc_ptr,
+    usmp_ptr,  # UNIFORMS: [T] accept-test uniforms (one per draft), [B] correction/bonus uniforms
+    T,
+    stride_bonus_b,
+    stride_out_b,
+    stride_out_n,
+    stride_path_b,
+    stride_path_n,
+    RAGGED: tl.constexpr,
+    SEP_BONUS: tl.constexpr,
+    ROW_GREEDY: tl.constexpr,
+    ROW_TEMP: tl.constexpr,
+    RNG_OFFSET: tl.constexpr,
+    UNIFORMS: tl.constexpr,
 ):
     """One program per sequence (request): the whole walk. Launched through :func:`_verify_kernel`
     (padded batches) and :func:`_ragged_verify_kernel` (flattened batches, RAGGED)."""
@@ -330,8 +405,9 @@ def _verify_program(
     in_n = ar < N
 
     # ---- the tree of this sequence, in registers: node tokens, parents, which nodes exist
-    tok_vec, par_vec, valid, n_last, t0 = _sequence_tree(tok_ptr, par_ptr, lens_ptr, cu_ptr, b, ar, N, T,
-                                                         stride_tok_b, stride_par_b, IS_CHAIN, HAS_LENS, RAGGED)
+    tok_vec, par_vec, valid, n_last, t0 = _sequence_tree(
+        tok_ptr, par_ptr, lens_ptr, cu_ptr, b, ar, N, T, stride_tok_b, stride_par_b, IS_CHAIN, HAS_LENS, RAGGED
+    )
 
     # ---- the rule of this row: MODE, or greedy where the per-request flag says so (mixed batches);
     # a greedy row skips the sampled work by running those vocabulary loops over 0 tokens, and back
@@ -350,8 +426,23 @@ def _verify_program(
     u_smp_vec = tl.zeros([BLOCK_N], tl.float32)
     if MODE != MODE_GREEDY:
         u_acc_vec, u_smp_vec = _sequence_uniforms(
-            seeds_ptr, offset_ptr, uacc_ptr, usmp_ptr, pid, b, ar, valid, t0, seed_lo, seed_hi,
-            SEED_PER_ROW, SEED_SCALAR, RNG_OFFSET, UNIFORMS, BLOCK_N)
+            seeds_ptr,
+            offset_ptr,
+            uacc_ptr,
+            usmp_ptr,
+            pid,
+            b,
+            ar,
+            valid,
+            t0,
+            seed_lo,
+            seed_hi,
+            SEED_PER_ROW,
+            SEED_SCALAR,
+            RNG_OFFSET,
+            UNIFORMS,
+            BLOCK_N,
+        )
 
     tgt_b = tgt_ptr + b * stride_tgt_b
     drf_b = drf_ptr + b * stride_drf_b
@@ -435,9 +526,23 @@ def _verify_program(
                 if MODE == MODE_SAMPLED:
                     # p <- norm(max(0, p - q)): A += Z / S and Z from one vocabulary pass; then q loses x
                     a_sub = a_sub + z_res / s_q
-                    z32, _t, _l = _residual_pass(row, qrow, v_smp, m, inv_l, inv_temp, a_sub.to(tl.float32),
-                                                 zero_i == 0, rej, nrej, float("inf"),
-                                                 MODE, LOGITS, BLOCK_V, BLOCK_N)
+                    z32, _t, _l = _residual_pass(
+                        row,
+                        qrow,
+                        v_smp,
+                        m,
+                        inv_l,
+                        inv_temp,
+                        a_sub.to(tl.float32),
+                        zero_i == 0,
+                        rej,
+                        nrej,
+                        float("inf"),
+                        MODE,
+                        LOGITS,
+                        BLOCK_V,
+                        BLOCK_N,
+                    )
                     z_res = z32.to(tl.float64)
                     s_q = tl.maximum(s_q - qx, _MIN_Q_MASS)
                 elif MODE == MODE_DETERMINISTIC:
@@ -474,10 +579,26 @@ def _verify_program(
             else:
                 need_sum = zero_i == 0
         if need_sum:
-            z_smp, _t, _l = _residual_pass(row, qrow, v_smp, m, inv_l, inv_temp, a32, use_q, rej, nrej,
-                                           float("inf"), MODE, LOGITS, BLOCK_V, BLOCK_N)
-        _r, nxt, last = _residual_pass(row, qrow, v_smp, m, inv_l, inv_temp, a32, use_q, rej, nrej,
-                                       u * z_smp, MODE, LOGITS, BLOCK_V, BLOCK_N)
+            z_smp, _t, _l = _residual_pass(
+                row,
+                qrow,
+                v_smp,
+                m,
+                inv_l,
+                inv_temp,
+                a32,
+                use_q,
+                rej,
+                nrej,
+                float("inf"),
+                MODE,
+                LOGITS,
+                BLOCK_V,
+                BLOCK_N,
+            )
+        _r, nxt, last = _residual_pass(
+            row, qrow, v_smp, m, inv_l, inv_temp, a32, use_q, rej, nrej, u * z_smp, MODE, LOGITS, BLOCK_V, BLOCK_N
+        )
         nxt = tl.where(nxt < 0, last, nxt)  # rounding left u * Z beyond the total
         if ROW_GREEDY:
             nxt = tl.where(g, amax, nxt)
@@ -486,13 +607,11 @@ def _verify_program(
 
     # outputs in the buffers' integer types (int64 for the padded entries; int32 or int64 when ragged)
     out_vec = tl.where(ar == n_acc, nxt, out_vec)
-    tl.store(out_tok_ptr + b * stride_out_b + ar * stride_out_n, out_vec.to(out_tok_ptr.dtype.element_ty),
-             mask=in_n)
+    tl.store(out_tok_ptr + b * stride_out_b + ar * stride_out_n, out_vec.to(out_tok_ptr.dtype.element_ty), mask=in_n)
     if WRITE_PATH:
         if RAGGED:  # flat node rows: node u of request b is row cu[b] + b + u
             path_vec = tl.where(path_vec >= 0, path_vec + (t0 + b), -1)
-        tl.store(path_ptr + b * stride_path_b + ar * stride_path_n, path_vec.to(path_ptr.dtype.element_ty),
-                 mask=in_n)
+        tl.store(path_ptr + b * stride_path_b + ar * stride_path_n, path_vec.to(path_ptr.dtype.element_ty), mask=in_n)
     tl.store(num_acc_ptr + b, n_acc.to(num_acc_ptr.dtype.element_ty))
     if not RAGGED:
         tl.store(num_emit_ptr + b, (n_acc + 1).to(tl.int64))
@@ -501,44 +620,186 @@ def _verify_program(
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "N"])
 def _verify_kernel(
-    tok_ptr, par_ptr, lens_ptr, tgt_ptr, drf_ptr, seeds_ptr, path_ptr, out_tok_ptr, num_acc_ptr, num_emit_ptr,
-    next_ptr, seed_lo, seed_hi, N, V, inv_temp,
-    stride_tok_b, stride_par_b, stride_tgt_b, stride_tgt_n, stride_drf_b, stride_drf_n,
-    IS_CHAIN: tl.constexpr, HAS_LENS: tl.constexpr, MODE: tl.constexpr, LOGITS: tl.constexpr,
-    SEED_PER_ROW: tl.constexpr, WRITE_PATH: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    tok_ptr,
+    par_ptr,
+    lens_ptr,
+    tgt_ptr,
+    drf_ptr,
+    seeds_ptr,
+    path_ptr,
+    out_tok_ptr,
+    num_acc_ptr,
+    num_emit_ptr,
+    next_ptr,
+    seed_lo,
+    seed_hi,
+    N,
+    V,
+    inv_temp,
+    stride_tok_b,
+    stride_par_b,
+    stride_tgt_b,
+    stride_tgt_n,
+    stride_drf_b,
+    stride_drf_n,
+    IS_CHAIN: tl.constexpr,
+    HAS_LENS: tl.constexpr,
+    MODE: tl.constexpr,
+    LOGITS: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr,
+    WRITE_PATH: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     SEED_SCALAR: tl.constexpr = False,
 ):
     """Padded batches (chain_verify, tree_verify): arguments as in :func:`_verify_program`, outputs [B, N]."""
     _verify_program(
-        tok_ptr, par_ptr, lens_ptr, tgt_ptr, drf_ptr, seeds_ptr, path_ptr, out_tok_ptr, num_acc_ptr,
-        num_emit_ptr, next_ptr, seed_lo, seed_hi, N, V, inv_temp,
-        stride_tok_b, stride_par_b, stride_tgt_b, stride_tgt_n, stride_drf_b, stride_drf_n,
-        IS_CHAIN, HAS_LENS, MODE, LOGITS, SEED_PER_ROW, WRITE_PATH, BLOCK_V, BLOCK_N, SEED_SCALAR,
-        num_acc_ptr, tgt_ptr, num_acc_ptr, num_acc_ptr, num_acc_ptr, num_acc_ptr, num_acc_ptr,  # unused
-        0, 0, N, 1, N, 1,
-        RAGGED=False, SEP_BONUS=False, ROW_GREEDY=False, ROW_TEMP=False, RNG_OFFSET=False, UNIFORMS=False,
+        tok_ptr,
+        par_ptr,
+        lens_ptr,
+        tgt_ptr,
+        drf_ptr,
+        seeds_ptr,
+        path_ptr,
+        out_tok_ptr,
+        num_acc_ptr,
+        num_emit_ptr,
+        next_ptr,
+        seed_lo,
+        seed_hi,
+        N,
+        V,
+        inv_temp,
+        stride_tok_b,
+        stride_par_b,
+        stride_tgt_b,
+        stride_tgt_n,
+        stride_drf_b,
+        stride_drf_n,
+        IS_CHAIN,
+        HAS_LENS,
+        MODE,
+        LOGITS,
+        SEED_PER_ROW,
+        WRITE_PATH,
+        BLOCK_V,
+        BLOCK_N,
+        SEED_SCALAR,
+        num_acc_ptr,
+        tgt_ptr,
+        num_acc_ptr,
+        num_acc_ptr,
+        num_acc_ptr,
+        num_acc_ptr,
+        num_acc_ptr,  # unused
+        0,
+        0,
+        N,
+        1,
+        N,
+        1,
+        RAGGED=False,
+        SEP_BONUS=False,
+        ROW_GREEDY=False,
+        ROW_TEMP=False,
+        RNG_OFFSET=False,
+        UNIFORMS=False,
     )
 
 
 @triton.jit(do_not_specialize=["T"])  # T changes every serving step: no recompiles on its alignment
 def _ragged_verify_kernel(
-    tok_ptr, par_ptr, cu_ptr, tgt_ptr, bonus_ptr, drf_ptr, greedy_ptr, inv_temp_ptr, seeds_ptr, offset_ptr,
-    uacc_ptr, usmp_ptr, out_tok_ptr, path_ptr, num_acc_ptr, next_ptr,
-    T, N, V, stride_tgt_b, stride_tgt_n, stride_bonus_b, stride_drf_n,
-    stride_out_b, stride_out_n, stride_path_b, stride_path_n,
-    IS_CHAIN: tl.constexpr, MODE: tl.constexpr, LOGITS: tl.constexpr, SEP_BONUS: tl.constexpr,
-    ROW_GREEDY: tl.constexpr, ROW_TEMP: tl.constexpr, SEED_PER_ROW: tl.constexpr, RNG_OFFSET: tl.constexpr,
-    UNIFORMS: tl.constexpr, WRITE_PATH: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    tok_ptr,
+    par_ptr,
+    cu_ptr,
+    tgt_ptr,
+    bonus_ptr,
+    drf_ptr,
+    greedy_ptr,
+    inv_temp_ptr,
+    seeds_ptr,
+    offset_ptr,
+    uacc_ptr,
+    usmp_ptr,
+    out_tok_ptr,
+    path_ptr,
+    num_acc_ptr,
+    next_ptr,
+    T,
+    N,
+    V,
+    stride_tgt_b,
+    stride_tgt_n,
+    stride_bonus_b,
+    stride_drf_n,
+    stride_out_b,
+    stride_out_n,
+    stride_path_b,
+    stride_path_n,
+    IS_CHAIN: tl.constexpr,
+    MODE: tl.constexpr,
+    LOGITS: tl.constexpr,
+    SEP_BONUS: tl.constexpr,
+    ROW_GREEDY: tl.constexpr,
+    ROW_TEMP: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr,
+    RNG_OFFSET: tl.constexpr,
+    UNIFORMS: tl.constexpr,
+    WRITE_PATH: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Flattened batches (ragged_verify): one program per request, outputs [B, N = max_spec_len + 1]."""
     _verify_program(
-        tok_ptr, par_ptr, cu_ptr, tgt_ptr, drf_ptr, seeds_ptr, path_ptr, out_tok_ptr, num_acc_ptr,
-        num_acc_ptr, next_ptr, 0, 0, N, V, 1.0,
-        0, 0, stride_tgt_b, stride_tgt_n, 0, stride_drf_n,
-        IS_CHAIN, False, MODE, LOGITS, SEED_PER_ROW, WRITE_PATH, BLOCK_V, BLOCK_N, False,
-        cu_ptr, bonus_ptr, greedy_ptr, inv_temp_ptr, offset_ptr, uacc_ptr, usmp_ptr,
-        T, stride_bonus_b, stride_out_b, stride_out_n, stride_path_b, stride_path_n,
-        RAGGED=True, SEP_BONUS=SEP_BONUS, ROW_GREEDY=ROW_GREEDY, ROW_TEMP=ROW_TEMP, RNG_OFFSET=RNG_OFFSET,
+        tok_ptr,
+        par_ptr,
+        cu_ptr,
+        tgt_ptr,
+        drf_ptr,
+        seeds_ptr,
+        path_ptr,
+        out_tok_ptr,
+        num_acc_ptr,
+        num_acc_ptr,
+        next_ptr,
+        0,
+        0,
+        N,
+        V,
+        1.0,
+        0,
+        0,
+        stride_tgt_b,
+        stride_tgt_n,
+        0,
+        stride_drf_n,
+        IS_CHAIN,
+        False,
+        MODE,
+        LOGITS,
+        SEED_PER_ROW,
+        WRITE_PATH,
+        BLOCK_V,
+        BLOCK_N,
+        False,
+        cu_ptr,
+        bonus_ptr,
+        greedy_ptr,
+        inv_temp_ptr,
+        offset_ptr,
+        uacc_ptr,
+        usmp_ptr,
+        T,
+        stride_bonus_b,
+        stride_out_b,
+        stride_out_n,
+        stride_path_b,
+        stride_path_n,
+        RAGGED=True,
+        SEP_BONUS=SEP_BONUS,
+        ROW_GREEDY=ROW_GREEDY,
+        ROW_TEMP=ROW_TEMP,
+        RNG_OFFSET=RNG_OFFSET,
         UNIFORMS=UNIFORMS,
     )
 
@@ -583,15 +844,32 @@ def _launch(tok, parents, lens, tgt, drf, *, is_chain, mode, logits, inv_temp, s
             tgt,
             drf if drf is not None else tgt,
             seed if per_row else dummy,
-            path, out_tok, num_acc, num_emit, nxt,
-            seed_lo, seed_hi, N, V, float(inv_temp),
+            path,
+            out_tok,
+            num_acc,
+            num_emit,
+            nxt,
+            seed_lo,
+            seed_hi,
+            N,
+            V,
+            float(inv_temp),
             tok.stride(0) if tok.dim() == 2 else 0,
             parents.stride(0) if parents is not None and parents.dim() == 2 else 0,
-            tgt.stride(0), tgt.stride(1),
-            drf.stride(0) if drf is not None else 0, drf.stride(1) if drf is not None else 0,
-            IS_CHAIN=is_chain, HAS_LENS=lens is not None, MODE=int(mode), LOGITS=logits,
-            SEED_PER_ROW=per_row, SEED_SCALAR=per_row and seed.dim() == 0, WRITE_PATH=write_path,
-            BLOCK_V=block_v, BLOCK_N=block_n, num_warps=8 if block_v >= 2048 else 4,
+            tgt.stride(0),
+            tgt.stride(1),
+            drf.stride(0) if drf is not None else 0,
+            drf.stride(1) if drf is not None else 0,
+            IS_CHAIN=is_chain,
+            HAS_LENS=lens is not None,
+            MODE=int(mode),
+            LOGITS=logits,
+            SEED_PER_ROW=per_row,
+            SEED_SCALAR=per_row and seed.dim() == 0,
+            WRITE_PATH=write_path,
+            BLOCK_V=block_v,
+            BLOCK_N=block_n,
+            num_warps=8 if block_v >= 2048 else 4,
         )
     return out_tok, path, num_acc, num_emit, nxt
 
@@ -607,8 +885,9 @@ def _row_chunks(n: int, V: int):
         yield slice(s, min(n, s + step))
 
 
-def _verify_reference(tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, k1, c0, c2=0,
-                      greedy_rows=None, uniforms=None):
+def _verify_reference(
+    tok, par, valid, tgt, drf, *, mode, logits, inv_temp, k0, k1, c0, c2=0, greedy_rows=None, uniforms=None
+):
     """Walk every sequence's tree; returns (out_tokens, path, num_accepted, next_token).
 
     tok [B, N] node tokens (column 0 unused); par [B, N] parents; valid [B, N] which nodes exist;
@@ -811,15 +1090,19 @@ def _dist_checks(x, rows_used, name, what, logits):
     """Bad-row masks for a [B, n, V] probability (or logit) tensor, restricted to rows_used [B, n]."""
     if logits:  # NaN or +inf anywhere in a row, or no finite entry: the row's max is not finite
         bad = ~torch.isfinite(x.amax(-1))
-        return [(bad & rows_used, f"{what}: {name} has a row (batch, node) = {{idx}} with NaN or +inf, "
-                                  "or no finite logit")]
+        return [
+            (bad & rows_used, f"{what}: {name} has a row (batch, node) = {{idx}} with NaN or +inf, or no finite logit")
+        ]
     tol = _PROB_SUM_TOL[x.dtype]
     neg = ~(x.amin(-1) >= 0)  # NaN propagates
     off = ~((x.sum(-1, dtype=torch.float32) - 1.0).abs() <= tol)
     return [
         (neg & rows_used, f"{what}: {name} has a negative or NaN entry in row (batch, node) = {{idx}}"),
-        (off & rows_used, f"{what}: {name} row (batch, node) = {{idx}} does not sum to 1 (tolerance {tol}); "
-                          "pass probabilities, or logits as target_logits"),
+        (
+            off & rows_used,
+            f"{what}: {name} row (batch, node) = {{idx}} does not sum to 1 (tolerance {tol}); "
+            "pass probabilities, or logits as target_logits",
+        ),
     ]
 
 
@@ -960,8 +1243,10 @@ def chain_verify(
     B, N, V = target.shape
     K = draft_tokens.shape[1]
     if draft_tokens.shape[0] != B or N != K + 1:
-        raise ValueError(f"{what}: draft_tokens [B, K] = {tuple(draft_tokens.shape)} needs {tname} "
-                         f"[B, K+1, V] = [{draft_tokens.shape[0]}, {K + 1}, V], got {tuple(target.shape)}")
+        raise ValueError(
+            f"{what}: draft_tokens [B, K] = {tuple(draft_tokens.shape)} needs {tname} "
+            f"[B, K+1, V] = [{draft_tokens.shape[0]}, {K + 1}, V], got {tuple(target.shape)}"
+        )
     if V < 1 or N > MAX_NODES:
         raise ValueError(f"{what}: need V >= 1 and K + 1 <= {MAX_NODES}, got {tname} {tuple(target.shape)}")
     mode = _mode(greedy, logits, temperature, draft_probs)
@@ -980,8 +1265,10 @@ def chain_verify(
         node_ok = ar[None, :] <= lens[:, None]  # [B, K+1] target rows in use
         checks = [
             ((lens < 0) | (lens > K), f"{what}: draft_lens must be in [0, K={K}]; bad at batch {{idx}}"),
-            (((draft_tokens < 0) | (draft_tokens >= V)) & node_ok[:, 1:],
-             f"{what}: draft_tokens out of range [0, V={V}) at (batch, k) = {{idx}}"),
+            (
+                ((draft_tokens < 0) | (draft_tokens >= V)) & node_ok[:, 1:],
+                f"{what}: draft_tokens out of range [0, V={V}) at (batch, k) = {{idx}}",
+            ),
         ]
         checks += _seed_and_target_checks(seed, target, node_ok, tname, what, logits, mode)
         if mode == MODE_SAMPLED:
@@ -992,8 +1279,18 @@ def chain_verify(
     drf = draft_probs if mode == MODE_SAMPLED else None
     if impl == "triton":
         out, _, n_acc, n_emit, nxt = _launch(
-            draft_tokens, None, draft_lens, target, drf, is_chain=True, mode=mode, logits=logits,
-            inv_temp=inv_temp, seed=seed, write_path=False)
+            draft_tokens,
+            None,
+            draft_lens,
+            target,
+            drf,
+            is_chain=True,
+            mode=mode,
+            logits=logits,
+            inv_temp=inv_temp,
+            seed=seed,
+            write_path=False,
+        )
         return ChainVerifyResult(out, n_emit, n_acc, nxt)
     tok = torch.cat([torch.zeros(B, 1, dtype=torch.int64, device=dev), draft_tokens.to(torch.int64)], 1)
     par = (ar - 1).expand(B, N)
@@ -1002,8 +1299,9 @@ def chain_verify(
         valid = valid & (ar[None, :] <= draft_lens.to(torch.int64)[:, None])
     valid = valid.expand(B, N)
     k0, k1, c0 = _reference_keys(seed, B, dev)
-    out, _, n_acc, nxt = _verify_reference(tok, par, valid, target, drf, mode=mode, logits=logits,
-                                           inv_temp=inv_temp, k0=k0, k1=k1, c0=c0)
+    out, _, n_acc, nxt = _verify_reference(
+        tok, par, valid, target, drf, mode=mode, logits=logits, inv_temp=inv_temp, k0=k0, k1=k1, c0=c0
+    )
     return ChainVerifyResult(out, n_acc + 1, n_acc, nxt)
 
 
@@ -1070,11 +1368,13 @@ def tree_verify(
     _check_tensor(parents, "parents", what, (1, 2), floating=False, device=dev)
     B, N, V = target.shape
     if tuple(tokens.shape) != (B, N):
-        raise ValueError(f"{what}: tokens must have shape [B, N] = {(B, N)} (from {tname} [B, N, V]), "
-                         f"got {tuple(tokens.shape)}")
+        raise ValueError(
+            f"{what}: tokens must have shape [B, N] = {(B, N)} (from {tname} [B, N, V]), got {tuple(tokens.shape)}"
+        )
     if parents.shape[-1] != N or (parents.dim() == 2 and parents.shape[0] != B):
-        raise ValueError(f"{what}: parents must have shape [N] or [B, N] with N = {N}, B = {B}, "
-                         f"got {tuple(parents.shape)}")
+        raise ValueError(
+            f"{what}: parents must have shape [N] or [B, N] with N = {N}, B = {B}, got {tuple(parents.shape)}"
+        )
     if V < 1 or N < 1 or N > MAX_NODES:
         raise ValueError(f"{what}: need V >= 1 and 1 <= N <= {MAX_NODES}, got {tname} {tuple(target.shape)}")
     mode = _mode(greedy, logits, temperature, draft_probs)
@@ -1086,8 +1386,12 @@ def tree_verify(
     if validate:
         validate_parents(parents, "parents", n=N)
         nodes_ok = torch.ones(B, N, dtype=torch.bool, device=dev)
-        checks = [(((tokens < 0) | (tokens >= V)) & (torch.arange(N, device=dev) >= 1),
-                   f"{what}: tokens out of range [0, V={V}) at (batch, node) = {{idx}}")]
+        checks = [
+            (
+                ((tokens < 0) | (tokens >= V)) & (torch.arange(N, device=dev) >= 1),
+                f"{what}: tokens out of range [0, V={V}) at (batch, node) = {{idx}}",
+            )
+        ]
         checks += _seed_and_target_checks(seed, target, nodes_ok, tname, what, logits, mode)
         if mode == MODE_SAMPLED:
             par = parents.to(torch.int64).expand(B, N)
@@ -1100,14 +1404,35 @@ def tree_verify(
     drf = draft_probs if mode == MODE_SAMPLED else None
     if impl == "triton":
         out, path, n_acc, n_emit, nxt = _launch(
-            tokens, parents, None, target, drf, is_chain=False, mode=mode, logits=logits,
-            inv_temp=inv_temp, seed=seed, write_path=True)
+            tokens,
+            parents,
+            None,
+            target,
+            drf,
+            is_chain=False,
+            mode=mode,
+            logits=logits,
+            inv_temp=inv_temp,
+            seed=seed,
+            write_path=True,
+        )
         return TreeVerifyResult(path, n_acc, nxt, out, n_emit)
     par = parents.to(torch.int64).expand(B, N)
     valid = (torch.arange(N, device=dev) >= 1).expand(B, N)
     k0, k1, c0 = _reference_keys(seed, B, dev)
-    out, path, n_acc, nxt = _verify_reference(tokens.to(torch.int64), par, valid, target, drf, mode=mode,
-                                              logits=logits, inv_temp=inv_temp, k0=k0, k1=k1, c0=c0)
+    out, path, n_acc, nxt = _verify_reference(
+        tokens.to(torch.int64),
+        par,
+        valid,
+        target,
+        drf,
+        mode=mode,
+        logits=logits,
+        inv_temp=inv_temp,
+        k0=k0,
+        k1=k1,
+        c0=c0,
+    )
     return TreeVerifyResult(path, n_acc, nxt, out, n_acc + 1)
 
 
@@ -1123,8 +1448,10 @@ def tree_verify(
 
 from specdec_kernels import _ops as _specdec_ops  # noqa: E402  (loads the C++ `specdec` library first)
 
-_VERIFY_OP_KWARGS = ("bool greedy=False, Tensor? seed=None, Tensor? target_logits=None, float temperature=1.0, "
-                     "bool validate=True, str? backend=None")
+_VERIFY_OP_KWARGS = (
+    "bool greedy=False, Tensor? seed=None, Tensor? target_logits=None, float temperature=1.0, "
+    "bool validate=True, str? backend=None"
+)
 
 
 def _op_seed(seed, greedy, target_logits, temperature, what):
@@ -1133,40 +1460,108 @@ def _op_seed(seed, greedy, target_logits, temperature, what):
         return seed
     if greedy or (target_logits is not None and temperature == 0.0):
         return 0  # greedy: not read
-    raise ValueError(f"{what} (torch op): seed must be an integer tensor, 0-d or [B], on the target's device "
-                     "(the op draws nothing on the host); only greedy verification may omit it")
+    raise ValueError(
+        f"{what} (torch op): seed must be an integer tensor, 0-d or [B], on the target's device "
+        "(the op draws nothing on the host); only greedy verification may omit it"
+    )
 
 
 def _op_int64(*shapes, like):
     return tuple(like.new_empty(shape, dtype=torch.int64) for shape in shapes)
 
 
-def _chain_verify_op(draft_tokens, target_probs=None, draft_probs=None, *, draft_lens=None, greedy=False,
-                     seed=None, target_logits=None, temperature=1.0, validate=True, backend=None):
+def _chain_verify_op(
+    draft_tokens,
+    target_probs=None,
+    draft_probs=None,
+    *,
+    draft_lens=None,
+    greedy=False,
+    seed=None,
+    target_logits=None,
+    temperature=1.0,
+    validate=True,
+    backend=None,
+):
     seed = _op_seed(seed, greedy, target_logits, temperature, "chain_verify")
-    return tuple(chain_verify(draft_tokens, target_probs, draft_probs, draft_lens=draft_lens, greedy=greedy, seed=seed,
-                              target_logits=target_logits, temperature=temperature, validate=validate,
-                              backend=backend))
+    return tuple(
+        chain_verify(
+            draft_tokens,
+            target_probs,
+            draft_probs,
+            draft_lens=draft_lens,
+            greedy=greedy,
+            seed=seed,
+            target_logits=target_logits,
+            temperature=temperature,
+            validate=validate,
+            backend=backend,
+        )
+    )
 
 
-def _chain_verify_fake(draft_tokens, target_probs=None, draft_probs=None, *, draft_lens=None, greedy=False,
-                       seed=None, target_logits=None, temperature=1.0, validate=True, backend=None):
+def _chain_verify_fake(
+    draft_tokens,
+    target_probs=None,
+    draft_probs=None,
+    *,
+    draft_lens=None,
+    greedy=False,
+    seed=None,
+    target_logits=None,
+    temperature=1.0,
+    validate=True,
+    backend=None,
+):
     target, tname, _ = _target_args(target_probs, target_logits, temperature, "chain_verify")
     _check_tensor(target, tname, "chain_verify", (3,), floating=True)
     B, N = target.shape[0], target.shape[1]
     return _op_int64((B, N), (B,), (B,), (B,), like=target)
 
 
-def _tree_verify_op(tokens, parents, target_probs=None, draft_probs=None, *, greedy=False, seed=None,
-                    target_logits=None, temperature=1.0, validate=True, backend=None):
+def _tree_verify_op(
+    tokens,
+    parents,
+    target_probs=None,
+    draft_probs=None,
+    *,
+    greedy=False,
+    seed=None,
+    target_logits=None,
+    temperature=1.0,
+    validate=True,
+    backend=None,
+):
     seed = _op_seed(seed, greedy, target_logits, temperature, "tree_verify")
-    return tuple(tree_verify(tokens, parents, target_probs, draft_probs, greedy=greedy, seed=seed,
-                             target_logits=target_logits, temperature=temperature, validate=validate,
-                             backend=backend))
+    return tuple(
+        tree_verify(
+            tokens,
+            parents,
+            target_probs,
+            draft_probs,
+            greedy=greedy,
+            seed=seed,
+            target_logits=target_logits,
+            temperature=temperature,
+            validate=validate,
+            backend=backend,
+        )
+    )
 
 
-def _tree_verify_fake(tokens, parents, target_probs=None, draft_probs=None, *, greedy=False, seed=None,
-                      target_logits=None, temperature=1.0, validate=True, backend=None):
+def _tree_verify_fake(
+    tokens,
+    parents,
+    target_probs=None,
+    draft_probs=None,
+    *,
+    greedy=False,
+    seed=None,
+    target_logits=None,
+    temperature=1.0,
+    validate=True,
+    backend=None,
+):
     target, tname, _ = _target_args(target_probs, target_logits, temperature, "tree_verify")
     _check_tensor(target, tname, "tree_verify", (3,), floating=True)
     B, N = target.shape[0], target.shape[1]
@@ -1176,11 +1571,17 @@ def _tree_verify_fake(tokens, parents, target_probs=None, draft_probs=None, *, g
 _specdec_ops.define_op(
     "chain_verify(Tensor draft_tokens, Tensor? target_probs=None, Tensor? draft_probs=None, *, "
     f"Tensor? draft_lens=None, {_VERIFY_OP_KWARGS}) -> (Tensor tokens, Tensor num_emitted, Tensor num_accepted, "
-    "Tensor next_token)", _chain_verify_op, _chain_verify_fake)
+    "Tensor next_token)",
+    _chain_verify_op,
+    _chain_verify_fake,
+)
 _specdec_ops.define_op(
     f"tree_verify(Tensor tokens, Tensor parents, Tensor? target_probs=None, Tensor? draft_probs=None, *, "
     f"{_VERIFY_OP_KWARGS}) -> (Tensor path, Tensor num_accepted, Tensor next_token, Tensor tokens, "
-    "Tensor num_emitted)", _tree_verify_op, _tree_verify_fake)
+    "Tensor num_emitted)",
+    _tree_verify_op,
+    _tree_verify_fake,
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1220,9 +1621,27 @@ class _RaggedArgs(NamedTuple):
     mode: int
 
 
-def _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_length, target_probs,
-                 target_logits, bonus_probs, bonus_logits, draft_probs, parents, greedy, is_greedy,
-                 temperature, seed, offset, uniform_accept, uniform_sample, accept_index, next_token):
+def _ragged_args(
+    draft_token_ids,
+    cu_num_draft_tokens,
+    output_token_ids,
+    accept_length,
+    target_probs,
+    target_logits,
+    bonus_probs,
+    bonus_logits,
+    draft_probs,
+    parents,
+    greedy,
+    is_greedy,
+    temperature,
+    seed,
+    offset,
+    uniform_accept,
+    uniform_sample,
+    accept_index,
+    next_token,
+):
     """Types, shapes and devices of ragged_verify's arguments (no data read: also the fake kernel)."""
     what = "ragged_verify"
     if (target_probs is None) == (target_logits is None):
@@ -1231,8 +1650,10 @@ def _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_
     target, tname = (target_logits, "target_logits") if logits else (target_probs, "target_probs")
     bonus, bname = (bonus_logits, "bonus_logits") if logits else (bonus_probs, "bonus_probs")
     if (bonus_probs if logits else bonus_logits) is not None:
-        raise ValueError(f"{what}: bonus rows come in the target's kind: bonus_probs with target_probs, "
-                         "bonus_logits with target_logits")
+        raise ValueError(
+            f"{what}: bonus rows come in the target's kind: bonus_probs with target_probs, "
+            "bonus_logits with target_logits"
+        )
     _check_tensor(target, tname, what, (2,), floating=True)
     dev = target.device
     _check_tensor(draft_token_ids, "draft_token_ids", what, (1,), floating=False, device=dev)
@@ -1246,8 +1667,7 @@ def _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_
         raise ValueError(f"{what}: output_token_ids must be a 2-D tensor [B, max_spec_len + 1]")
     N = output_token_ids.shape[1]
     if not 1 <= N <= MAX_NODES:
-        raise ValueError(f"{what}: output_token_ids must have 1 <= max_spec_len + 1 <= {MAX_NODES} columns, "
-                         f"got {N}")
+        raise ValueError(f"{what}: output_token_ids must have 1 <= max_spec_len + 1 <= {MAX_NODES} columns, got {N}")
     _check_out(output_token_ids, "output_token_ids", what, (B, N), "[B, max_spec_len + 1]", dev)
     _check_out(accept_length, "accept_length", what, (B,), "[B]", dev)
     if accept_index is not None:
@@ -1266,14 +1686,17 @@ def _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_
         _check_tensor(parents, "parents", what, (1,), floating=False, device=dev)
         _check_shape(parents, "parents", what, (T,), "[T]")
         if bonus is not None:
-            raise ValueError(f"{what}: separate bonus rows ({bname}) describe chains; pass a tree's node rows "
-                             f"in the [T + B, V] layout of {tname}")
+            raise ValueError(
+                f"{what}: separate bonus rows ({bname}) describe chains; pass a tree's node rows "
+                f"in the [T + B, V] layout of {tname}"
+            )
     if draft_probs is not None:
         _check_tensor(draft_probs, "draft_probs", what, (2,), floating=True, device=dev)
         _check_shape(draft_probs, "draft_probs", what, (T, V), "[T, V]")
     if not isinstance(greedy, bool):
-        raise TypeError(f"{what}: greedy must be a bool (per-request flags go in is_greedy), "
-                        f"got {type(greedy).__name__}")
+        raise TypeError(
+            f"{what}: greedy must be a bool (per-request flags go in is_greedy), got {type(greedy).__name__}"
+        )
     if is_greedy is not None:
         if not isinstance(is_greedy, torch.Tensor) or is_greedy.dtype != torch.bool:
             raise TypeError(f"{what}: is_greedy must be a bool tensor [B]")
@@ -1287,8 +1710,10 @@ def _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_
         if t is not None:
             _check_tensor(t, name, what, (1,), floating=False, device=dev)
             _check_shape(t, name, what, (n,), "[B]")
-    for name, t, n, desc in (("uniform_accept", uniform_accept, T, "[T]"),
-                             ("uniform_sample", uniform_sample, B, "[B]")):
+    for name, t, n, desc in (
+        ("uniform_accept", uniform_accept, T, "[T]"),
+        ("uniform_sample", uniform_sample, B, "[B]"),
+    ):
         if t is not None:
             _check_tensor(t, name, what, (1,), floating=True, device=dev)
             _check_shape(t, name, what, (n,), desc)
@@ -1301,8 +1726,10 @@ def _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_
     if seed is not None and uniform_accept is not None:
         raise ValueError(f"{what}: pass either seed (and offset) or uniform_accept and uniform_sample, not both")
     if not greedy and seed is None and uniform_accept is None:
-        raise ValueError(f"{what}: sampled verification needs randomness on the device: seed [B] (and offset "
-                         "[B]) or uniform_accept [T] and uniform_sample [B]; only greedy=True may omit it")
+        raise ValueError(
+            f"{what}: sampled verification needs randomness on the device: seed [B] (and offset "
+            "[B]) or uniform_accept [T] and uniform_sample [B]; only greedy=True may omit it"
+        )
     mode = MODE_GREEDY if greedy else (MODE_DETERMINISTIC if draft_probs is None else MODE_SAMPLED)
     return _RaggedArgs(target, tname, logits, bonus, B, T, V, N, mode)
 
@@ -1325,8 +1752,9 @@ def _flat_row_checks(checks):
     return [(bad.reshape(-1), msg.replace("row (batch, node) =", "flat row")) for bad, msg in checks]
 
 
-def _ragged_value_checks(a, draft_token_ids, cu, draft_probs, parents, greedy_rows, temperature,
-                         uniform_accept, uniform_sample):
+def _ragged_value_checks(
+    a, draft_token_ids, cu, draft_probs, parents, greedy_rows, temperature, uniform_accept, uniform_sample
+):
     """ValueError on bad values (one host sync): offsets, tokens, parents, distributions, temperatures,
     uniforms. Greedy requests' rows are held to the greedy rule, the others to the sampled one."""
     what = "ragged_verify"
@@ -1339,19 +1767,32 @@ def _ragged_value_checks(a, draft_token_ids, cu, draft_probs, parents, greedy_ro
         (cu64[:1] != 0, f"{what}: cu_num_draft_tokens[0] must be 0"),
         (k < 0, f"{what}: cu_num_draft_tokens must be nondecreasing; bad at request {{idx}}"),
         (cu64[-1:] != T, f"{what}: cu_num_draft_tokens[B] must be T = len(draft_token_ids) = {T}"),
-        (k > N - 1, f"{what}: a request has more drafts than output_token_ids holds (max_spec_len = {N - 1}); "
-                    "bad at request {idx}"),
-        ((draft_token_ids < 0) | (draft_token_ids >= a.V),
-         f"{what}: draft_token_ids out of range [0, V={a.V}) at flat entry {{idx}}"),
+        (
+            k > N - 1,
+            f"{what}: a request has more drafts than output_token_ids holds (max_spec_len = {N - 1}); "
+            "bad at request {idx}",
+        ),
+        (
+            (draft_token_ids < 0) | (draft_token_ids >= a.V),
+            f"{what}: draft_token_ids out of range [0, V={a.V}) at flat entry {{idx}}",
+        ),
     ]
     if parents is not None and B > 0:
         pos = flat - cu64[req_t]  # the draft's index i within its request: its node is i + 1
-        checks.append(((parents < 0) | (parents > pos),
-                       f"{what}: parents of a request's i-th draft must be in [0, i] (0 = the root, j = the "
-                       "node of draft j - 1); bad at flat entry {idx}"))
+        checks.append(
+            (
+                (parents < 0) | (parents > pos),
+                f"{what}: parents of a request's i-th draft must be in [0, i] (0 = the root, j = the "
+                "node of draft j - 1); bad at flat entry {idx}",
+            )
+        )
     if temperature is not None:
-        checks.append((~((temperature >= 0) & torch.isfinite(temperature)),
-                       f"{what}: temperature must be finite and >= 0; bad at request {{idx}}"))
+        checks.append(
+            (
+                ~((temperature >= 0) & torch.isfinite(temperature)),
+                f"{what}: temperature must be finite and >= 0; bad at request {{idx}}",
+            )
+        )
     for name, u in (("uniform_accept", uniform_accept), ("uniform_sample", uniform_sample)):
         if u is not None:
             checks.append((~((u >= 0) & (u < 1)), f"{what}: {name} must be in [0, 1); bad at {{idx}}"))
@@ -1364,8 +1805,11 @@ def _ragged_value_checks(a, draft_token_ids, cu, draft_probs, parents, greedy_ro
         req_rows, rows = [req_t, torch.arange(B, device=dev)], [a.target, a.bonus]
     names = [a.tname] if a.bonus is None else [a.tname, "bonus_logits" if a.logits else "bonus_probs"]
     for x, req, name in zip(rows, req_rows, names):
-        g = torch.ones_like(req, dtype=torch.bool) if a.mode == MODE_GREEDY else (
-            greedy_rows[req] if greedy_rows is not None and B > 0 else torch.zeros_like(req, dtype=torch.bool))
+        g = (
+            torch.ones_like(req, dtype=torch.bool)
+            if a.mode == MODE_GREEDY
+            else (greedy_rows[req] if greedy_rows is not None and B > 0 else torch.zeros_like(req, dtype=torch.bool))
+        )
         checks += _flat_row_checks(_greedy_checks(x[:, None], g[:, None], name, what, a.logits))
         if a.mode != MODE_GREEDY:
             checks += _flat_row_checks(_dist_checks(x[:, None], ~g[:, None], name, what, a.logits))
@@ -1408,8 +1852,25 @@ def _ragged_padded(a, tok, cu, par, drf, u_acc):
     return tok_p, par_p, valid, tgt_p, drf_p, ua, t0
 
 
-def _launch_ragged(a, tok, cu, par, drf, out_tok, acc_len, acc_idx, nxt, *, greedy_rows, inv_temp, seed,
-                   offset, u_acc, u_smp, block_v=None):
+def _launch_ragged(
+    a,
+    tok,
+    cu,
+    par,
+    drf,
+    out_tok,
+    acc_len,
+    acc_idx,
+    nxt,
+    *,
+    greedy_rows,
+    inv_temp,
+    seed,
+    offset,
+    u_acc,
+    u_smp,
+    block_v=None,
+):
     """One launch, one program per request; reads nothing back to the host. Inputs already checked."""
     if a.B == 0:
         return
@@ -1419,8 +1880,10 @@ def _launch_ragged(a, tok, cu, par, drf, out_tok, acc_len, acc_idx, nxt, *, gree
         bonus = bonus.contiguous()
     if drf is not None and drf.stride(-1) != 1:
         drf = drf.contiguous()
-    vecs = [t.contiguous() if t is not None else None
-            for t in (tok, cu, par, greedy_rows, inv_temp, seed, offset, u_acc, u_smp)]
+    vecs = [
+        t.contiguous() if t is not None else None
+        for t in (tok, cu, par, greedy_rows, inv_temp, seed, offset, u_acc, u_smp)
+    ]
     tok, cu, par, greedy_rows, inv_temp, seed, offset, u_acc, u_smp = vecs
     dummy = acc_len
     nxt = nxt if nxt is not None else torch.empty(a.B, dtype=torch.int64, device=tgt.device)
@@ -1428,20 +1891,46 @@ def _launch_ragged(a, tok, cu, par, drf, out_tok, acc_len, acc_idx, nxt, *, gree
     block_n = max(triton.next_power_of_2(a.N), 2)
     with torch.cuda.device(tgt.device) if tgt.device.type == "cuda" else contextlib.nullcontext():
         _ragged_verify_kernel[(a.B,)](
-            tok, par if par is not None else dummy, cu, tgt, bonus if bonus is not None else tgt,
-            drf if drf is not None else tgt, greedy_rows if greedy_rows is not None else dummy,
-            inv_temp if inv_temp is not None else dummy, seed if seed is not None else dummy,
-            offset if offset is not None else dummy, u_acc if u_acc is not None else dummy,
-            u_smp if u_smp is not None else dummy, out_tok, acc_idx if acc_idx is not None else out_tok,
-            acc_len, nxt,
-            a.T, a.N, a.V, 0 if bonus is not None else tgt.stride(0), tgt.stride(0),
-            bonus.stride(0) if bonus is not None else 0, drf.stride(0) if drf is not None else 0,
-            out_tok.stride(0), out_tok.stride(1),
-            acc_idx.stride(0) if acc_idx is not None else 0, acc_idx.stride(1) if acc_idx is not None else 0,
-            IS_CHAIN=par is None, MODE=int(a.mode), LOGITS=a.logits, SEP_BONUS=bonus is not None,
-            ROW_GREEDY=greedy_rows is not None, ROW_TEMP=inv_temp is not None, SEED_PER_ROW=seed is not None,
-            RNG_OFFSET=offset is not None, UNIFORMS=u_acc is not None, WRITE_PATH=acc_idx is not None,
-            BLOCK_V=block_v, BLOCK_N=block_n, num_warps=8 if block_v >= 2048 else 4,
+            tok,
+            par if par is not None else dummy,
+            cu,
+            tgt,
+            bonus if bonus is not None else tgt,
+            drf if drf is not None else tgt,
+            greedy_rows if greedy_rows is not None else dummy,
+            inv_temp if inv_temp is not None else dummy,
+            seed if seed is not None else dummy,
+            offset if offset is not None else dummy,
+            u_acc if u_acc is not None else dummy,
+            u_smp if u_smp is not None else dummy,
+            out_tok,
+            acc_idx if acc_idx is not None else out_tok,
+            acc_len,
+            nxt,
+            a.T,
+            a.N,
+            a.V,
+            0 if bonus is not None else tgt.stride(0),
+            tgt.stride(0),
+            bonus.stride(0) if bonus is not None else 0,
+            drf.stride(0) if drf is not None else 0,
+            out_tok.stride(0),
+            out_tok.stride(1),
+            acc_idx.stride(0) if acc_idx is not None else 0,
+            acc_idx.stride(1) if acc_idx is not None else 0,
+            IS_CHAIN=par is None,
+            MODE=int(a.mode),
+            LOGITS=a.logits,
+            SEP_BONUS=bonus is not None,
+            ROW_GREEDY=greedy_rows is not None,
+            ROW_TEMP=inv_temp is not None,
+            SEED_PER_ROW=seed is not None,
+            RNG_OFFSET=offset is not None,
+            UNIFORMS=u_acc is not None,
+            WRITE_PATH=acc_idx is not None,
+            BLOCK_V=block_v,
+            BLOCK_N=block_n,
+            num_warps=8 if block_v >= 2048 else 4,
         )
 
 
@@ -1544,36 +2033,88 @@ def ragged_verify(
     >>> bool((out >= 0).sum(1).eq(n + 1).all())
     True
     """
-    a = _ragged_args(draft_token_ids, cu_num_draft_tokens, output_token_ids, accept_length, target_probs,
-                     target_logits, bonus_probs, bonus_logits, draft_probs, parents, greedy, is_greedy,
-                     temperature, seed, offset, uniform_accept, uniform_sample, accept_index, next_token)
+    a = _ragged_args(
+        draft_token_ids,
+        cu_num_draft_tokens,
+        output_token_ids,
+        accept_length,
+        target_probs,
+        target_logits,
+        bonus_probs,
+        bonus_logits,
+        draft_probs,
+        parents,
+        greedy,
+        is_greedy,
+        temperature,
+        seed,
+        offset,
+        uniform_accept,
+        uniform_sample,
+        accept_index,
+        next_token,
+    )
     impl = resolve_backend(backend, a.target.device, "ragged_verify")
     greedy_rows, inv_temp = _row_rules(is_greedy, temperature) if a.mode != MODE_GREEDY else (None, None)
     if validate:
-        _ragged_value_checks(a, draft_token_ids, cu_num_draft_tokens, draft_probs, parents, greedy_rows,
-                             temperature, uniform_accept, uniform_sample)
+        _ragged_value_checks(
+            a,
+            draft_token_ids,
+            cu_num_draft_tokens,
+            draft_probs,
+            parents,
+            greedy_rows,
+            temperature,
+            uniform_accept,
+            uniform_sample,
+        )
     drf = draft_probs if a.mode == MODE_SAMPLED else None
     rng = a.mode != MODE_GREEDY
     seed = seed.to(torch.int64) if rng and seed is not None else None
     offset = offset.to(torch.int64) if seed is not None and offset is not None else None
     u_acc, u_smp = (uniform_accept, uniform_sample) if rng and seed is None else (None, None)
     if impl == "triton":
-        _launch_ragged(a, draft_token_ids, cu_num_draft_tokens, parents, drf, output_token_ids, accept_length,
-                       accept_index, next_token, greedy_rows=greedy_rows, inv_temp=inv_temp, seed=seed,
-                       offset=offset, u_acc=u_acc, u_smp=u_smp)
+        _launch_ragged(
+            a,
+            draft_token_ids,
+            cu_num_draft_tokens,
+            parents,
+            drf,
+            output_token_ids,
+            accept_length,
+            accept_index,
+            next_token,
+            greedy_rows=greedy_rows,
+            inv_temp=inv_temp,
+            seed=seed,
+            offset=offset,
+            u_acc=u_acc,
+            u_smp=u_smp,
+        )
         return
     if a.B == 0:
         return
-    tok, par, valid, tgt, drf_p, ua, t0 = _ragged_padded(a, draft_token_ids, cu_num_draft_tokens, parents, drf,
-                                                         u_acc)
+    tok, par, valid, tgt, drf_p, ua, t0 = _ragged_padded(a, draft_token_ids, cu_num_draft_tokens, parents, drf, u_acc)
     M = MASK32
     zeros = torch.zeros(a.B, dtype=torch.int64, device=tgt.device)
     s = seed if seed is not None else zeros
     o = offset if offset is not None else zeros
     out, path, n_acc, nxt = _verify_reference(
-        tok, par, valid, tgt, drf_p, mode=a.mode, logits=a.logits,
-        inv_temp=inv_temp if inv_temp is not None else 1.0, k0=s & M, k1=(s >> 32) & M, c0=o & M,
-        c2=(o >> 32) & M, greedy_rows=greedy_rows, uniforms=None if ua is None else (ua, u_smp))
+        tok,
+        par,
+        valid,
+        tgt,
+        drf_p,
+        mode=a.mode,
+        logits=a.logits,
+        inv_temp=inv_temp if inv_temp is not None else 1.0,
+        k0=s & M,
+        k1=(s >> 32) & M,
+        c0=o & M,
+        c2=(o >> 32) & M,
+        greedy_rows=greedy_rows,
+        uniforms=None if ua is None else (ua, u_smp),
+    )
     output_token_ids.copy_(out)
     accept_length.copy_(n_acc)
     if accept_index is not None:
@@ -1583,7 +2124,6 @@ def ragged_verify(
 
 
 from specdec_kernels import _ops as _specdec_ops_ragged  # noqa: E402,F401  (the C++ `specdec` library first)
-
 
 # The op's arguments are ragged_verify's, in its order, with the tensors positional (custom ops take no
 # keyword-only tensors) and the flags keyword-only; the schema is written out from ragged_verify's
@@ -1612,8 +2152,9 @@ def _ragged_op_schema(names) -> str:
 _RAGGED_OP_TENSORS = _ragged_op_tensors()
 
 
-@torch.library.custom_op("specdec::ragged_verify", mutates_args=_RAGGED_OP_OUTPUTS,
-                         schema=_ragged_op_schema(_RAGGED_OP_TENSORS))
+@torch.library.custom_op(
+    "specdec::ragged_verify", mutates_args=_RAGGED_OP_OUTPUTS, schema=_ragged_op_schema(_RAGGED_OP_TENSORS)
+)
 def _ragged_verify_op(*tensors, greedy=False, validate=True, backend=None) -> None:
     """:func:`ragged_verify` as a torch op (writes its output buffers, returns nothing). Same arguments;
     the tensors may also be passed by position, in ragged_verify's order."""

@@ -16,6 +16,7 @@ the N x N tree block are handled by the last split, the tree block masked from t
 int32 word per 32 nodes, loaded once per tile). With several splits every split writes its normalised
 partial output and log-sum-exp, and a small combine kernel merges them.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from specdec_kernels import _ops  # noqa: F401  (loads specdec_kernels._C: the `specdec` op library, before ours)
-from specdec_kernels import trees
+from specdec_kernels import (
+    _ops,  # noqa: F401  (loads specdec_kernels._C: the `specdec` op library, before ours)
+    trees,
+)
 from specdec_kernels._backend import interpreter_enabled, resolve_backend
 
 MAX_TREE_NODES = 1024  # N limit of the kernel (grid and mask sizes are not the bound; testing is)
@@ -55,8 +58,7 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE: tl.constexpr,
-                         UPCAST: tl.constexpr):
+def _online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     # qk: [BLOCK_M, BLOCK_N] scores in log2 units (-inf where masked); v: [BLOCK_N, BLOCK_D]
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     if MAY_BE_EMPTY:  # a row with nothing allowed so far keeps m = -inf; subtract 0 instead (exp2(-inf) = 0)
@@ -87,16 +89,16 @@ def _load_full_tile(ptrs, d_ok, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # [BLOCK_M, BLOCK_N] bool: may the row's tree node attend to tree node j = j0 + column? mask_rows:
     # [BLOCK_M, 1] pointers to each row's packed mask words; j0 a multiple of 32. One int32 word per 32
     # nodes, loaded once per (row, word) and expanded to the tile's columns.
     WORDS: tl.constexpr = BLOCK_N // 32
     offs_n = tl.arange(0, BLOCK_N)
     w_idx = j0 // 32 + tl.arange(0, WORDS)
-    words = tl.load(mask_rows + w_idx[None, :] * stride_mw,
-                    mask=row_ok[:, None] & (w_idx < num_words)[None, :], other=0)  # [BLOCK_M, WORDS]
+    words = tl.load(
+        mask_rows + w_idx[None, :] * stride_mw, mask=row_ok[:, None] & (w_idx < num_words)[None, :], other=0
+    )  # [BLOCK_M, WORDS]
     words = tl.reshape(tl.broadcast_to(words[:, :, None], (BLOCK_M, WORDS, 32)), (BLOCK_M, BLOCK_N))
     allowed = ((words >> (offs_n % 32)[None, :]) & 1) != 0
     return allowed & ((j0 + offs_n)[None, :] <= node[:, None])  # topological order: ancestors precede
@@ -112,16 +114,39 @@ def _tree_attention_fwd_kernel(
     OUT,  # [B, Hq, N, D] any strides (written when SPLIT is False)
     MID_O,  # [B * Hkv, num_splits, G * N, D] fp32 contiguous (written when SPLIT is True)
     MID_LSE,  # [B * Hkv, num_splits, G * N] fp32 contiguous, log2-sum-exp2 of the split
-    stride_qb, stride_qh, stride_qn, stride_qd,
-    stride_kb, stride_kh, stride_ks, stride_kd,
-    stride_vb, stride_vh, stride_vs, stride_vd,
-    stride_mb, stride_mi, stride_mw,
-    stride_ob, stride_oh, stride_on, stride_od,
-    N, S, num_words, num_splits, qk_scale,  # qk_scale = sm_scale * log2(e)
-    H_KV: tl.constexpr, GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_vd,
+    stride_mb,
+    stride_mi,
+    stride_mw,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_od,
+    N,
+    S,
+    num_words,
+    num_splits,
+    qk_scale,  # qk_scale = sm_scale * log2(e)
+    H_KV: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)  # tile of G * N query rows
     pid_bh = tl.program_id(1)  # b * H_KV + kv head
@@ -144,8 +169,13 @@ def _tree_attention_fwd_kernel(
     EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
     offs_n = tl.arange(0, BLOCK_N)
 
-    q_ptrs = (Q + b64 * stride_qb + head.to(tl.int64)[:, None] * stride_qh
-              + node.to(tl.int64)[:, None] * stride_qn + offs_d[None, :] * stride_qd)
+    q_ptrs = (
+        Q
+        + b64 * stride_qb
+        + head.to(tl.int64)[:, None] * stride_qh
+        + node.to(tl.int64)[:, None] * stride_qn
+        + offs_d[None, :] * stride_qd
+    )
     q = _load_tile(q_ptrs, row_ok, d_ok, EVEN_D)  # [BLOCK_M, BLOCK_D]
     k_base = K + b64 * stride_kb + hkv.to(tl.int64) * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b64 * stride_vb + hkv.to(tl.int64) * stride_vh + offs_d[None, :] * stride_vd
@@ -201,8 +231,13 @@ def _tree_attention_fwd_kernel(
         o_ptrs = MID_O + mid_row[:, None] * HEAD_DIM + offs_d[None, :]
         tl.store(o_ptrs, out, mask=row_ok[:, None] & d_ok[None, :])
     else:
-        o_ptrs = (OUT + b64 * stride_ob + head.to(tl.int64)[:, None] * stride_oh
-                  + node.to(tl.int64)[:, None] * stride_on + offs_d[None, :] * stride_od)
+        o_ptrs = (
+            OUT
+            + b64 * stride_ob
+            + head.to(tl.int64)[:, None] * stride_oh
+            + node.to(tl.int64)[:, None] * stride_on
+            + offs_d[None, :] * stride_od
+        )
         tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
@@ -211,10 +246,17 @@ def _tree_attention_combine_kernel(
     MID_O,  # [B * Hkv, num_splits, G * N, D] fp32 contiguous
     MID_LSE,  # [B * Hkv, num_splits, G * N] fp32 contiguous
     OUT,  # [B, Hq, N, D] any strides
-    stride_ob, stride_oh, stride_on, stride_od,
-    N, num_splits,
-    H_KV: tl.constexpr, GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_od,
+    N,
+    num_splits,
+    H_KV: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0)  # one query row of one (batch, kv head)
     num_rows = N * GROUP
@@ -237,8 +279,13 @@ def _tree_attention_combine_kernel(
     den = tl.sum(w, 0)
     den = tl.where(den == 0.0, 1.0, den)
     out = tl.sum(w[:, None] * o, 0) / den
-    o_ptrs = (OUT + b.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh
-              + node.to(tl.int64) * stride_on + offs_d * stride_od)
+    o_ptrs = (
+        OUT
+        + b.to(tl.int64) * stride_ob
+        + head.to(tl.int64) * stride_oh
+        + node.to(tl.int64) * stride_on
+        + offs_d * stride_od
+    )
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=d_ok)
 
 
@@ -320,21 +367,52 @@ def _tree_attention_triton(
     stride_mb = packed.stride(0) if packed.dim() == 3 else 0
     grid = (m_tiles, B * Hkv, num_splits)
     _tree_attention_fwd_kernel[grid](
-        q, k, v, kv_lens, packed, out, mid_o, mid_lse,
-        *q.stride(), *k.stride(), *v.stride(),
-        stride_mb, packed.stride(-2), packed.stride(-1),
+        q,
+        k,
+        v,
+        kv_lens,
+        packed,
+        out,
+        mid_o,
+        mid_lse,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        stride_mb,
+        packed.stride(-2),
+        packed.stride(-1),
         *out.stride(),
-        N, k.shape[2], packed.shape[-1], num_splits, sm_scale * _LOG2E,
-        H_KV=Hkv, GROUP=G, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-        SPLIT=split, IEEE=q.dtype == torch.float32,
+        N,
+        k.shape[2],
+        packed.shape[-1],
+        num_splits,
+        sm_scale * _LOG2E,
+        H_KV=Hkv,
+        GROUP=G,
+        HEAD_DIM=D,
+        BLOCK_D=block_d,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        SPLIT=split,
+        IEEE=q.dtype == torch.float32,
         UPCAST=q.dtype == torch.bfloat16 and interpreter_enabled(),
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if split:
         _tree_attention_combine_kernel[(B * Hkv * num_rows,)](
-            mid_o, mid_lse, out, *out.stride(), N, num_splits,
-            H_KV=Hkv, GROUP=G, HEAD_DIM=D, BLOCK_D=block_d,
-            BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=1 if D <= 64 else 2,
+            mid_o,
+            mid_lse,
+            out,
+            *out.stride(),
+            N,
+            num_splits,
+            H_KV=Hkv,
+            GROUP=G,
+            HEAD_DIM=D,
+            BLOCK_D=block_d,
+            BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+            num_warps=1 if D <= 64 else 2,
         )
     return out
 
@@ -585,8 +663,9 @@ def tree_attention(
         max_kv_len = hi if max_kv_len is None else min(max_kv_len, hi)
     scale = 1.0 / math.sqrt(q.shape[3]) if sm_scale is None else float(sm_scale)
     if impl == "reference" or q.numel() == 0:
-        return tree_attention_reference(q, k, v, kv_lens, tree_mask, sm_scale=scale, out=out, mask_memo=mask_memo,
-                                        max_kv_len=ref_len)
+        return tree_attention_reference(
+            q, k, v, kv_lens, tree_mask, sm_scale=scale, out=out, mask_memo=mask_memo, max_kv_len=ref_len
+        )
     packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -611,30 +690,62 @@ __all__ = ["tree_attention", "tree_attention_reference", "tree_attention_mask", 
 _OP_KWARGS = "float? sm_scale=None, bool check=True, int? max_kv_len=None, int? num_splits=None, str? backend=None"
 
 
-def _tree_attention_op(q, k, v, kv_lens, tree_mask, *, sm_scale=None, check=True, max_kv_len=None,
-                       num_splits=None, backend=None):
-    return tree_attention(q, k, v, kv_lens, tree_mask, sm_scale=sm_scale, backend=backend, check=check,
-                          max_kv_len=max_kv_len, num_splits=num_splits)
+def _tree_attention_op(
+    q, k, v, kv_lens, tree_mask, *, sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None
+):
+    return tree_attention(
+        q,
+        k,
+        v,
+        kv_lens,
+        tree_mask,
+        sm_scale=sm_scale,
+        backend=backend,
+        check=check,
+        max_kv_len=max_kv_len,
+        num_splits=num_splits,
+    )
 
 
-def _tree_attention_fake(q, k, v, kv_lens, tree_mask, *, sm_scale=None, check=True, max_kv_len=None,
-                         num_splits=None, backend=None):
+def _tree_attention_fake(
+    q, k, v, kv_lens, tree_mask, *, sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None
+):
     _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, None)  # shapes, dtypes, devices: no data needed
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-def _tree_attention_out_op(q, k, v, kv_lens, tree_mask, out, *, sm_scale=None, check=True, max_kv_len=None,
-                           num_splits=None, backend=None):
-    tree_attention(q, k, v, kv_lens, tree_mask, sm_scale=sm_scale, backend=backend, out=out, check=check,
-                   max_kv_len=max_kv_len, num_splits=num_splits)
+def _tree_attention_out_op(
+    q, k, v, kv_lens, tree_mask, out, *, sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None
+):
+    tree_attention(
+        q,
+        k,
+        v,
+        kv_lens,
+        tree_mask,
+        sm_scale=sm_scale,
+        backend=backend,
+        out=out,
+        check=check,
+        max_kv_len=max_kv_len,
+        num_splits=num_splits,
+    )
 
 
-def _tree_attention_out_fake(q, k, v, kv_lens, tree_mask, out, *, sm_scale=None, check=True, max_kv_len=None,
-                             num_splits=None, backend=None):
+def _tree_attention_out_fake(
+    q, k, v, kv_lens, tree_mask, out, *, sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None
+):
     _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out)
 
 
-_ops.define_op(f"tree_attention(Tensor q, Tensor k, Tensor v, Tensor kv_lens, Tensor tree_mask, *, {_OP_KWARGS}) "
-               "-> Tensor", _tree_attention_op, _tree_attention_fake)
-_ops.define_op(f"tree_attention_out(Tensor q, Tensor k, Tensor v, Tensor kv_lens, Tensor tree_mask, "
-               f"Tensor(a!) out, *, {_OP_KWARGS}) -> ()", _tree_attention_out_op, _tree_attention_out_fake)
+_ops.define_op(
+    f"tree_attention(Tensor q, Tensor k, Tensor v, Tensor kv_lens, Tensor tree_mask, *, {_OP_KWARGS}) -> Tensor",
+    _tree_attention_op,
+    _tree_attention_fake,
+)
+_ops.define_op(
+    f"tree_attention_out(Tensor q, Tensor k, Tensor v, Tensor kv_lens, Tensor tree_mask, "
+    f"Tensor(a!) out, *, {_OP_KWARGS}) -> ()",
+    _tree_attention_out_op,
+    _tree_attention_out_fake,
+)

@@ -34,6 +34,7 @@ that makes any tree canonical, and parents -> vLLM tree / TRT-LLM choices -> par
 exactly for canonical trees (for others it is that permutation; :func:`parents_to_paths` and
 ``paths_to_parents(sort=False)`` keep our node order for any tree).
 """
+
 from __future__ import annotations
 
 import ast
@@ -56,16 +57,19 @@ def _one_tree(parents: torch.Tensor, what: str) -> torch.Tensor:
     """``parents`` as a validated int64 ``[N]``: the static-tree formats describe one tree for all requests."""
     trees.validate_parents(parents, "parents")
     if parents.dim() != 1:
-        raise ValueError(f"{what}: parents must be one tree of shape [N] (the runtime's static tree is shared "
-                         f"by all requests), got shape {tuple(parents.shape)}")
+        raise ValueError(
+            f"{what}: parents must be one tree of shape [N] (the runtime's static tree is shared "
+            f"by all requests), got shape {tuple(parents.shape)}"
+        )
     return parents.to(torch.int64)
 
 
 def _check_paths(paths, what: str) -> list[Path]:
     """Rank paths as tuples of ints; TypeError/ValueError naming ``what`` for anything else."""
     if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence):
-        raise TypeError(f"{what}: expected a list of rank paths such as [(0,), (1,), (0, 0)], got "
-                        f"{type(paths).__name__}")
+        raise TypeError(
+            f"{what}: expected a list of rank paths such as [(0,), (1,), (0, 0)], got {type(paths).__name__}"
+        )
     out = []
     for p in paths:
         if isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
@@ -132,11 +136,15 @@ def paths_to_parents(paths, *, sort: bool = True) -> torch.Tensor:
     for k, q in enumerate(ps, start=1):
         par = index.get(q[:-1])
         if par is None:
-            raise ValueError(f"paths_to_parents: path {q!r} has no parent: its prefix {q[:-1]!r} is not listed "
-                             f"(every prefix of a path is a node and must be listed)")
+            raise ValueError(
+                f"paths_to_parents: path {q!r} has no parent: its prefix {q[:-1]!r} is not listed "
+                f"(every prefix of a path is a node and must be listed)"
+            )
         if par >= k:  # only reachable with sort=False: sorting puts shorter paths first
-            raise ValueError(f"paths_to_parents: path {q!r} is listed before its parent {q[:-1]!r}; list "
-                             f"parents first or pass sort=True")
+            raise ValueError(
+                f"paths_to_parents: path {q!r} is listed before its parent {q[:-1]!r}; list "
+                f"parents first or pass sort=True"
+            )
         parents.append(par)
     return torch.tensor(parents, dtype=torch.int64)
 
@@ -158,8 +166,9 @@ def permute_tree(parents: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     p = _one_tree(parents, "permute_tree")
     n = p.shape[0]
     if not isinstance(perm, torch.Tensor) or perm.dim() != 1 or perm.shape[0] != n or perm.is_floating_point():
-        raise ValueError(f"permute_tree: perm must be an integer tensor [N={n}], got "
-                         f"{getattr(perm, 'shape', type(perm).__name__)}")
+        raise ValueError(
+            f"permute_tree: perm must be an integer tensor [N={n}], got {getattr(perm, 'shape', type(perm).__name__)}"
+        )
     perm = perm.to(device=p.device, dtype=torch.int64)
     if not torch.equal(perm.sort().values, torch.arange(n, device=p.device)):
         raise ValueError("permute_tree: perm must be a permutation of 0..N-1")
@@ -190,8 +199,7 @@ def from_vllm_token_tree(tree) -> torch.Tensor:
         try:
             tree = ast.literal_eval(tree)
         except (ValueError, SyntaxError) as e:
-            raise ValueError(f"from_vllm_token_tree: tree string is not a Python literal list of tuples: "
-                             f"{e}") from None
+            raise ValueError(f"from_vllm_token_tree: tree string is not a Python literal list of tuples: {e}") from None
     return paths_to_parents(tree, sort=True)
 
 
@@ -258,8 +266,9 @@ def _check_sglang_links(name: str, t, shape, n: int) -> torch.Tensor:
     return t
 
 
-def from_sglang_tree(retrive_next_token: torch.Tensor, retrive_next_sibling: torch.Tensor,
-                     retrive_index: torch.Tensor | None = None) -> torch.Tensor:
+def from_sglang_tree(
+    retrive_next_token: torch.Tensor, retrive_next_sibling: torch.Tensor, retrive_index: torch.Tensor | None = None
+) -> torch.Tensor:
     """``parents`` ``[B, N]`` int64 of SGLang's first-child / next-sibling lists (``[B, N]`` each, -1 for
     none, node 0 the root). ``retrive_index``, if given, must be the layout SGLang builds, ``b * N + i``.
 
@@ -269,11 +278,13 @@ def from_sglang_tree(retrive_next_token: torch.Tensor, retrive_next_sibling: tor
     increasing index, ``to_sglang_tree(from_sglang_tree(...))`` gives them back.
     """
     if not isinstance(retrive_next_token, torch.Tensor):
-        raise TypeError(f"from_sglang_tree: retrive_next_token must be a torch.Tensor, got "
-                        f"{type(retrive_next_token).__name__}")
+        raise TypeError(
+            f"from_sglang_tree: retrive_next_token must be a torch.Tensor, got {type(retrive_next_token).__name__}"
+        )
     if retrive_next_token.dim() != 2 or retrive_next_token.shape[1] < 1:
-        raise ValueError(f"from_sglang_tree: retrive_next_token must be [B, N] with N >= 1, got "
-                         f"{tuple(retrive_next_token.shape)}")
+        raise ValueError(
+            f"from_sglang_tree: retrive_next_token must be [B, N] with N >= 1, got {tuple(retrive_next_token.shape)}"
+        )
     B, n = retrive_next_token.shape
     nxt = _check_sglang_links("retrive_next_token", retrive_next_token, (B, n), n)
     sib = _check_sglang_links("retrive_next_sibling", retrive_next_sibling, (B, n), n)
@@ -284,8 +295,9 @@ def from_sglang_tree(retrive_next_token: torch.Tensor, retrive_next_sibling: tor
             raise ValueError(f"from_sglang_tree: retrive_index must be a tensor [B, N] = {(B, n)}")
         expect = torch.arange(B, device=dev).unsqueeze(1) * n + torch.arange(n, device=dev)
         if not torch.equal(retrive_index.to(device=dev, dtype=torch.int64), expect):
-            raise ValueError("from_sglang_tree: retrive_index must be b * N + i (the layout "
-                             "build_tree_kernel_efficient writes)")
+            raise ValueError(
+                "from_sglang_tree: retrive_index must be b * N + i (the layout build_tree_kernel_efficient writes)"
+            )
     if bool((sib[:, 0] != -1).any()):
         raise ValueError("from_sglang_tree: retrive_next_sibling[:, 0] must be -1 (the root has no siblings)")
 
@@ -296,8 +308,10 @@ def from_sglang_tree(retrive_next_token: torch.Tensor, retrive_next_sibling: tor
     incoming = torch.zeros(B, n + 1, dtype=torch.int64, device=dev)
     incoming.scatter_add_(1, pad(nxt), torch.ones_like(nxt)).scatter_add_(1, pad(sib), torch.ones_like(sib))
     if n > 1 and bool((incoming[:, 1:n] != 1).any()):
-        raise ValueError("from_sglang_tree: every non-root node must be pointed at exactly once by "
-                         "retrive_next_token or retrive_next_sibling")
+        raise ValueError(
+            "from_sglang_tree: every non-root node must be pointed at exactly once by "
+            "retrive_next_token or retrive_next_sibling"
+        )
     src = torch.arange(n, device=dev).expand(B, n)
     # first_of[c] = p when c is p's first child; left[s] = s's left sibling, or s itself for a first child
     first_of = torch.full((B, n + 1), -1, dtype=torch.int64, device=dev).scatter_(1, pad(nxt), src)[:, :n]
@@ -307,8 +321,9 @@ def from_sglang_tree(retrive_next_token: torch.Tensor, retrive_next_sibling: tor
         left = left.gather(1, left)
     parents = first_of.gather(1, left)
     if n > 1 and bool((parents[:, 1:] < 0).any()):
-        raise ValueError("from_sglang_tree: a sibling list is not reachable from any retrive_next_token "
-                         "(a sibling cycle)")
+        raise ValueError(
+            "from_sglang_tree: a sibling list is not reachable from any retrive_next_token (a sibling cycle)"
+        )
     parents[:, 0] = -1
     trees.validate_parents(parents, "the tree of retrive_next_token/retrive_next_sibling (as parents)")
     return parents
@@ -331,8 +346,9 @@ def _int_list(name: str, values, batch: int) -> list[int]:
         values = values.item()
     if isinstance(values, torch.Tensor):
         if values.dtype.is_floating_point or values.dtype == torch.bool or values.dim() > 1:
-            raise ValueError(f"{name} must be an int or {batch} ints, got a {values.dtype} tensor of shape "
-                             f"{tuple(values.shape)}")
+            raise ValueError(
+                f"{name} must be an int or {batch} ints, got a {values.dtype} tensor of shape {tuple(values.shape)}"
+            )
         values = values.reshape(-1).tolist()
     elif isinstance(values, numbers.Integral) and not isinstance(values, bool):
         values = [int(values)] * batch
@@ -433,8 +449,10 @@ def from_flashinfer_packed_mask(packed: torch.Tensor, tree_sizes, prefix_lens) -
     :func:`ancestor_mask_to_parents` turns a block back into ``parents``.
     """
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise TypeError(f"packed must be a 1-D uint8 tensor, got {getattr(packed, 'dtype', type(packed).__name__)} "
-                        f"of shape {tuple(getattr(packed, 'shape', ()))}")
+        raise TypeError(
+            f"packed must be a 1-D uint8 tensor, got {getattr(packed, 'dtype', type(packed).__name__)} "
+            f"of shape {tuple(getattr(packed, 'shape', ()))}"
+        )
     batch = _batch_of(tree_sizes)
     if batch is None:  # an int would leave the batch size to guess
         raise ValueError(f"tree_sizes must list N_b for every request (e.g. [N] for one), got {tree_sizes!r}")
@@ -444,15 +462,19 @@ def from_flashinfer_packed_mask(packed: torch.Tensor, tree_sizes, prefix_lens) -
         raise ValueError(f"tree_sizes must be >= 1 (the root is a node), got {sizes}")
     nbytes = [(s * (plen + s) + 7) // 8 for s, plen in zip(sizes, prefix)]
     if packed.numel() != sum(nbytes):
-        raise ValueError(f"packed has {packed.numel()} bytes; tree_sizes={sizes} with prefix_lens={prefix} "
-                         f"need sum(ceil(N_b * (P_b + N_b) / 8)) = {sum(nbytes)}")
+        raise ValueError(
+            f"packed has {packed.numel()} bytes; tree_sizes={sizes} with prefix_lens={prefix} "
+            f"need sum(ceil(N_b * (P_b + N_b) / 8)) = {sum(nbytes)}"
+        )
     out, start = [], 0
     for b, (s, plen, nb) in enumerate(zip(sizes, prefix, nbytes)):
-        rows = _unpackbits_little(packed[start:start + nb], s * (plen + s)).view(s, plen + s)
+        rows = _unpackbits_little(packed[start : start + nb], s * (plen + s)).view(s, plen + s)
         start += nb
         if not bool(rows[:, :plen].all()):
-            raise ValueError(f"request {b}: a tree node does not attend the whole prefix; only prefix + tree masks "
-                             f"convert to our trees")
+            raise ValueError(
+                f"request {b}: a tree node does not attend the whole prefix; only prefix + tree masks "
+                f"convert to our trees"
+            )
         out.append(rows[:, plen:].clone())
     return out
 
@@ -472,6 +494,8 @@ def ancestor_mask_to_parents(mask: torch.Tensor) -> torch.Tensor:
     # A non-root row without ancestors gets parent 0 so the rebuilt mask (root column set) differs from it.
     parents = torch.where((j > 0) & (parents < 0), 0, parents)
     if not torch.equal(trees.ancestor_mask(parents), mask):
-        raise ValueError("mask is not the ancestor mask of a topologically ordered tree (node 0 the root; each "
-                         "row: the node itself and exactly its ancestors)")
+        raise ValueError(
+            "mask is not the ancestor mask of a topologically ordered tree (node 0 the root; each "
+            "row: the node itself and exactly its ancestors)"
+        )
     return parents

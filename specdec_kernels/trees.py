@@ -5,6 +5,7 @@ Conventions (docs/design.md, "Trees"): N nodes in topological order, ``parents[0
 Node i attends to node j iff j is i or an ancestor of i. The packed mask stores bit j of row i in
 int32 word ``j // 32``, 32 nodes to a word.
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,7 +56,9 @@ def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
     cur = p
     while bool((cur >= 0).any()):
         valid = cur >= 0
-        mask.scatter_(-1, cur.clamp(min=0).unsqueeze(-1), valid.unsqueeze(-1) | mask.gather(-1, cur.clamp(min=0).unsqueeze(-1)))
+        mask.scatter_(
+            -1, cur.clamp(min=0).unsqueeze(-1), valid.unsqueeze(-1) | mask.gather(-1, cur.clamp(min=0).unsqueeze(-1))
+        )
         cur = torch.where(valid, torch.gather(p, -1, cur.clamp(min=0)), cur)
     return mask
 
@@ -119,14 +122,10 @@ def validate_tree_mask(mask: torch.Tensor, n: int, batch: int | None = None, nam
     elif mask.dtype == torch.int32:
         last, kind = words, "packed int32"
     else:
-        raise TypeError(
-            f"{name} must be bool [.., N, N] or packed int32 [.., N, ceil(N/32)], got dtype {mask.dtype}"
-        )
+        raise TypeError(f"{name} must be bool [.., N, N] or packed int32 [.., N, ceil(N/32)], got dtype {mask.dtype}")
     ok = mask.dim() in (2, 3) and tuple(mask.shape[-2:]) == (n, last)
     if ok and mask.dim() == 3 and batch is not None and mask.shape[0] != batch:
         ok = False
     if not ok:
         b = "B" if batch is None else f"B={batch}"
-        raise ValueError(
-            f"{name} ({kind}) must be [N, {last}] or [{b}, N, {last}] with N={n}, got {tuple(mask.shape)}"
-        )
+        raise ValueError(f"{name} ({kind}) must be [N, {last}] or [{b}, N, {last}] with N={n}, got {tuple(mask.shape)}")

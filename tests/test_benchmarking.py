@@ -2,6 +2,7 @@
 arithmetic, the argument checks, the machine line, the table writer and the script importer; and the
 rank correlation of the end-to-end benchmark (specdec.bench). Sleep-free and fast: exact checks use a
 fake clock, the few real measurements time microsecond-long work."""
+
 from __future__ import annotations
 
 import math
@@ -9,9 +10,8 @@ import math
 import pytest
 import torch
 
-from specdec_kernels import benchmarking as bm
-
 from conftest import requires_cuda
+from specdec_kernels import benchmarking as bm
 
 
 def fake_clock(durations):
@@ -110,7 +110,7 @@ def test_spearman_of_the_end_to_end_benchmark():
     assert _spearman([1.0, 2.0, 3.0, 4.0], [10.0, 40.0, 90.0, 160.0]) == pytest.approx(1.0)  # monotone
     assert _spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
     # ties share their average rank: ranks (1.5, 1.5, 3) vs (1, 2, 3) -> 1.5 / sqrt(1.5 * 2) = sqrt(3) / 2
-    assert _spearman([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(3 ** 0.5 / 2)
+    assert _spearman([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(3**0.5 / 2)
     for a, b in (([5.0, 5.0, 5.0], [1.0, 2.0, 3.0]), ([1.0], [2.0]), ([], [])):
         assert math.isnan(_spearman(a, b))  # undefined: constant input or fewer than two pairs
     with pytest.raises(ValueError, match="pair up"):

@@ -1,5 +1,6 @@
 """The docs' code runs: every ```python block of docs/integration.md and of the README, in order, in
 one namespace per file."""
+
 import re
 from pathlib import Path
 

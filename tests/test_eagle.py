@@ -1,12 +1,13 @@
 """EAGLE draft heads: the drafter computes what training unrolls, every strategy stays exact with a head,
 sampling stays lossless, heads are saved/loaded and refused when they do not fit."""
+
 import pytest
 import torch
+from test_generate import POLICIES, _chi_square_first_three, plain_greedy, ragged_batch, tiny_model
 
 import specdec
 from specdec.eagle import FeatureTap, HeadDrafter, load_head, new_head, unrolled_forward
 from specdec.runner import tree_attention_enabled
-from test_generate import POLICIES, _chi_square_first_three, plain_greedy, ragged_batch, tiny_model
 
 
 def _random_head(target, seed: int, layers=None):
@@ -94,13 +95,14 @@ def test_drafter_computes_what_training_unrolls():
         root = d.begin(Rows(P + 1))
         torch.testing.assert_close(root[0], want[0][P], atol=2e-4, rtol=1e-4)
         for s in (1, 2):  # chain drafting past the root: step s at position P + s
-            got = d.forward(x[:, P + s, None], torch.tensor([[P + s]]), torch.ones(1, 1, dtype=torch.bool),
-                            torch.tensor([P + s]))
+            got = d.forward(
+                x[:, P + s, None], torch.tensor([[P + s]]), torch.ones(1, 1, dtype=torch.bool), torch.tensor([P + s])
+            )
             torch.testing.assert_close(got[0, 0], want[s][P + s], atol=2e-4, rtol=1e-4)
         # A verify step emitted 3 tokens (positions P+1..P+3) with the target's features of P..P+2:
         # the next catch-up rewrites the draft entries with true features, so the new root's step-0
         # logits equal training's again.
-        d.commit(torch.tensor([P + 1]), x[:, P + 1: P + 4], torch.tensor([P]), feats[:, P: P + 3])
+        d.commit(torch.tensor([P + 1]), x[:, P + 1 : P + 4], torch.tensor([P]), feats[:, P : P + 3])
         root = d.begin(Rows(P + 4))
         torch.testing.assert_close(root[0], want[0][P + 3], atol=2e-4, rtol=1e-4)
     tap.remove()
@@ -161,8 +163,13 @@ def test_lookup_or_chain_is_exact_and_needs_a_head(target_and_head):
     g = torch.Generator().manual_seed(9)
     span = torch.randint(0, 97, (12,), generator=g)
     ids = torch.cat([span, span[:6]])[None]
-    out = specdec.generate(target, head, ids, max_new_tokens=30,
-                           strategy=specdec.LookupOrChain(fallback=specdec.DynamicLookahead("heuristic", k=2, k_max=5)))
+    out = specdec.generate(
+        target,
+        head,
+        ids,
+        max_new_tokens=30,
+        strategy=specdec.LookupOrChain(fallback=specdec.DynamicLookahead("heuristic", k=2, k_max=5)),
+    )
     assert torch.equal(out.sequences, plain_greedy(target, ids, torch.ones_like(ids), 30))
     with pytest.raises(ValueError, match="needs an EAGLE head"):
         specdec.generate(target, tiny_model("llama", 1, 32, seed=1), ids, max_new_tokens=4, strategy="hybrid")

@@ -1,4 +1,5 @@
 """The decoding loop against plain decoding: greedy exactness, acceptance, lossless sampling, errors."""
+
 import math
 
 import pytest
@@ -28,9 +29,19 @@ POLICIES = {
 def tiny_model(arch: str, layers: int, hidden: int, seed: int, vocab: int = 97):
     """Random small model; a large init scale gives peaked logits, so argmax ties are vanishingly rare."""
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:
@@ -56,8 +67,8 @@ def ragged_batch(vocab, lens, seed):
     ids = torch.zeros(len(lens), T, dtype=torch.int64)
     mask = torch.zeros(len(lens), T, dtype=torch.int64)
     for b, n in enumerate(lens):
-        ids[b, T - n:] = torch.randint(0, vocab, (n,), generator=g)
-        mask[b, T - n:] = 1
+        ids[b, T - n :] = torch.randint(0, vocab, (n,), generator=g)
+        mask[b, T - n :] = 1
     return ids, mask
 
 
@@ -86,8 +97,11 @@ def test_identical_draft_accepts_everything(pair):
     assert out.stats["tau"] == k + 1
 
 
-@pytest.mark.parametrize("strategy", [StaticTree([(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0), (1,)]),
-                                      DynamicTree("eagle2", budget=4, top_k=1, depth=4)], ids=["static", "eagle2"])
+@pytest.mark.parametrize(
+    "strategy",
+    [StaticTree([(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0), (1,)]), DynamicTree("eagle2", budget=4, top_k=1, depth=4)],
+    ids=["static", "eagle2"],
+)
 def test_identical_draft_accepts_full_tree_depth(pair, strategy):
     target, _ = pair
     ids, mask = ragged_batch(97, [4, 9], seed=8)
@@ -102,8 +116,7 @@ def test_eos_stops_a_sequence_and_pads(pair):
     ids, mask = ragged_batch(97, [7, 7], seed=4)
     free = plain_greedy(target, ids, mask, 12)
     eos = int(free[0, 7 + 3])  # the 4th token of row 0 becomes EOS
-    out = specdec.generate(target, draft, ids, attention_mask=mask, max_new_tokens=12, eos_token_id=eos,
-                           pad_token_id=0)
+    out = specdec.generate(target, draft, ids, attention_mask=mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
     row0 = out.sequences[0, 7:].tolist()
     stop = row0.index(eos)
     assert row0[: stop + 1] == free[0, 7 : 7 + stop + 1].tolist()
@@ -183,10 +196,17 @@ def _chi_square_first_three(target, draft, strategy, V: int, n: int = 12000, tem
     from scipy.stats import chisquare
 
     prompt = torch.tensor([[1, 3, 0, 2]])
-    out = specdec.generate(target, draft, prompt.expand(n, -1).contiguous(), max_new_tokens=3, strategy=strategy,
-                           temperature=temperature, seed=2024)
+    out = specdec.generate(
+        target,
+        draft,
+        prompt.expand(n, -1).contiguous(),
+        max_new_tokens=3,
+        strategy=strategy,
+        temperature=temperature,
+        seed=2024,
+    )
     toks = out.sequences[:, 4:]
-    counts = torch.bincount(toks[:, 0] * V * V + toks[:, 1] * V + toks[:, 2], minlength=V ** 3).double()
+    counts = torch.bincount(toks[:, 0] * V * V + toks[:, 1] * V + toks[:, 2], minlength=V**3).double()
     assert math.isclose(float(counts.sum()), n)
     expected = _exact_joint(target, prompt, V, temperature).flatten() * n
     big = expected >= 5
@@ -243,8 +263,14 @@ def test_subset_head_draft_greedy_exact(pair, policy):
     target, draft = pair
     keep = torch.randperm(97, generator=torch.Generator().manual_seed(4))[:60].tolist()
     ids, mask = ragged_batch(97, [7, 3], seed=9)
-    out = specdec.generate(target, _subset_head_draft(draft, keep), ids, attention_mask=mask, max_new_tokens=20,
-                           strategy=POLICIES[policy]())
+    out = specdec.generate(
+        target,
+        _subset_head_draft(draft, keep),
+        ids,
+        attention_mask=mask,
+        max_new_tokens=20,
+        strategy=POLICIES[policy](),
+    )
     assert torch.equal(out.sequences, plain_greedy(target, ids, mask, 20))
 
 
@@ -261,8 +287,9 @@ def test_prompt_lookup_greedy_exact_with_no_draft_model(pair, branches):
     ids2[1, :] = ids[0]
     for x, m in ((ids, torch.ones_like(ids)), (ids2, mask)):
         for d in (None, draft):  # a draft model given to a model-free drafter is left idle
-            out = specdec.generate(target, d, x, attention_mask=m, max_new_tokens=20,
-                                   strategy=PromptLookup(k=5, branches=branches))
+            out = specdec.generate(
+                target, d, x, attention_mask=m, max_new_tokens=20, strategy=PromptLookup(k=5, branches=branches)
+            )
             assert torch.equal(out.sequences, plain_greedy(target, x, m, 20))
             assert out.stats["draft_calls"] == 0
 

@@ -6,6 +6,7 @@ configurations, when a 16-bit tree-attention dot has no tensor-core instruction,
 attention tile leaves room for only one program per SM. Needs Triton's bundled ptxas-blackwell (it ships
 with the triton wheel), no GPU; the CUDA compaction kernel also needs nvcc.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -108,10 +109,12 @@ def test_occupancy_follows_the_cuda_limits():
 
 
 def test_ptxas_log_parsing():
-    log = ("ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
-           "ptxas info    : Function properties for k\n"
-           "    216 bytes stack frame, 256 bytes spill stores, 248 bytes spill loads\n"
-           "ptxas info    : Used 255 registers, used 1 barriers, 216 bytes cumulative stack size\n")
+    log = (
+        "ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
+        "ptxas info    : Function properties for k\n"
+        "    216 bytes stack frame, 256 bytes spill stores, 248 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, used 1 barriers, 216 bytes cumulative stack size\n"
+    )
     assert gs.parse_ptxas_log(log) == dict(regs=255, stack=216, spill_stores=256, spill_loads=248)
     with pytest.raises(RuntimeError):
         gs.parse_ptxas_log("ptxas fatal : Unresolved extern function")

@@ -4,6 +4,7 @@ A prompt is prefilled, a random token tree is forwarded in one call with positio
 the logits at every node must equal those of running that node's root-to-node path causally with the
 model's own eager attention.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -20,8 +21,15 @@ ATOL = RTOL = 2e-5  # fp32 end to end; the two paths differ only in summation or
 
 
 def tiny_model(family: str, attn: str = "eager"):
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, attn_implementation=attn))
@@ -120,17 +128,28 @@ def test_ragged_batch_buffer_cache_packed_mask(family):
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     cache = BufferCache(cfg.num_hidden_layers, B, cfg.num_key_value_heads, 40, head_dim)
 
-    model(padded, position_ids=torch.arange(P_max).expand(B, -1), past_key_values=cache, use_cache=True,
-          tree_mask=trees.ancestor_mask(trees.chain_parents(P_max)),
-          kv_lens=torch.full((B,), P_max, dtype=torch.int64))
+    model(
+        padded,
+        position_ids=torch.arange(P_max).expand(B, -1),
+        past_key_values=cache,
+        use_cache=True,
+        tree_mask=trees.ancestor_mask(trees.chain_parents(P_max)),
+        kv_lens=torch.full((B,), P_max, dtype=torch.int64),
+    )
 
     parents = random_tree(N, gen)
     tokens = torch.randint(0, VOCAB, (B, N), generator=gen)
     prefix = torch.tensor(lens)
     cache.write_pos = prefix.clone()  # each tree right after its own prompt (over the padding)
-    out = model(tokens, position_ids=trees.tree_position_ids(parents, prefix), past_key_values=cache,
-                use_cache=True, tree_mask=trees.packed_ancestor_mask(parents), kv_lens=prefix + N,
-                tree_attention_backend="triton")
+    out = model(
+        tokens,
+        position_ids=trees.tree_position_ids(parents, prefix),
+        past_key_values=cache,
+        use_cache=True,
+        tree_mask=trees.packed_ancestor_mask(parents),
+        kv_lens=prefix + N,
+        tree_attention_backend="triton",
+    )
     for b in range(B):
         expect = path_logits(model, prompts[b], tokens[b], parents)
         torch.testing.assert_close(out.logits[b], expect, atol=ATOL, rtol=RTOL)

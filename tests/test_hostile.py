@@ -5,6 +5,7 @@ that names the argument; it must never hang, crash the process, or let garbage i
 into a result. Calls that used to hang run under a timeout (a thread), the call that used to crash
 runs in a subprocess, so a regression fails one test instead of taking pytest down.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,9 +76,11 @@ def _naive_depths(parents: list[int]) -> list[int]:
 
 
 @pytest.mark.parametrize("helper", sorted(PARENT_HELPERS))
-@pytest.mark.parametrize("parents", [[-1, 2, 1], [-1, 1], [-1, 0, 2], [0, 0], [3, -1, 0], [-1, -1], [-1, 0, 7]],
-                         ids=["cycle", "self-parent", "self-parent-late", "root-not-minus-1", "root-forward",
-                              "two-roots", "out-of-range"])
+@pytest.mark.parametrize(
+    "parents",
+    [[-1, 2, 1], [-1, 1], [-1, 0, 2], [0, 0], [3, -1, 0], [-1, -1], [-1, 0, 7]],
+    ids=["cycle", "self-parent", "self-parent-late", "root-not-minus-1", "root-forward", "two-roots", "out-of-range"],
+)
 def test_tree_helpers_refuse_non_trees(helper, parents):
     with pytest.raises(ValueError, match=r"parents.*(topological|must be -1)"):
         _within(lambda: PARENT_HELPERS[helper](torch.tensor(parents)))
@@ -108,9 +111,14 @@ BACKENDS = ["reference", "triton"]
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @HOSTILE
-@given(kind=st.sampled_from(["chain", "tree"]),
-       as_logits=st.booleans(), bad=st.sampled_from([math.nan, math.inf, -math.inf]),
-       b=st.integers(0, 1), node=st.integers(0, 3), col=st.integers(0, 5))
+@given(
+    kind=st.sampled_from(["chain", "tree"]),
+    as_logits=st.booleans(),
+    bad=st.sampled_from([math.nan, math.inf, -math.inf]),
+    b=st.integers(0, 1),
+    node=st.integers(0, 3),
+    col=st.integers(0, 5),
+)
 def test_greedy_refuses_non_finite_targets(backend, kind, as_logits, bad, b, node, col):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 4, 6, generator=gen)
@@ -138,8 +146,9 @@ def test_greedy_refuses_non_finite_targets(backend, kind, as_logits, bad, b, nod
 def test_greedy_ignores_non_finite_rows_past_draft_lens(backend):
     target = torch.softmax(torch.randn(1, 4, 6), -1)
     target[0, 3] = math.nan  # row after draft 3; draft_lens = 1 uses rows 0 and 1 only
-    res = sk.chain_verify(torch.zeros(1, 3, dtype=torch.int64), target, greedy=True,
-                          draft_lens=torch.tensor([1]), backend=backend)
+    res = sk.chain_verify(
+        torch.zeros(1, 3, dtype=torch.int64), target, greedy=True, draft_lens=torch.tensor([1]), backend=backend
+    )
     assert int(res.num_emitted[0]) >= 1
 
 
@@ -160,8 +169,11 @@ def _attention_case(kv_short: int, n: int = 3, s: int = 12):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @FEW
-@given(kv_short=st.integers(3, 11), fill=st.sampled_from([math.nan, math.inf, -math.inf]),
-       where=st.sampled_from(["k", "v", "both"]))
+@given(
+    kv_short=st.integers(3, 11),
+    fill=st.sampled_from([math.nan, math.inf, -math.inf]),
+    where=st.sampled_from(["k", "v", "both"]),
+)
 def test_unused_cache_slots_do_not_leak(backend, kv_short, fill, where):
     q, k, v, kv_lens, mask = _attention_case(kv_short)
     k[1, :, kv_short:] = 0.0
@@ -226,8 +238,13 @@ _UNCHECKED_COMPACTION = textwrap.dedent("""
 
 
 def test_unchecked_compaction_clamps_counts():
-    proc = subprocess.run([sys.executable, "-c", _UNCHECKED_COMPACTION], capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNCHECKED_COMPACTION],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
 
 
@@ -241,15 +258,20 @@ def test_checked_compaction_refuses_counts_past_src_width():
 # 5. Strategy parameters: checked at construction, explicit values never replaced
 # ---------------------------------------------------------------------------------------------------
 
-NOT_INTS = st.one_of(st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none(),
-                     st.lists(st.integers(), max_size=2))
+NOT_INTS = st.one_of(
+    st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none(), st.lists(st.integers(), max_size=2)
+)
 
 # (constructor of one keyword, argument name, smallest valid int, largest valid int or None)
 INT_PARAMS = [
     (lambda x: Chain(x), "k", 1, MAX_TREE_NODES - 1),
     # None is DynamicLookahead's "not passed" (the default): only the other non-ints are refused
-    (lambda x: DynamicLookahead("heuristic", k=x if x is not None else 0, k_max=MAX_TREE_NODES - 1), "k", 1,
-     MAX_TREE_NODES - 1),
+    (
+        lambda x: DynamicLookahead("heuristic", k=x if x is not None else 0, k_max=MAX_TREE_NODES - 1),
+        "k",
+        1,
+        MAX_TREE_NODES - 1,
+    ),
     (lambda x: DynamicLookahead("confidence", k_max=x if x is not None else 0), "k_max", 1, MAX_TREE_NODES - 1),
     (lambda x: DynamicTree("dyspec", budget=x), "budget", 1, MAX_TREE_NODES - 1),
     (lambda x: DynamicTree("eagle2", budget=1, top_k=x, depth=1), "top_k", 1, None),
@@ -266,8 +288,7 @@ INT_PARAMS = [
 @given(case=st.integers(0, len(INT_PARAMS) - 1), value=st.one_of(NOT_INTS, st.integers(-5, 2 * MAX_TREE_NODES)))
 def test_int_parameters_are_checked(case, value):
     make, name, lo, hi = INT_PARAMS[case]
-    in_range = (isinstance(value, int) and not isinstance(value, bool) and value >= lo
-                and (hi is None or value <= hi))
+    in_range = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
     if in_range:
         make(value)
         return
@@ -287,16 +308,19 @@ def test_dynamic_lookahead_keeps_explicit_arguments():
     assert custom.weights == [1.0] * 6 and custom.k_max == 5
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(policy="nope"), ValueError, "policy"),
-    (dict(policy="confidence", threshold=1.5), ValueError, "threshold"),
-    (dict(policy="confidence", threshold=math.nan), ValueError, "threshold"),
-    (dict(policy="confidence", threshold="0.5"), TypeError, "threshold"),
-    (dict(policy="heuristic", k=5, k_max=3), ValueError, "k must be an int in \\[1, k_max=3\\]"),
-    (dict(policy="disco", weights=[1.0] * 5), ValueError, "weights"),
-    (dict(policy="disco", weights=[1.0] * 5 + [math.nan]), ValueError, "weights"),
-    (dict(policy="disco", weights="abcdef"), ValueError, "weights"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(policy="nope"), ValueError, "policy"),
+        (dict(policy="confidence", threshold=1.5), ValueError, "threshold"),
+        (dict(policy="confidence", threshold=math.nan), ValueError, "threshold"),
+        (dict(policy="confidence", threshold="0.5"), TypeError, "threshold"),
+        (dict(policy="heuristic", k=5, k_max=3), ValueError, "k must be an int in \\[1, k_max=3\\]"),
+        (dict(policy="disco", weights=[1.0] * 5), ValueError, "weights"),
+        (dict(policy="disco", weights=[1.0] * 5 + [math.nan]), ValueError, "weights"),
+        (dict(policy="disco", weights="abcdef"), ValueError, "weights"),
+    ],
+)
 def test_dynamic_lookahead_refuses(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         DynamicLookahead(**kwargs)
@@ -336,17 +360,34 @@ def test_lookup_or_chain_refuses_bad_parts():
 
 
 def test_named_strategies_still_build():
-    for name in ("chain", "disco", "heuristic", "confidence", "lookup", "hybrid", "static-tree", "eagle2",
-                 "dyspec", "ddd"):
+    for name in (
+        "chain",
+        "disco",
+        "heuristic",
+        "confidence",
+        "lookup",
+        "hybrid",
+        "static-tree",
+        "eagle2",
+        "dyspec",
+        "ddd",
+    ):
         specdec.strategies.resolve_strategy(name)
 
 
-@pytest.mark.parametrize("argv, what", [
-    (["demo", "--prompts", "0"], "--prompts"), (["bench", "--prompts", "-2"], "--prompts"),
-    (["bench", "--repeats", "0"], "--repeats"), (["bench", "--max-new-tokens", "0"], "--max-new-tokens"),
-    (["bench", "--configs", "chain:abc"], "chain:abc"), (["demo", "--temperature", "nan"], "--temperature"),
-    (["demo", "--temperature", "-1"], "--temperature"), (["demo", "--strategy", "nope"], "nope"),
-])
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["demo", "--prompts", "0"], "--prompts"),
+        (["bench", "--prompts", "-2"], "--prompts"),
+        (["bench", "--repeats", "0"], "--repeats"),
+        (["bench", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["bench", "--configs", "chain:abc"], "chain:abc"),
+        (["demo", "--temperature", "nan"], "--temperature"),
+        (["demo", "--temperature", "-1"], "--temperature"),
+        (["demo", "--strategy", "nope"], "nope"),
+    ],
+)
 def test_cli_refuses_bad_flags_in_one_line(argv, what, capsys):
     """Bad CLI flags end in argparse's one-line usage error (exit 2) before any model loads."""
     from specdec.__main__ import main
@@ -362,6 +403,7 @@ def test_cli_refuses_bad_flags_in_one_line(argv, what, capsys):
 # 6. generate's arguments: every one checked before any forward, refused by name
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_pair():
     from test_generate import tiny_model
@@ -375,42 +417,67 @@ def _prompt(n: int = 5) -> torch.Tensor:
 
 # (keyword arguments, exception, the argument the message must name)
 BAD_GENERATE_ARGS = [
-    (dict(temperature="0.5"), TypeError, "temperature"), (dict(temperature=[0.5]), TypeError, "temperature"),
-    (dict(temperature=True), TypeError, "temperature"), (dict(temperature=math.nan), ValueError, "temperature"),
-    (dict(temperature=math.inf), ValueError, "temperature"), (dict(temperature=-0.1), ValueError, "temperature"),
+    (dict(temperature="0.5"), TypeError, "temperature"),
+    (dict(temperature=[0.5]), TypeError, "temperature"),
+    (dict(temperature=True), TypeError, "temperature"),
+    (dict(temperature=math.nan), ValueError, "temperature"),
+    (dict(temperature=math.inf), ValueError, "temperature"),
+    (dict(temperature=-0.1), ValueError, "temperature"),
     (dict(temperature=torch.tensor(0.5)), TypeError, "temperature"),
-    (dict(seed="1"), TypeError, "seed"), (dict(seed=1.5), TypeError, "seed"), (dict(seed=-1), ValueError, "seed"),
-    (dict(seed=2**64), ValueError, "seed"), (dict(seed=False), TypeError, "seed"),
-    (dict(max_new_tokens=2.0), TypeError, "max_new_tokens"), (dict(max_new_tokens=True), TypeError, "max_new_tokens"),
-    (dict(max_new_tokens=-3), ValueError, "max_new_tokens"), (dict(max_new_tokens="8"), TypeError, "max_new_tokens"),
-    (dict(eos_token_id="2"), TypeError, "eos_token_id"), (dict(eos_token_id=[1, "2"]), TypeError, "eos_token_id"),
-    (dict(eos_token_id=-1), ValueError, "eos_token_id"), (dict(eos_token_id=97), ValueError, "eos_token_id"),
-    (dict(eos_token_id=[3, 500]), ValueError, "eos_token_id"), (dict(eos_token_id=2.0), TypeError, "eos_token_id"),
-    (dict(pad_token_id="0"), TypeError, "pad_token_id"), (dict(pad_token_id=0.5), TypeError, "pad_token_id"),
-    (dict(timing="yes"), TypeError, "timing"), (dict(streamer=5), TypeError, "streamer"), (dict(streamer="print"), TypeError, "streamer"),
+    (dict(seed="1"), TypeError, "seed"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(seed=2**64), ValueError, "seed"),
+    (dict(seed=False), TypeError, "seed"),
+    (dict(max_new_tokens=2.0), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=True), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=-3), ValueError, "max_new_tokens"),
+    (dict(max_new_tokens="8"), TypeError, "max_new_tokens"),
+    (dict(eos_token_id="2"), TypeError, "eos_token_id"),
+    (dict(eos_token_id=[1, "2"]), TypeError, "eos_token_id"),
+    (dict(eos_token_id=-1), ValueError, "eos_token_id"),
+    (dict(eos_token_id=97), ValueError, "eos_token_id"),
+    (dict(eos_token_id=[3, 500]), ValueError, "eos_token_id"),
+    (dict(eos_token_id=2.0), TypeError, "eos_token_id"),
+    (dict(pad_token_id="0"), TypeError, "pad_token_id"),
+    (dict(pad_token_id=0.5), TypeError, "pad_token_id"),
+    (dict(timing="yes"), TypeError, "timing"),
+    (dict(streamer=5), TypeError, "streamer"),
+    (dict(streamer="print"), TypeError, "streamer"),
     (dict(attention_mask=[[1, 1, 1, 1, 1]]), TypeError, "attention_mask"),
     (dict(attention_mask=torch.ones(1, 5)), ValueError, "attention_mask"),
     (dict(attention_mask=torch.full((1, 5), 2)), ValueError, "attention_mask"),
     (dict(attention_mask=torch.ones(2, 5, dtype=torch.int64)), ValueError, "attention_mask"),
-    (dict(input_ids=[[1, 2, 3]]), TypeError, "input_ids"), (dict(input_ids=torch.ones(1, 4)), ValueError, "input_ids"),
+    (dict(input_ids=[[1, 2, 3]]), TypeError, "input_ids"),
+    (dict(input_ids=torch.ones(1, 4)), ValueError, "input_ids"),
     (dict(input_ids=torch.ones(4, dtype=torch.int64)), ValueError, "input_ids"),
     (dict(input_ids=torch.ones(1, 3, dtype=torch.int64, device="meta")), ValueError, "input_ids"),
-    (dict(target="a path"), TypeError, "target"), (dict(target=torch.nn.Linear(2, 2)), TypeError, "target"),
-    (dict(draft="a path"), TypeError, "draft"), (dict(draft=torch.nn.Linear(2, 2)), TypeError, "draft"),
-    (dict(strategy=3), TypeError, "strategy"), (dict(strategy=Chain), TypeError, "strategy"), (dict(strategy="chain:4"), ValueError, "strategy"),
+    (dict(target="a path"), TypeError, "target"),
+    (dict(target=torch.nn.Linear(2, 2)), TypeError, "target"),
+    (dict(draft="a path"), TypeError, "draft"),
+    (dict(draft=torch.nn.Linear(2, 2)), TypeError, "draft"),
+    (dict(strategy=3), TypeError, "strategy"),
+    (dict(strategy=Chain), TypeError, "strategy"),
+    (dict(strategy="chain:4"), ValueError, "strategy"),
     (dict(strategy=DynamicTree("eagle2", budget=8, top_k=98, depth=1)), ValueError, "vocabulary"),
     (dict(strategy=StaticTree([(0,), (120,)])), ValueError, "vocabulary"),
 ]
 
 
-@pytest.mark.parametrize("kwargs,exc,name", BAD_GENERATE_ARGS,
-                         ids=[f"{next(iter(k))}={k[next(iter(k))]!r}"[:40] for k, _, _ in BAD_GENERATE_ARGS])
+@pytest.mark.parametrize(
+    "kwargs,exc,name",
+    BAD_GENERATE_ARGS,
+    ids=[f"{next(iter(k))}={k[next(iter(k))]!r}"[:40] for k, _, _ in BAD_GENERATE_ARGS],
+)
 def test_generate_refuses_bad_arguments_by_name(tiny_pair, kwargs, exc, name, monkeypatch):
     target, draft = tiny_pair
     args = {**dict(target=target, draft=draft, input_ids=_prompt(), max_new_tokens=4), **kwargs}
     calls = []
-    monkeypatch.setattr(specdec.runner.ModelRunner, "forward",
-                        lambda *a, **k: calls.append(1) or pytest.fail("a forward ran before the arguments were checked"))
+    monkeypatch.setattr(
+        specdec.runner.ModelRunner,
+        "forward",
+        lambda *a, **k: calls.append(1) or pytest.fail("a forward ran before the arguments were checked"),
+    )
     with pytest.raises(exc, match=rf"\b{name}\b"):
         specdec.generate(args.pop("target"), args.pop("draft"), args.pop("input_ids"), **args)
     assert not calls
@@ -430,13 +497,21 @@ def test_models_on_the_meta_device_are_refused(tiny_pair):
 
 # Property: whatever value each argument takes, generate either runs or raises TypeError/ValueError
 # naming that argument; never another exception type.
-ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-3, 200), st.floats(allow_nan=True, allow_infinity=True),
-                      st.text(max_size=2), st.lists(st.integers(-1, 120), max_size=3))
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 200),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=2),
+    st.lists(st.integers(-1, 120), max_size=3),
+)
 
 
 @settings(derandomize=True, deadline=None, max_examples=60)
-@given(name=st.sampled_from(["temperature", "seed", "eos_token_id", "pad_token_id", "max_new_tokens", "streamer"]),
-       value=ANY_VALUE)
+@given(
+    name=st.sampled_from(["temperature", "seed", "eos_token_id", "pad_token_id", "max_new_tokens", "streamer"]),
+    value=ANY_VALUE,
+)
 def test_generate_arguments_are_used_or_refused(tiny_pair, name, value):
     target, draft = tiny_pair
     kwargs = {"max_new_tokens": 3, name: value}
@@ -471,6 +546,7 @@ def test_transformers_streamers_get_the_prompt_then_every_token(tiny_pair):
 # 7. Memory follows the output, not max_new_tokens
 # ---------------------------------------------------------------------------------------------------
 
+
 def _record_caches(monkeypatch) -> list:
     """Every SpecCache generate builds, to read its allocated length afterwards."""
     from specdec.cache import SpecCache
@@ -480,6 +556,7 @@ def _record_caches(monkeypatch) -> list:
     def record(self, *a, **k):
         init(self, *a, **k)
         made.append(self)
+
     monkeypatch.setattr(SpecCache, "__init__", record)
     return made
 
@@ -496,11 +573,12 @@ def test_a_huge_max_new_tokens_allocates_for_what_is_generated(tiny_pair, monkey
     out = _within(lambda: specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, eos_token_id=eos))
     n = out.sequences.shape[1]
     assert out.sequences[0].tolist() == free[0, :n].tolist()
-    assert caches and all(c.buffer.shape[4] <= 5 + sys.modules['specdec.generate'].INITIAL_OUTPUT + 64 for c in caches)
+    assert caches and all(c.buffer.shape[4] <= 5 + sys.modules["specdec.generate"].INITIAL_OUTPUT + 64 for c in caches)
 
 
 def test_cache_reserve_doubles_and_keeps_entries():
     from test_generate import tiny_model
+
     from specdec.cache import SpecCache
 
     cfg = tiny_model("llama", 2, 64, seed=0).config

@@ -1,4 +1,5 @@
 """compact_kv_cache (C++ on CPU, CUDA where a GPU exists) against the plain PyTorch reference."""
+
 import pytest
 import torch
 
@@ -63,8 +64,11 @@ def test_counts_zero_one_and_full(dtype):
 
 
 # (src_pos, dst_pos, counts) dtypes: all int32 (what serving runtimes often hold), and mixes
-INDEX_DTYPE_MIXES = [(torch.int32,) * 3, (torch.int32, torch.int64, torch.int32),
-                     (torch.int64, torch.int32, torch.int64)]
+INDEX_DTYPE_MIXES = [
+    (torch.int32,) * 3,
+    (torch.int32, torch.int64, torch.int32),
+    (torch.int64, torch.int32, torch.int64),
+]
 
 
 @pytest.mark.parametrize("dtypes", INDEX_DTYPE_MIXES, ids=["int32", "mixed-a", "mixed-b"])
@@ -105,15 +109,24 @@ BAD_INPUTS = [
     ("src dtype", lambda c, s, d, n: (c, s.to(torch.int16), d, n), TypeError, "src_pos must be int32 or int64"),
     ("dst dtype", lambda c, s, d, n: (c, s, d.float(), n), TypeError, "dst_pos must be int32 or int64"),
     ("counts dtype", lambda c, s, d, n: (c, s, d, n.to(torch.uint8)), TypeError, "counts must be int32 or int64"),
-    ("int32 src out of range", lambda c, s, d, n: (c, _set(s, 1, 4, 24).int(), d.int(), n.int()), ValueError,
-     "out of range"),
+    (
+        "int32 src out of range",
+        lambda c, s, d, n: (c, _set(s, 1, 4, 24).int(), d.int(), n.int()),
+        ValueError,
+        "out of range",
+    ),
     ("src batch", lambda c, s, d, n: (c, s[:1], d, n), ValueError, "src_pos must have shape"),
     ("dst rank", lambda c, s, d, n: (c, s, d[:, None], n), ValueError, "dst_pos must have shape"),
     ("counts batch", lambda c, s, d, n: (c, s, d, n[:1]), ValueError, "counts must have shape"),
     ("counts > M", lambda c, s, d, n: (c, s, d, torch.tensor([3, 6])), ValueError, "counts\\[1\\]"),
     ("counts < 0", lambda c, s, d, n: (c, s, d, torch.tensor([-1, 5])), ValueError, "counts\\[0\\]"),
     ("src out of range", lambda c, s, d, n: (c, _set(s, 1, 4, 24), d, n), ValueError, "out of range"),
-    ("src negative", lambda c, s, d, n: (c, _set(s, 0, 0, -1), torch.tensor([0, int(d[1])]), n), ValueError, "out of range"),
+    (
+        "src negative",
+        lambda c, s, d, n: (c, _set(s, 0, 0, -1), torch.tensor([0, int(d[1])]), n),
+        ValueError,
+        "out of range",
+    ),
     ("not ascending", lambda c, s, d, n: (c, _swap(s, 1, 2, 3), d, n), ValueError, "strictly ascending"),
     ("src before dst", lambda c, s, d, n: (c, s, d + 1, n), ValueError, "before its destination"),
     ("non-contiguous", lambda c, s, d, n: (c.transpose(4, 5), s, d, n), ValueError, "contiguous"),

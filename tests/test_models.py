@@ -3,7 +3,6 @@
 Floors below come from bench/results/default_pair.md (measured with bench/models/measure_pair.py),
 with margin; nothing here trains anything.
 """
-import math
 
 import pytest
 import torch
@@ -118,7 +117,7 @@ def test_load_smollm2(monkeypatch, tmp_path_factory):
         logits = model(input_ids=ids).logits
         assert torch.isfinite(logits).all()
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
-    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert text.strip() and "Paris" in text, text
 
 
@@ -188,8 +187,9 @@ def test_smollm2_pair_loads_offline_and_speculates_exactly(monkeypatch):
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
         expected = target.generate(ids, max_new_tokens=40, do_sample=False)
-        out = specdec.generate(target, draft, ids, max_new_tokens=40, strategy=specdec.Chain(4),
-                               eos_token_id=tok.eos_token_id)
+        out = specdec.generate(
+            target, draft, ids, max_new_tokens=40, strategy=specdec.Chain(4), eos_token_id=tok.eos_token_id
+        )
         n = min(out.sequences.shape[1], expected.shape[1])
         assert torch.equal(out.sequences[:, :n], expected[:, :n])
         # greedy agreement along the target's own continuation
@@ -218,8 +218,7 @@ def test_default_pair_eagle_head(snippets):
     for s in snippets:
         ids = torch.tensor([tok(s, add_special_tokens=False)["input_ids"][:48]])
         with torch.no_grad():
-            expected = target.generate(ids, max_new_tokens=48, do_sample=False, pad_token_id=0,
-                                       min_new_tokens=48)
+            expected = target.generate(ids, max_new_tokens=48, do_sample=False, pad_token_id=0, min_new_tokens=48)
         out = specdec.generate(target, head, ids, max_new_tokens=48, strategy=specdec.Chain(3))
         assert torch.equal(out.sequences, expected)
         emitted += out.stats["new_tokens"] - 1
@@ -253,7 +252,9 @@ def test_smollm2_eagle_head_speculates_exactly(monkeypatch):
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
         expected = target.generate(ids, max_new_tokens=60, do_sample=False)
-    out = specdec.generate(target, head, ids, max_new_tokens=60, strategy=specdec.Chain(4), eos_token_id=tok.eos_token_id)
+    out = specdec.generate(
+        target, head, ids, max_new_tokens=60, strategy=specdec.Chain(4), eos_token_id=tok.eos_token_id
+    )
     n = min(out.sequences.shape[1], expected.shape[1])
     assert torch.equal(out.sequences[:, :n], expected[:, :n])
     assert out.stats["tau"] >= SMOLLM2_HEAD_TAU_FLOOR, out.stats["tau"]

@@ -1,5 +1,6 @@
 """move_kv_slots (C++ on CPU, CUDA where a GPU exists) against its PyTorch reference, in vLLM and SGLang
 cache layouts, and accepted_path_slots on block tables built the way vLLM builds them."""
+
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ HKV, D = 3, 5  # odd sizes: rows of 15 elements, so the CUDA kernel cannot alway
 
 
 # --- cache layouts -----------------------------------------------------------------------------------
+
 
 def make_caches(gen, layout, L, num_slots, page_size, dtype):
     """(caches as the runtime holds them, slot_dims). vLLM: K and V stacked per layer, paged; SGLang: separate
@@ -162,12 +164,18 @@ _UNCHECKED = textwrap.dedent("""
 
 
 def test_unchecked_moves_skip_out_of_range_slots():
-    proc = subprocess.run([sys.executable, "-c", _UNCHECKED], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNCHECKED],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
 
 
 # --- bad input: an error naming the argument, nothing written ------------------------------------------
+
 
 def _valid():
     gen = torch.Generator().manual_seed(8)
@@ -189,8 +197,12 @@ BAD_INPUTS = [
     ("rank too small", lambda c, s, d, n: ([t[0, 0, 0] for t in c], s, d, n, {}), ValueError, "at least 4 dims"),
     ("shapes differ", lambda c, s, d, n: ([c[0], c[1][:, :3]], s, d, n, {}), ValueError, "caches\\[1\\] has shape"),
     ("dtypes differ", lambda c, s, d, n: ([c[0], c[1].double()], s, d, n, {}), TypeError, "caches\\[1\\] has dtype"),
-    ("non-contiguous", lambda c, s, d, n: ([c[0], c[1].transpose(3, 4).contiguous().transpose(3, 4)], s, d, n, {}),
-     ValueError, "caches\\[1\\] must be contiguous"),
+    (
+        "non-contiguous",
+        lambda c, s, d, n: ([c[0], c[1].transpose(3, 4).contiguous().transpose(3, 4)], s, d, n, {}),
+        ValueError,
+        "caches\\[1\\] must be contiguous",
+    ),
     ("src float", lambda c, s, d, n: (c, s.float(), d, n, {}), TypeError, "src_slots must be int32 or int64"),
     ("dst int16", lambda c, s, d, n: (c, s, d.to(torch.int16), n, {}), TypeError, "dst_slots must be int32 or int64"),
     ("num_moves float", lambda c, s, d, n: (c, s, d, n.float(), {}), TypeError, "num_moves must be int32 or int64"),
@@ -198,18 +210,34 @@ BAD_INPUTS = [
     ("dst length", lambda c, s, d, n: (c, s, d[:2], n, {}), ValueError, "dst_slots must have the shape"),
     ("num_moves 2 values", lambda c, s, d, n: (c, s, d, torch.tensor([1, 2]), {}), ValueError, "one value"),
     ("num_moves > N", lambda c, s, d, n: (c, s, d, torch.tensor(4), {}), ValueError, "num_moves = 4"),
-    ("num_moves < 0", lambda c, s, d, n: (c, s, d, torch.tensor(-1, dtype=torch.int32), {}), ValueError,
-     "num_moves = -1"),
+    (
+        "num_moves < 0",
+        lambda c, s, d, n: (c, s, d, torch.tensor(-1, dtype=torch.int32), {}),
+        ValueError,
+        "num_moves = -1",
+    ),
     ("int num_moves > N", lambda c, s, d, n: (c, s, d, 4, {}), ValueError, "num_moves = 4"),
     ("num_moves bool", lambda c, s, d, n: (c, s, d, True, {}), TypeError, "num_moves must be None"),
     ("src past the cache", lambda c, s, d, n: (c, _with(s, 2, 20), d, n, {}), ValueError, "src_slots\\[2\\] = 20"),
     ("dst -2", lambda c, s, d, n: (c, s, _with(d, 1, -2), n, {}), ValueError, "dst_slots\\[1\\] = -2"),
-    ("reads an earlier write", lambda c, s, d, n: (c, _with(s, 2, 6), d, n, {}), ValueError,
-     "src_slots\\[2\\] = 6 is dst_slots\\[1\\]"),
-    ("duplicate destination", lambda c, s, d, n: (c, s, _with(d, 2, 5), n, {}), ValueError,
-     "dst_slots\\[2\\] = 5 is also dst_slots\\[0\\]"),
-    ("device mismatch", lambda c, s, d, n: (c, s.to("meta"), d, n, {}), ValueError,
-     "src_slots must be on the cache's device"),
+    (
+        "reads an earlier write",
+        lambda c, s, d, n: (c, _with(s, 2, 6), d, n, {}),
+        ValueError,
+        "src_slots\\[2\\] = 6 is dst_slots\\[1\\]",
+    ),
+    (
+        "duplicate destination",
+        lambda c, s, d, n: (c, s, _with(d, 2, 5), n, {}),
+        ValueError,
+        "dst_slots\\[2\\] = 5 is also dst_slots\\[0\\]",
+    ),
+    (
+        "device mismatch",
+        lambda c, s, d, n: (c, s.to("meta"), d, n, {}),
+        ValueError,
+        "src_slots must be on the cache's device",
+    ),
 ]
 
 
@@ -232,6 +260,7 @@ def test_violations_past_num_moves_are_ignored():
 
 
 # --- accepted_path_slots on vLLM-style block tables ------------------------------------------------------
+
 
 def vllm_block_tables(gen, seq_lens_after, page_size, num_blocks, max_blocks):
     """Like vLLM's block manager: each request gets ceil(len / page_size) physical blocks from a shared,
@@ -268,8 +297,12 @@ def test_accepted_path_slots_compact_each_request(page_size):
     # slots tagged with their own index, per layer and K/V a different offset
     num_slots = num_blocks * page_size
     tags = torch.arange(num_slots, dtype=torch.float32).view(num_blocks, page_size, 1, 1)
-    caches = [(tags + 1000 * (2 * layer + torch.arange(2).view(2, 1, 1, 1, 1))).expand(2, num_blocks, page_size, HKV, D)
-              .contiguous() for layer in range(L)]
+    caches = [
+        (tags + 1000 * (2 * layer + torch.arange(2).view(2, 1, 1, 1, 1)))
+        .expand(2, num_blocks, page_size, HKV, D)
+        .contiguous()
+        for layer in range(L)
+    ]
     before = clone_caches(caches)
 
     src, dst, num_moves = sk.accepted_path_slots(accept.int(), counts, seq_lens.int(), table, page_size)
@@ -283,12 +316,13 @@ def test_accepted_path_slots_compact_each_request(page_size):
         for i in range(int(counts[b])):
             for layer in range(L):
                 expected[layer][:, slot(b, int(seq_lens[b]) + i)] = before[layer].flatten(1, 2)[
-                    :, slot(b, int(seq_lens[b]) + int(accept[b, i]))]
+                    :, slot(b, int(seq_lens[b]) + int(accept[b, i]))
+                ]
     assert all(torch.equal(c.flatten(1, 2), e) for c, e in zip(caches, expected))
     in_place = sum(int((accept[b, : counts[b]] == torch.arange(int(counts[b]))).sum()) for b in range(B))
     assert int(num_moves) == int(counts.sum()) - in_place >= 4  # the seed gives real moves to check
     assert src.dtype == dst.dtype == torch.int64 and src.shape == dst.shape == (B * P,)
-    assert (src[int(num_moves):] == -1).all() and (dst[int(num_moves):] == -1).all()
+    assert (src[int(num_moves) :] == -1).all() and (dst[int(num_moves) :] == -1).all()
 
 
 def test_accepted_path_slots_skips_unallocated_blocks():
@@ -304,18 +338,38 @@ def test_accepted_path_slots_skips_unallocated_blocks():
     assert int(n) == 0
 
 
-@pytest.mark.parametrize("args,exc,match", [
-    ((torch.tensor([[0.0]]), torch.tensor([1]), torch.tensor([0]), torch.tensor([[0]]), 4), TypeError, "accept_index"),
-    ((torch.tensor([[0]]), torch.tensor([1, 1]), torch.tensor([0]), torch.tensor([[0]]), 4), ValueError,
-     "num_accepted must have 1 rows"),
-    ((torch.tensor([[0]]), torch.tensor([1]), torch.tensor([[0]]), torch.tensor([[0]]), 4), ValueError,
-     "seq_lens_before must have 1 dims"),
-    ((torch.tensor([[0]]), torch.tensor([1]), torch.tensor([0]), torch.tensor([0]), 4), ValueError, "block_table"),
-    ((torch.tensor([[0]]), torch.tensor([1]), torch.tensor([0]), torch.tensor([[0]]), 0), ValueError, "page_size"),
-    ((torch.tensor([[0]]), torch.tensor([1]), torch.tensor([0]), torch.tensor([[0]]), 2.0), ValueError, "page_size"),
-    ((torch.tensor([[0]]), torch.tensor([1]).to("meta"), torch.tensor([0]), torch.tensor([[0]]), 4), ValueError,
-     "num_accepted must be on"),
-])
+@pytest.mark.parametrize(
+    "args,exc,match",
+    [
+        (
+            (torch.tensor([[0.0]]), torch.tensor([1]), torch.tensor([0]), torch.tensor([[0]]), 4),
+            TypeError,
+            "accept_index",
+        ),
+        (
+            (torch.tensor([[0]]), torch.tensor([1, 1]), torch.tensor([0]), torch.tensor([[0]]), 4),
+            ValueError,
+            "num_accepted must have 1 rows",
+        ),
+        (
+            (torch.tensor([[0]]), torch.tensor([1]), torch.tensor([[0]]), torch.tensor([[0]]), 4),
+            ValueError,
+            "seq_lens_before must have 1 dims",
+        ),
+        ((torch.tensor([[0]]), torch.tensor([1]), torch.tensor([0]), torch.tensor([0]), 4), ValueError, "block_table"),
+        ((torch.tensor([[0]]), torch.tensor([1]), torch.tensor([0]), torch.tensor([[0]]), 0), ValueError, "page_size"),
+        (
+            (torch.tensor([[0]]), torch.tensor([1]), torch.tensor([0]), torch.tensor([[0]]), 2.0),
+            ValueError,
+            "page_size",
+        ),
+        (
+            (torch.tensor([[0]]), torch.tensor([1]).to("meta"), torch.tensor([0]), torch.tensor([[0]]), 4),
+            ValueError,
+            "num_accepted must be on",
+        ),
+    ],
+)
 def test_accepted_path_slots_bad_input(args, exc, match):
     with pytest.raises(exc, match=match):
         sk.accepted_path_slots(*args)
@@ -323,9 +377,11 @@ def test_accepted_path_slots_bad_input(args, exc, match):
 
 def test_opcheck():
     gen = torch.Generator().manual_seed(12)
-    for layout, dtype, num_moves in [("vllm-list", torch.float32, None),
-                                     ("vllm-stacked", torch.bfloat16, torch.tensor(4)),
-                                     ("sglang", torch.float16, torch.tensor([4], dtype=torch.int32))]:
+    for layout, dtype, num_moves in [
+        ("vllm-list", torch.float32, None),
+        ("vllm-stacked", torch.bfloat16, torch.tensor(4)),
+        ("sglang", torch.float16, torch.tensor([4], dtype=torch.int32)),
+    ]:
         caches, slot_dims = make_caches(gen, layout, 2, 20, 5, dtype)
         caches = [caches] if isinstance(caches, torch.Tensor) else caches
         src, dst = random_moves(gen, 20, 6)
@@ -351,6 +407,7 @@ def test_torch_compile_fullgraph():
 
 # --- CUDA ------------------------------------------------------------------------------------------------
 
+
 @requires_cuda
 @pytest.mark.parametrize("layout,page_size,dtype,index_dtype", CASES)
 def test_matches_reference_cuda(layout, page_size, dtype, index_dtype):
@@ -361,8 +418,11 @@ def test_matches_reference_cuda(layout, page_size, dtype, index_dtype):
     for L, num_slots, N, hd in [(3, page_size * 9, 25, (HKV, D)), (4, page_size * 40, 200, (8, 128))]:
         caches, slot_dims = make_caches(gen, layout, L, num_slots, page_size, dtype)
         if hd != (HKV, D):  # the wide case: rows of 8 x 128 need several column slices per plane
-            caches = torch.randn(*caches.shape[:-2], *hd, generator=gen).to(dtype) if isinstance(caches, torch.Tensor) \
+            caches = (
+                torch.randn(*caches.shape[:-2], *hd, generator=gen).to(dtype)
+                if isinstance(caches, torch.Tensor)
                 else [torch.randn(*t.shape[:-2], *hd, generator=gen).to(dtype) for t in caches]
+            )
         src, dst = random_moves(gen, num_slots, N)
         expected = clone_caches(caches)
         sk.move_kv_slots_reference(expected, src, dst, slot_dims=slot_dims)

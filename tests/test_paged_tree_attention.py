@@ -9,6 +9,7 @@ n_b) are random. First the reference against the padded reference, then Triton (
 padded Triton kernel and the paged reference. The padded implementations are tested against float64 in
 test_tree_attention.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,10 +18,9 @@ import pytest
 import torch
 
 import specdec_kernels as sk
+from conftest import requires_cuda
 from specdec_kernels import trees
 from specdec_kernels.paged_tree_attention import paged_tree_attention, paged_tree_attention_reference
-
-from conftest import requires_cuda
 
 # Triton (paged) against Triton (padded) or the reference. Both kernels round the softmax weights to the
 # input dtype before the PV product, but at different tile boundaries (different BLOCK_M, splits), and
@@ -32,8 +32,21 @@ def random_parents(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.tensor([-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, n)], dtype=torch.int64)
 
 
-def make_case(ns, prefixes, *, hkv=2, g=2, d=32, page=16, dtype=torch.float32, idx=torch.int64, seed=0,
-              spare_blocks=3, table_pad=2, device="cpu"):
+def make_case(
+    ns,
+    prefixes,
+    *,
+    hkv=2,
+    g=2,
+    d=32,
+    page=16,
+    dtype=torch.float32,
+    idx=torch.int64,
+    seed=0,
+    spare_blocks=3,
+    table_pad=2,
+    device="cpu",
+):
     """A ragged batch in both layouts. Returns (paged args dict, padded data dict)."""
     gen = torch.Generator().manual_seed(seed)
     B, n_max, hq = len(ns), max(max(ns), 1), hkv * g
@@ -69,8 +82,15 @@ def make_case(ns, prefixes, *, hkv=2, g=2, d=32, page=16, dtype=torch.float32, i
         clean.append(trees.ancestor_mask(random_parents(n, gen)) if n else torch.zeros(0, 0, dtype=torch.bool))
         mask[b, :n, :n] = torch.where(tri, clean[b], junk[b, :n, :n])
     cu = torch.tensor([0] + torch.tensor(ns).cumsum(0).tolist())
-    paged = dict(q=q, k_cache=k_cache, v_cache=v_cache, cu_seqlens_q=cu.to(idx), seq_lens_k=torch.tensor(lens).to(idx),
-                 block_table=table.to(idx), tree_mask=mask)
+    paged = dict(
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        cu_seqlens_q=cu.to(idx),
+        seq_lens_k=torch.tensor(lens).to(idx),
+        block_table=table.to(idx),
+        tree_mask=mask,
+    )
     paged = {k: t.to(device) for k, t in paged.items()}
     padded = dict(ns=ns, lens=lens, cu=cu.tolist(), k=k_pad.to(device), v=v_pad.to(device), clean=clean)
     return paged, padded
@@ -86,9 +106,13 @@ def padded_result(paged, padded, backend, packed=False, sm_scale=None):
         lo = padded["cu"][b]
         mask = padded["clean"][b].to(q.device)
         o = sk.tree_attention(
-            q[lo : lo + n].transpose(0, 1).unsqueeze(0), padded["k"][b : b + 1], padded["v"][b : b + 1],
-            torch.tensor([padded["lens"][b]], device=q.device), trees.pack_mask(mask) if packed else mask,
-            backend=backend, sm_scale=sm_scale,
+            q[lo : lo + n].transpose(0, 1).unsqueeze(0),
+            padded["k"][b : b + 1],
+            padded["v"][b : b + 1],
+            torch.tensor([padded["lens"][b]], device=q.device),
+            trees.pack_mask(mask) if packed else mask,
+            backend=backend,
+            sm_scale=sm_scale,
         )
         out[lo : lo + n] = o[0].transpose(0, 1)
     return out
@@ -151,8 +175,9 @@ def test_triton_split_k_matches_no_split():
     paged, _ = make_case((3, 2), (300, 130), g=2, page=16, seed=11)
     one = paged_tree_attention(**paged, backend="triton", num_splits=1)
     for splits in (2, 7):  # 7 splits > full tiles of the shorter request: some splits are empty
-        torch.testing.assert_close(paged_tree_attention(**paged, backend="triton", num_splits=splits), one,
-                                   atol=2e-6, rtol=2e-6)
+        torch.testing.assert_close(
+            paged_tree_attention(**paged, backend="triton", num_splits=splits), one, atol=2e-6, rtol=2e-6
+        )
 
 
 def test_strided_views_out_buffer_and_sm_scale():
@@ -193,15 +218,17 @@ def test_hints_and_unchecked_values_stay_in_bounds():
     table = paged["block_table"].clone()
     table[1, 2:] = torch.tensor([0, paged["k_cache"].shape[0] - 1])  # the last: where the bad id is clamped to
     base = paged_tree_attention(**dict(paged, block_table=table), backend="triton")
-    hinted = paged_tree_attention(**dict(paged, block_table=table), backend="triton", check=False,
-                                  max_seqlen_q=3, max_seqlen_k=14)
+    hinted = paged_tree_attention(
+        **dict(paged, block_table=table), backend="triton", check=False, max_seqlen_q=3, max_seqlen_k=14
+    )
     torch.testing.assert_close(hinted, base, atol=0, rtol=0)
     full = dict(paged, block_table=table, seq_lens_k=torch.tensor([capacity, capacity]))
     inside = paged_tree_attention(**full, backend="triton")
     bad_table = table.clone()
     bad_table[1, -1] = 10**6
-    outside = paged_tree_attention(**dict(full, seq_lens_k=torch.tensor([10**6, 10**6]), block_table=bad_table),
-                                   backend="triton", check=False)
+    outside = paged_tree_attention(
+        **dict(full, seq_lens_k=torch.tensor([10**6, 10**6]), block_table=bad_table), backend="triton", check=False
+    )
     torch.testing.assert_close(outside, inside, atol=0, rtol=0)
 
 
@@ -221,8 +248,9 @@ def test_torch_op_opcheck():
     torch.library.opcheck(torch.ops.specdec.paged_tree_attention.default, args, {"sm_scale": 0.5})
     out = torch.empty_like(paged["q"])
     torch.library.opcheck(torch.ops.specdec.paged_tree_attention_out.default, args + (out,))
-    torch.testing.assert_close(torch.ops.specdec.paged_tree_attention(*args), paged_tree_attention(**paged),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        torch.ops.specdec.paged_tree_attention(*args), paged_tree_attention(**paged), atol=0, rtol=0
+    )
 
 
 def test_torch_compile_routes_through_the_ops():
@@ -347,7 +375,6 @@ def test_kernel_compiles_for_sm90_without_gpu():
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
         pytest.skip("Triton's bundled ptxas is unavailable")
     assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
-
 
 
 @requires_cuda

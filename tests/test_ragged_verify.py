@@ -6,6 +6,7 @@ the two must agree exactly, request for request, on both backends. Losslessness 
 chi-square on a tiny vocabulary, many requests in one launch (reference backend; the kernel is held to
 the reference row for row by test_triton_matches_reference).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -63,8 +64,19 @@ def split_bonus(x, cu):
     return x[keep], x[last]
 
 
-def run(data, backend, *, mode, logits=False, layout="inline", tree=False, idx_dtype=torch.int64,
-        out_dtype=torch.int64, scale=0.8, **kw):
+def run(
+    data,
+    backend,
+    *,
+    mode,
+    logits=False,
+    layout="inline",
+    tree=False,
+    idx_dtype=torch.int64,
+    out_dtype=torch.int64,
+    scale=0.8,
+    **kw,
+):
     """Call ragged_verify on a make_batch batch (logits: log(p) * scale at temperature scale, unless kw
     has a temperature); returns (tokens [B, M+1], accept_length, accept_index, next_token) as int64."""
     B = data["cu"].numel() - 1
@@ -89,8 +101,16 @@ def run(data, backend, *, mode, logits=False, layout="inline", tree=False, idx_d
     aidx = torch.full((B, M + 1), 77, dtype=out_dtype)
     nxt = torch.full((B,), 77, dtype=out_dtype)
     args.update(kw)
-    sk.ragged_verify(data["tok"].to(idx_dtype), data["cu"].to(idx_dtype), output_token_ids=out, accept_length=acc,
-                     accept_index=aidx, next_token=nxt, backend=backend, **args)
+    sk.ragged_verify(
+        data["tok"].to(idx_dtype),
+        data["cu"].to(idx_dtype),
+        output_token_ids=out,
+        accept_length=acc,
+        accept_index=aidx,
+        next_token=nxt,
+        backend=backend,
+        **args,
+    )
     return out.long(), acc.long(), aidx.long(), nxt.long()
 
 
@@ -121,25 +141,40 @@ def padded_chain(data, backend, *, mode, logits=False, seeds, temperature=0.8, *
     q = torch.full((B, M, V), 1.0 / V)
     for b in range(B):
         t0, k = int(cu[b]), int(cu[b + 1] - cu[b])
-        tok[b, :k] = data["tok"][t0:t0 + k]
-        p[b, :k + 1] = data["p"][t0 + b:t0 + b + k + 1]
-        q[b, :k] = data["q"][t0:t0 + k]
+        tok[b, :k] = data["tok"][t0 : t0 + k]
+        p[b, : k + 1] = data["p"][t0 + b : t0 + b + k + 1]
+        q[b, :k] = data["q"][t0 : t0 + k]
     target = dict(target_logits=torch.log(p) * temperature, temperature=temperature) if logits else dict(target_probs=p)
-    return sk.chain_verify(tok, draft_probs=q if mode == "sampled" else None, draft_lens=cu[1:] - cu[:-1],
-                           greedy=mode == "greedy", seed=seeds, backend=backend, **target, **kw)
+    return sk.chain_verify(
+        tok,
+        draft_probs=q if mode == "sampled" else None,
+        draft_lens=cu[1:] - cu[:-1],
+        greedy=mode == "greedy",
+        seed=seeds,
+        backend=backend,
+        **target,
+        **kw,
+    )
 
 
 def padded_tree(data, backend, b, *, mode, logits=False, seed, temperature=0.8):
     """Request b alone through tree_verify (root included: parents [-1] + its parents)."""
     cu = data["cu"]
     t0, k = int(cu[b]), int(cu[b + 1] - cu[b])
-    tok = torch.cat([torch.zeros(1, dtype=torch.int64), data["tok"][t0:t0 + k]])[None]
-    parents = torch.cat([torch.tensor([-1]), data["par"][t0:t0 + k]])
-    p = data["p"][t0 + b:t0 + b + k + 1][None]
-    q = data["q_node"][t0 + b:t0 + b + k + 1][None]
+    tok = torch.cat([torch.zeros(1, dtype=torch.int64), data["tok"][t0 : t0 + k]])[None]
+    parents = torch.cat([torch.tensor([-1]), data["par"][t0 : t0 + k]])
+    p = data["p"][t0 + b : t0 + b + k + 1][None]
+    q = data["q_node"][t0 + b : t0 + b + k + 1][None]
     target = dict(target_logits=torch.log(p) * temperature, temperature=temperature) if logits else dict(target_probs=p)
-    return sk.tree_verify(tok, parents, draft_probs=q if mode == "sampled" else None, greedy=mode == "greedy",
-                          seed=torch.tensor([seed]), backend=backend, **target)
+    return sk.tree_verify(
+        tok,
+        parents,
+        draft_probs=q if mode == "sampled" else None,
+        greedy=mode == "greedy",
+        seed=torch.tensor([seed]),
+        backend=backend,
+        **target,
+    )
 
 
 SEEDS = torch.tensor([3, 2**40 + 5, 17, 2**63 - 1, 9, 123456789], dtype=torch.int64)
@@ -171,22 +206,32 @@ def test_chain_matches_chain_verify(mode, logits, backend, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode,logits,idx_dtype", [("greedy", False, torch.int32), ("det", False, torch.int64),
-                                                  ("sampled", True, torch.int32)])
+@pytest.mark.parametrize(
+    "mode,logits,idx_dtype",
+    [("greedy", False, torch.int32), ("det", False, torch.int64), ("sampled", True, torch.int32)],
+)
 def test_tree_matches_tree_verify(mode, logits, idx_dtype, backend):
     """Ragged trees (int32 or int64 indices and outputs) equal tree_verify run request by request with
     the request's seed; accept_index is tree_verify's path shifted to flat node rows."""
     data = make_batch(KS, 13, torch.Generator().manual_seed(2), tree=True, sharp=1.0)
     seeds = SEEDS if idx_dtype == torch.int64 else SEEDS % 2**31  # int32 seeds: values that fit
-    out, acc, aidx, nxt = res = run(data, backend, mode=mode, logits=logits, tree=True, idx_dtype=idx_dtype,
-                                    out_dtype=idx_dtype, seed=seeds.to(idx_dtype))
+    out, acc, aidx, nxt = res = run(
+        data,
+        backend,
+        mode=mode,
+        logits=logits,
+        tree=True,
+        idx_dtype=idx_dtype,
+        out_dtype=idx_dtype,
+        seed=seeds.to(idx_dtype),
+    )
     check_layout(res, data)
     for b in range(len(KS)):
         r = padded_tree(data, backend, b, mode=mode, logits=logits, seed=int(seeds[b]))
         n = int(r.num_accepted[0])
         assert int(acc[b]) == n and int(nxt[b]) == int(r.next_token[0])
-        assert out[b, :n + 1].tolist() == r.tokens[0, :n + 1].tolist()
-        assert (aidx[b, :n + 1] - (int(data["cu"][b]) + b)).tolist() == r.path[0, :n + 1].tolist()
+        assert out[b, : n + 1].tolist() == r.tokens[0, : n + 1].tolist()
+        assert (aidx[b, : n + 1] - (int(data["cu"][b]) + b)).tolist() == r.path[0, : n + 1].tolist()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -197,18 +242,28 @@ def test_mixed_greedy_and_sampled(backend):
     B = len(KS)
     is_greedy = torch.tensor([True, False, False, False, True, False])
     temps = torch.tensor([0.7, 0.9, 0.0, 1.3, 0.5, 0.6], dtype=torch.float64)  # request 2: temperature 0
-    out, acc, _, nxt = run(data, backend, mode="sampled", logits=True, scale=1.0, is_greedy=is_greedy,
-                           temperature=temps, seed=SEEDS)
+    out, acc, _, nxt = run(
+        data, backend, mode="sampled", logits=True, scale=1.0, is_greedy=is_greedy, temperature=temps, seed=SEEDS
+    )
     greedy_rows = is_greedy | (temps == 0)
     for b in range(B):
         t = float(temps[b])
         one = make_padded_request(data, b)
         if bool(greedy_rows[b]):
-            r = sk.chain_verify(one["tok"], target_logits=one["logp"], greedy=True, draft_lens=one["lens"],
-                                backend=backend)
+            r = sk.chain_verify(
+                one["tok"], target_logits=one["logp"], greedy=True, draft_lens=one["lens"], backend=backend
+            )
         else:
-            r = sk.chain_verify(one["tok"], None, one["q"], target_logits=one["logp"], temperature=t,
-                                draft_lens=one["lens"], seed=SEEDS[b:b + 1], backend=backend)
+            r = sk.chain_verify(
+                one["tok"],
+                None,
+                one["q"],
+                target_logits=one["logp"],
+                temperature=t,
+                draft_lens=one["lens"],
+                seed=SEEDS[b : b + 1],
+                backend=backend,
+            )
         assert out[b].tolist() == r.tokens[0].tolist() and int(nxt[b]) == int(r.next_token[0]), b
 
 
@@ -216,11 +271,11 @@ def make_padded_request(data, b):
     cu, V = data["cu"], data["p"].shape[1]
     t0, k = int(cu[b]), int(cu[b + 1] - cu[b])
     tok = torch.zeros(1, M, dtype=torch.int64)
-    tok[0, :k] = data["tok"][t0:t0 + k]
+    tok[0, :k] = data["tok"][t0 : t0 + k]
     logp = torch.zeros(1, M + 1, V)
-    logp[0, :k + 1] = torch.log(data["p"][t0 + b:t0 + b + k + 1])
+    logp[0, : k + 1] = torch.log(data["p"][t0 + b : t0 + b + k + 1])
     q = torch.full((1, M, V), 1.0 / V)
-    q[0, :k] = data["q"][t0:t0 + k]
+    q[0, :k] = data["q"][t0 : t0 + k]
     return dict(tok=tok, logp=logp, q=q, lens=torch.tensor([k]))
 
 
@@ -229,14 +284,21 @@ def test_no_drafts_and_empty_batch():
     data = make_batch([0, 0, 0], 5, torch.Generator().manual_seed(4))
     for be in BACKENDS:
         out, acc, aidx, nxt = run(data, be, mode="sampled", seed=SEEDS[:3])
-        r = sk.tree_verify(torch.zeros(3, 1, dtype=torch.int64), torch.tensor([-1]), data["p"][:, None],
-                           seed=SEEDS[:3], backend=be)
+        r = sk.tree_verify(
+            torch.zeros(3, 1, dtype=torch.int64), torch.tensor([-1]), data["p"][:, None], seed=SEEDS[:3], backend=be
+        )
         assert acc.tolist() == [0, 0, 0] and torch.equal(nxt, r.next_token)
         assert aidx[:, 0].tolist() == [0, 1, 2] and bool((out[:, 1:] == -1).all())
     empty = torch.zeros(0, 3, dtype=torch.int64)
-    sk.ragged_verify(torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), output_token_ids=empty,
-                     accept_length=torch.zeros(0, dtype=torch.int64), target_probs=torch.zeros(0, 5),
-                     seed=torch.zeros(0, dtype=torch.int64), backend="triton")
+    sk.ragged_verify(
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(1, dtype=torch.int64),
+        output_token_ids=empty,
+        accept_length=torch.zeros(0, dtype=torch.int64),
+        target_probs=torch.zeros(0, 5),
+        seed=torch.zeros(0, dtype=torch.int64),
+        backend="triton",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,11 +320,14 @@ def test_triton_matches_reference(case, monkeypatch):
     if "logits" in case:
         kw.update(logits=True, scale=0.7)
     if "offsets" in case:
-        kw.update(seed=torch.randint(0, 2**62, (B,), generator=gen),
-                  offset=torch.randint(0, 2**40, (B,), generator=gen))
+        kw.update(
+            seed=torch.randint(0, 2**62, (B,), generator=gen), offset=torch.randint(0, 2**40, (B,), generator=gen)
+        )
     elif "uniforms" in case:
-        kw.update(uniform_accept=torch.rand(sum(ks), generator=gen, dtype=torch.float64),
-                  uniform_sample=torch.rand(B, generator=gen))
+        kw.update(
+            uniform_accept=torch.rand(sum(ks), generator=gen, dtype=torch.float64),
+            uniform_sample=torch.rand(B, generator=gen),
+        )
     else:
         kw.update(seed=SEEDS.repeat(2)[:B])
     if "bonus" in case:
@@ -347,10 +412,18 @@ def test_lossless_ragged_batch(sampled):
     out = torch.empty(B, 4, dtype=torch.int32)
     acc = torch.empty(B, dtype=torch.int32)
     is_greedy = torch.arange(B) % 5 == 0
-    sk.ragged_verify(torch.tensor(tok, dtype=torch.int32), cu.int(), output_token_ids=out, accept_length=acc,
-                     target_probs=torch.stack(rows).float(), parents=torch.tensor(par, dtype=torch.int32),
-                     draft_probs=torch.stack(qrows).float() if sampled else None, is_greedy=is_greedy,
-                     seed=torch.arange(B, dtype=torch.int64) * 7919 + 1, backend="reference")
+    sk.ragged_verify(
+        torch.tensor(tok, dtype=torch.int32),
+        cu.int(),
+        output_token_ids=out,
+        accept_length=acc,
+        target_probs=torch.stack(rows).float(),
+        parents=torch.tensor(par, dtype=torch.int32),
+        draft_probs=torch.stack(qrows).float() if sampled else None,
+        is_greedy=is_greedy,
+        seed=torch.arange(B, dtype=torch.int64) * 7919 + 1,
+        backend="reference",
+    )
     out, emit = out.long(), acc.long() + 1
     y1 = out[:, 0]
     fill = torch.multinomial(p2[y1], 1, generator=gen).squeeze(1)
@@ -375,18 +448,36 @@ def test_torch_op_opcheck(backend):
     and AOT dispatch, via torch.library.opcheck; and it writes what the function writes."""
     data = make_batch([2, 0, 1], 7, torch.Generator().manual_seed(8), tree=True)
     B = 3
-    bufs = lambda: (torch.empty(B, 3, dtype=torch.int32), torch.empty(B, dtype=torch.int64),  # noqa: E731
-                    torch.empty(B, 3, dtype=torch.int64), torch.empty(B, dtype=torch.int32))
+    bufs = lambda: (
+        torch.empty(B, 3, dtype=torch.int32),
+        torch.empty(B, dtype=torch.int64),  # noqa: E731
+        torch.empty(B, 3, dtype=torch.int64),
+        torch.empty(B, dtype=torch.int32),
+    )
     args = (data["tok"], data["cu"].int(), *bufs()[:2])
-    kwargs = dict(target_logits=torch.log(data["p"]), draft_probs=data["q"], parents=data["par"],
-                  temperature=torch.tensor([0.5, 1.0, 0.0]), seed=SEEDS[:B], offset=SEEDS[:B] // 3,
-                  accept_index=bufs()[2], next_token=bufs()[3], backend=backend)
+    kwargs = dict(
+        target_logits=torch.log(data["p"]),
+        draft_probs=data["q"],
+        parents=data["par"],
+        temperature=torch.tensor([0.5, 1.0, 0.0]),
+        seed=SEEDS[:B],
+        offset=SEEDS[:B] // 3,
+        accept_index=bufs()[2],
+        next_token=bufs()[3],
+        backend=backend,
+    )
     torch.library.opcheck(torch.ops.specdec.ragged_verify.default, args, kwargs)
     a, b = bufs(), bufs()
-    torch.ops.specdec.ragged_verify(data["tok"], data["cu"].int(), a[0], a[1],
-                                    **dict(kwargs, accept_index=a[2], next_token=a[3]))
-    sk.ragged_verify(data["tok"], data["cu"].int(), output_token_ids=b[0], accept_length=b[1],
-                     **dict(kwargs, accept_index=b[2], next_token=b[3]))
+    torch.ops.specdec.ragged_verify(
+        data["tok"], data["cu"].int(), a[0], a[1], **dict(kwargs, accept_index=a[2], next_token=a[3])
+    )
+    sk.ragged_verify(
+        data["tok"],
+        data["cu"].int(),
+        output_token_ids=b[0],
+        accept_length=b[1],
+        **dict(kwargs, accept_index=b[2], next_token=b[3]),
+    )
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
@@ -397,18 +488,33 @@ def test_torch_op_opcheck(backend):
 
 def _ok():
     data = make_batch([2, 0, 1], 7, torch.Generator().manual_seed(9), tree=True)
-    kw = dict(draft_token_ids=data["tok"], cu_num_draft_tokens=data["cu"],
-              output_token_ids=torch.full((3, 3), 55), accept_length=torch.full((3,), 55),
-              target_probs=data["p"], draft_probs=data["q"], parents=data["par"], seed=SEEDS[:3])
+    kw = dict(
+        draft_token_ids=data["tok"],
+        cu_num_draft_tokens=data["cu"],
+        output_token_ids=torch.full((3, 3), 55),
+        accept_length=torch.full((3,), 55),
+        target_probs=data["p"],
+        draft_probs=data["q"],
+        parents=data["par"],
+        seed=SEEDS[:3],
+    )
     return data, kw
 
 
 BAD = [
-    ("cu[0] != 0", lambda d: dict(cu_num_draft_tokens=torch.tensor([1, 2, 2, 3])), ValueError,
-     r"cu_num_draft_tokens\[0\]"),
+    (
+        "cu[0] != 0",
+        lambda d: dict(cu_num_draft_tokens=torch.tensor([1, 2, 2, 3])),
+        ValueError,
+        r"cu_num_draft_tokens\[0\]",
+    ),
     ("cu decreasing", lambda d: dict(cu_num_draft_tokens=torch.tensor([0, 2, 1, 3])), ValueError, "nondecreasing"),
-    ("cu[B] != T", lambda d: dict(cu_num_draft_tokens=torch.tensor([0, 1, 1, 2])), ValueError,
-     r"cu_num_draft_tokens\[B\]"),
+    (
+        "cu[B] != T",
+        lambda d: dict(cu_num_draft_tokens=torch.tensor([0, 1, 1, 2])),
+        ValueError,
+        r"cu_num_draft_tokens\[B\]",
+    ),
     ("k > max_spec_len", lambda d: dict(output_token_ids=torch.full((3, 2), 55)), ValueError, "max_spec_len"),
     ("token >= V", lambda d: dict(draft_token_ids=d["tok"] + 7), ValueError, "draft_token_ids out of range"),
     ("parent > i", lambda d: dict(parents=torch.tensor([0, 2, 0])), ValueError, "parents"),
@@ -417,30 +523,50 @@ BAD = [
     ("output float", lambda d: dict(output_token_ids=torch.full((3, 3), 55.0)), TypeError, "output_token_ids"),
     ("output rows", lambda d: dict(output_token_ids=torch.full((2, 3), 55)), ValueError, "output_token_ids"),
     ("accept_length shape", lambda d: dict(accept_length=torch.full((4,), 55)), ValueError, "accept_length"),
-    ("accept_index shape", lambda d: dict(accept_index=torch.zeros(3, 2, dtype=torch.int64)), ValueError,
-     "accept_index"),
+    (
+        "accept_index shape",
+        lambda d: dict(accept_index=torch.zeros(3, 2, dtype=torch.int64)),
+        ValueError,
+        "accept_index",
+    ),
     ("target rows", lambda d: dict(target_probs=d["p"][:-1]), ValueError, r"target_probs .*\[T \+ B, V\]"),
     ("both targets", lambda d: dict(target_logits=d["p"].log()), ValueError, "exactly one"),
     ("bonus kind", lambda d: dict(bonus_logits=d["p"][:3]), ValueError, "bonus"),
     ("bonus with tree", lambda d: dict(target_probs=d["p"][:3], bonus_probs=d["p"][3:]), ValueError, "chains"),
-    ("bonus dtype", lambda d: dict(parents=None, target_probs=d["p"][:3], bonus_probs=d["p"][3:].double()), TypeError,
-     "bonus_probs"),
+    (
+        "bonus dtype",
+        lambda d: dict(parents=None, target_probs=d["p"][:3], bonus_probs=d["p"][3:].double()),
+        TypeError,
+        "bonus_probs",
+    ),
     ("draft_probs shape", lambda d: dict(draft_probs=d["q"][:2]), ValueError, "draft_probs"),
     ("draft_probs not normalised", lambda d: dict(draft_probs=d["q"] * 1.5), ValueError, "draft_probs"),
     ("target negative", lambda d: dict(target_probs=d["p"] - 0.5), ValueError, "target_probs has a negative"),
     ("no randomness", lambda d: dict(seed=None), ValueError, "randomness"),
-    ("two randomness sources", lambda d: dict(uniform_accept=torch.rand(3), uniform_sample=torch.rand(3)),
-     ValueError, "not both"),
+    (
+        "two randomness sources",
+        lambda d: dict(uniform_accept=torch.rand(3), uniform_sample=torch.rand(3)),
+        ValueError,
+        "not both",
+    ),
     ("uniform alone", lambda d: dict(seed=None, uniform_accept=torch.rand(3)), ValueError, "uniform"),
-    ("uniform range", lambda d: dict(seed=None, uniform_accept=torch.rand(3) + 1, uniform_sample=torch.rand(3)),
-     ValueError, "uniform_accept must be in"),
+    (
+        "uniform range",
+        lambda d: dict(seed=None, uniform_accept=torch.rand(3) + 1, uniform_sample=torch.rand(3)),
+        ValueError,
+        "uniform_accept must be in",
+    ),
     ("offset alone", lambda d: dict(seed=None, offset=SEEDS[:3]), ValueError, "offset"),
     ("seed shape", lambda d: dict(seed=SEEDS[:2]), ValueError, "seed"),
     ("greedy tensor", lambda d: dict(greedy=torch.ones(3, dtype=torch.bool)), TypeError, "is_greedy"),
     ("is_greedy int", lambda d: dict(is_greedy=torch.ones(3, dtype=torch.int64)), TypeError, "is_greedy"),
     ("temperature with probs", lambda d: dict(temperature=torch.ones(3)), ValueError, "temperature"),
-    ("temperature negative", lambda d: dict(target_probs=None, target_logits=d["p"].log(),
-                                            temperature=torch.tensor([1.0, -1.0, 1.0])), ValueError, "temperature"),
+    (
+        "temperature negative",
+        lambda d: dict(target_probs=None, target_logits=d["p"].log(), temperature=torch.tensor([1.0, -1.0, 1.0])),
+        ValueError,
+        "temperature",
+    ),
     ("device", lambda d: dict(seed=SEEDS[:3].to("meta")), ValueError, "seed is on meta"),
     ("backend", lambda d: dict(backend="cuda"), ValueError, "backend"),
 ]
@@ -472,11 +598,17 @@ def test_validate_false_bad_offsets_stay_in_bounds(backend, monkeypatch):
     """validate=False with offsets past T and more drafts than columns: no error, no host read (item,
     tolist and bool on tensors raise during the Triton call), and only well-formed rows are written."""
     data, kw = _ok()
-    kw.update(cu_num_draft_tokens=torch.tensor([0, 9, 2, -5]), output_token_ids=torch.full((3, 2), 55),
-              validate=False, backend=backend)
+    kw.update(
+        cu_num_draft_tokens=torch.tensor([0, 9, 2, -5]),
+        output_token_ids=torch.full((3, 2), 55),
+        validate=False,
+        backend=backend,
+    )
     if backend == "triton":
+
         def refuse(*a, **k):
             raise AssertionError("host read in the validate=False path")
+
         for name in ("item", "tolist", "__bool__"):
             monkeypatch.setattr(torch.Tensor, name, refuse)
     sk.ragged_verify(**kw)
@@ -533,8 +665,7 @@ def test_ragged_kernel_compiles_for_cuda(tmp_path):
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     if "COMPILED" not in out.stdout and ("ptxas" in out.stderr and "not found" in out.stderr):
         pytest.skip("no ptxas available")
     assert "COMPILED" in out.stdout, out.stderr[-3000:]

@@ -4,6 +4,7 @@ torch.compile(fullgraph=True).
 
 Shapes are small (the Triton cases run under the CPU interpreter).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,8 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import specdec_kernels as sk
-from specdec_kernels.trees import ancestor_mask, pack_mask
 from conftest import requires_cuda
+from specdec_kernels.trees import ancestor_mask, pack_mask
 
 OPS = torch.ops.specdec
 PARENTS = [-1, 0, 0, 1, 2]  # root, two children, a grandchild under each: N = 5
@@ -67,8 +68,13 @@ def test_ops_share_the_extension_namespace():
     for name in ("tree_attention", "tree_attention_out", "chain_verify", "tree_verify", "compact_kv_cache"):
         schema = getattr(OPS, name).default._schema
         written[name] = [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
-    assert written == {"tree_attention": [], "tree_attention_out": ["out"], "chain_verify": [],
-                       "tree_verify": [], "compact_kv_cache": ["cache"]}
+    assert written == {
+        "tree_attention": [],
+        "tree_attention_out": ["out"],
+        "chain_verify": [],
+        "tree_verify": [],
+        "compact_kv_cache": ["cache"],
+    }
 
 
 def test_opcheck_tree_attention(rng):
@@ -84,10 +90,16 @@ def test_opcheck_verify_ops(rng):
     seed = torch.tensor(7)
     torch.library.opcheck(OPS.chain_verify, (tokens[:, 1:], p, q[:, 1:]), {"seed": seed})
     torch.library.opcheck(OPS.chain_verify, (tokens[:, 1:], p, q[:, 1:]), {"seed": seed, "backend": "triton"})
-    torch.library.opcheck(OPS.chain_verify, (tokens[:, 1:],), {"target_logits": p.log(), "greedy": True,
-                                                               "draft_lens": torch.tensor([4, 2])})
-    torch.library.opcheck(OPS.tree_verify, (tokens, torch.tensor(PARENTS), None, q),
-                          {"seed": torch.tensor([3, 4]), "target_logits": p.log(), "temperature": 0.7})
+    torch.library.opcheck(
+        OPS.chain_verify,
+        (tokens[:, 1:],),
+        {"target_logits": p.log(), "greedy": True, "draft_lens": torch.tensor([4, 2])},
+    )
+    torch.library.opcheck(
+        OPS.tree_verify,
+        (tokens, torch.tensor(PARENTS), None, q),
+        {"seed": torch.tensor([3, 4]), "target_logits": p.log(), "temperature": 0.7},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -164,8 +176,14 @@ def test_int32_indices_verify(rng, backend):
     par = torch.tensor(PARENTS)
     lens = torch.tensor([4, 1])
     want = OPS.chain_verify(tokens[:, 1:], p, q[:, 1:], draft_lens=lens, seed=torch.tensor(9), backend=backend)
-    got = OPS.chain_verify(tokens[:, 1:].int(), p, q[:, 1:], draft_lens=lens.int(),
-                           seed=torch.tensor(9, dtype=torch.int32), backend=backend)
+    got = OPS.chain_verify(
+        tokens[:, 1:].int(),
+        p,
+        q[:, 1:],
+        draft_lens=lens.int(),
+        seed=torch.tensor(9, dtype=torch.int32),
+        backend=backend,
+    )
     _same(got, want)
     assert int(want[2][1]) <= 1  # draft_lens reached the kernel: row 1 accepts at most one draft
     seeds = torch.tensor([5, 6])
@@ -252,17 +270,29 @@ def test_no_host_reads_unvalidated_verify(rng, backend):
     want = sk.tree_verify(tokens, par, p, q, seed=seed, backend=backend)
     with no_host_reads():
         a = sk.tree_verify(tokens, par, p, q, seed=seed, backend=backend, validate=False)
-        b = OPS.chain_verify(tokens[:, 1:].int(), p, q[:, 1:], draft_lens=torch.tensor([4, 2]),
-                             seed=torch.tensor([1, 2]), validate=False, backend=backend)
-        c = OPS.tree_verify(tokens, par, None, None, target_logits=p.log(), greedy=True, validate=False,
-                            backend=backend)
+        b = OPS.chain_verify(
+            tokens[:, 1:].int(),
+            p,
+            q[:, 1:],
+            draft_lens=torch.tensor([4, 2]),
+            seed=torch.tensor([1, 2]),
+            validate=False,
+            backend=backend,
+        )
+        c = OPS.tree_verify(
+            tokens, par, None, None, target_logits=p.log(), greedy=True, validate=False, backend=backend
+        )
         with pytest.raises(HostRead):
             sk.tree_verify(tokens, par, p, q, seed=None, backend=backend, validate=False)  # draws on the host
         with pytest.raises(HostRead):
             sk.tree_verify(tokens, par, p, q, seed=seed, backend=backend)  # validate=True reads
     _same(a, want)
-    _same(b, sk.chain_verify(tokens[:, 1:], p, q[:, 1:], draft_lens=torch.tensor([4, 2]),
-                             seed=torch.tensor([1, 2]), backend=backend))
+    _same(
+        b,
+        sk.chain_verify(
+            tokens[:, 1:], p, q[:, 1:], draft_lens=torch.tensor([4, 2]), seed=torch.tensor([1, 2]), backend=backend
+        ),
+    )
     _same(c, sk.tree_verify(tokens, par, target_logits=p.log(), greedy=True, backend=backend))
 
 
@@ -278,9 +308,11 @@ def test_no_sync_on_cuda_fast_paths():
     packed = pack_mask(mask)
 
     def calls():
-        return (OPS.tree_attention(q, k, v, lens.int(), packed, check=False, max_kv_len=S),
-                OPS.tree_verify(tokens.int(), par.int(), p, dq, seed=seed, validate=False),
-                OPS.chain_verify(tokens[:, 1:], p, dq[:, 1:], seed=seed, validate=False))
+        return (
+            OPS.tree_attention(q, k, v, lens.int(), packed, check=False, max_kv_len=S),
+            OPS.tree_verify(tokens.int(), par.int(), p, dq, seed=seed, validate=False),
+            OPS.chain_verify(tokens[:, 1:], p, dq[:, 1:], seed=seed, validate=False),
+        )
 
     calls()  # compile the kernels first
     torch.cuda.synchronize()
@@ -305,8 +337,9 @@ def verify_step(q, cache, kv_lens, tree_mask, tokens, parents, lm_head, seed):
     n = q.shape[2]
     att = OPS.tree_attention(q, cache[0, 0], cache[0, 1], kv_lens, tree_mask, check=False)
     logits = att.mean(1) @ lm_head  # [B, N, V]
-    path, n_acc, _, out_tokens, n_emit = OPS.tree_verify(tokens, parents, seed=seed, target_logits=logits,
-                                                         validate=False)
+    path, n_acc, _, out_tokens, n_emit = OPS.tree_verify(
+        tokens, parents, seed=seed, target_logits=logits, validate=False
+    )
     prefix = kv_lens.to(torch.int64) - n
     src = prefix[:, None] + path[:, 1:].clamp(min=0)
     OPS.compact_kv_cache(cache, src, prefix + 1, n_acc, check=False)

@@ -6,6 +6,7 @@ statistical tests use far fewer rows for "triton" than for "reference". The two 
 Philox numbers, and test_triton_matches_reference checks they take the same decisions row for row;
 the large-sample statistics on the reference therefore hold for the kernel as well.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,6 @@ BACKENDS = ["reference", "triton"]
 ALPHA = 1e-3  # chi-square significance; every statistical test uses a fixed seed, so it cannot flake
 # rows per losslessness test, and the vocabulary (small for the interpreter so cells stay well filled)
 LOSSLESS = {"reference": dict(n=40_000, V=6), "triton": dict(n=400, V=3)}
-
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -174,14 +173,19 @@ def test_greedy_tree_exact(backend):
     V = 10
     parents = torch.tensor([-1, 0, 0, 0, 1, 1, 2, 6])
     tokens = torch.tensor([[0, 7, 5, 5, 1, 2, 9, 4]] * 3)
-    amax = torch.tensor([
-        [5, 0, 9, 0, 0, 0, 4, 8],  # 0 -> 2 (first child with token 5) -> 6 -> 7, bonus 8
-        [7, 2, 0, 0, 0, 3, 0, 0],  # 0 -> 1 -> 5, bonus 3
-        [3, 0, 0, 0, 0, 0, 0, 0],  # nothing accepted, bonus 3
-    ])
+    amax = torch.tensor(
+        [
+            [5, 0, 9, 0, 0, 0, 4, 8],  # 0 -> 2 (first child with token 5) -> 6 -> 7, bonus 8
+            [7, 2, 0, 0, 0, 3, 0, 0],  # 0 -> 1 -> 5, bonus 3
+            [3, 0, 0, 0, 0, 0, 0, 0],  # nothing accepted, bonus 3
+        ]
+    )
     res = sk.tree_verify(tokens, parents, _peaked(amax, V), greedy=True, backend=backend)
-    assert res.path.tolist() == [[0, 2, 6, 7, -1, -1, -1, -1], [0, 1, 5, -1, -1, -1, -1, -1],
-                                 [0, -1, -1, -1, -1, -1, -1, -1]]
+    assert res.path.tolist() == [
+        [0, 2, 6, 7, -1, -1, -1, -1],
+        [0, 1, 5, -1, -1, -1, -1, -1],
+        [0, -1, -1, -1, -1, -1, -1, -1],
+    ]
     assert res.num_accepted.tolist() == [3, 2, 0]
     assert res.next_token.tolist() == [8, 3, 3]
     assert res.tokens[:, :4].tolist() == [[5, 9, 4, 8], [7, 2, 3, -1], [3, -1, -1, -1]]
@@ -218,10 +222,16 @@ def _random_tree(B, parents, V, gen, sharp=2.0):
 
 
 CASES = [  # (kind, mode, logits)
-    ("chain", "greedy", False), ("chain", "det", False), ("chain", "sampled", False),
-    ("chain", "sampled", True), ("chain", "det", True),
-    ("tree", "greedy", False), ("tree", "det", False), ("tree", "sampled", False),
-    ("tree", "sampled", True), ("tree", "det", True),
+    ("chain", "greedy", False),
+    ("chain", "det", False),
+    ("chain", "sampled", False),
+    ("chain", "sampled", True),
+    ("chain", "det", True),
+    ("tree", "greedy", False),
+    ("tree", "det", False),
+    ("tree", "sampled", False),
+    ("tree", "sampled", True),
+    ("tree", "det", True),
 ]
 
 
@@ -230,10 +240,10 @@ def _verify(kind, mode, logits, data, backend, seed=11, **kw):
     target = dict(target_logits=torch.log(p) * 0.8, temperature=0.8) if logits else dict(target_probs=p)
     dq = q if mode == "sampled" else None
     if kind == "chain":
-        return sk.chain_verify(tok, draft_probs=dq, greedy=mode == "greedy", seed=seed, backend=backend,
-                               **target, **kw)
-    return sk.tree_verify(tok, TREE, draft_probs=dq, greedy=mode == "greedy", seed=seed, backend=backend,
-                          **target, **kw)
+        return sk.chain_verify(tok, draft_probs=dq, greedy=mode == "greedy", seed=seed, backend=backend, **target, **kw)
+    return sk.tree_verify(
+        tok, TREE, draft_probs=dq, greedy=mode == "greedy", seed=seed, backend=backend, **target, **kw
+    )
 
 
 @pytest.mark.parametrize("kind,mode,logits", CASES)
@@ -269,8 +279,18 @@ def test_random_trees(data):
     gen = torch.Generator().manual_seed(seed % 2**32)
     tok, p, q = _random_tree(B, parents, V, gen, sharp=data.draw(st.sampled_from([0.5, 2.0, 6.0])))
     kw = dict(target_logits=p.log() * 0.5, temperature=0.5) if logits else dict(target_probs=p)
-    res = [sk.tree_verify(tok, parents, draft_probs=q if mode == "sampled" else None, greedy=mode == "greedy",
-                          seed=seed, backend=be, **kw) for be in BACKENDS]
+    res = [
+        sk.tree_verify(
+            tok,
+            parents,
+            draft_probs=q if mode == "sampled" else None,
+            greedy=mode == "greedy",
+            seed=seed,
+            backend=be,
+            **kw,
+        )
+        for be in BACKENDS
+    ]
     for r in res:
         check_tree_invariants(r, tok, parents)
     assert int(_same(*res).sum()) >= B - 1
@@ -360,8 +380,7 @@ def test_lossless_tree(backend, sampled):
     y1, y2 = complete(res.tokens, res.num_emitted, p2, gen)
     assert two_step_chisquare(y1, y2, p1, p2) > ALPHA
     if backend == "reference":
-        check_tree_invariants(
-            type(res)(*(t[:200] for t in res)), tok[:200], parents)
+        check_tree_invariants(type(res)(*(t[:200] for t in res)), tok[:200], parents)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -441,8 +460,7 @@ def test_logits_equal_probs(backend, sampled):
     # same up to float rounding at a decision boundary: allow 1 row in 200
     assert int(_same(a, b).sum()) >= B - max(1, B // 200)
     # bf16 logits are accepted as they come from a model
-    c = sk.tree_verify(tok, TREE, None, dq, target_logits=logits.bfloat16(), temperature=T, seed=77,
-                       backend=backend)
+    c = sk.tree_verify(tok, TREE, None, dq, target_logits=logits.bfloat16(), temperature=T, seed=77, backend=backend)
     check_tree_invariants(c, tok, TREE)
 
 
@@ -500,14 +518,26 @@ BAD_CHAIN = [
     ("token >= V", lambda x, p, q: dict(draft_tokens=x + 7), ValueError, "draft_tokens out of range"),
     ("token < 0", lambda x, p, q: dict(draft_tokens=x - 7), ValueError, "draft_tokens out of range"),
     ("negative prob", lambda x, p, q: dict(target_probs=p - 0.01), ValueError, "target_probs has a negative"),
-    ("NaN prob", lambda x, p, q: dict(draft_probs=q.masked_fill(q > 0.1, float("nan"))), ValueError,
-     "draft_probs has a negative or NaN"),
+    (
+        "NaN prob",
+        lambda x, p, q: dict(draft_probs=q.masked_fill(q > 0.1, float("nan"))),
+        ValueError,
+        "draft_probs has a negative or NaN",
+    ),
     ("sum != 1", lambda x, p, q: dict(target_probs=p * 1.1), ValueError, "does not sum to 1"),
-    ("logits NaN", lambda x, p, q: dict(target_probs=None, target_logits=p.log().masked_fill(p > 0.2, float("nan"))),
-     ValueError, "target_logits"),
+    (
+        "logits NaN",
+        lambda x, p, q: dict(target_probs=None, target_logits=p.log().masked_fill(p > 0.2, float("nan"))),
+        ValueError,
+        "target_logits",
+    ),
     ("both targets", lambda x, p, q: dict(target_logits=p.log()), ValueError, "exactly one"),
-    ("temperature < 0", lambda x, p, q: dict(target_probs=None, target_logits=p.log(), temperature=-1.0),
-     ValueError, "temperature"),
+    (
+        "temperature < 0",
+        lambda x, p, q: dict(target_probs=None, target_logits=p.log(), temperature=-1.0),
+        ValueError,
+        "temperature",
+    ),
     ("temperature with probs", lambda x, p, q: dict(temperature=0.5), ValueError, "temperature"),
     ("draft_lens > K", lambda x, p, q: dict(draft_lens=torch.tensor([1, 4])), ValueError, "draft_lens"),
     ("draft_lens shape", lambda x, p, q: dict(draft_lens=torch.tensor([1, 2, 3])), ValueError, "draft_lens"),
@@ -605,8 +635,7 @@ def test_kernel_compiles_for_cuda(tmp_path):
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     if "COMPILED" not in out.stdout and ("ptxas" in out.stderr and "not found" in out.stderr):
         pytest.skip("no ptxas available")
     assert "COMPILED" in out.stdout, out.stderr[-3000:]

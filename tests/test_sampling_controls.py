@@ -2,19 +2,25 @@
 the *warped* target distribution exactly. The reference distribution is computed with transformers'
 own logits processors (an independent implementation of the same definitions), by enumeration over a
 5-token vocabulary."""
+
 import math
 
 import pytest
 import torch
+from test_generate import POLICIES, SAMPLING_STRATEGIES, pair, plain_greedy, ragged_batch, tiny_model  # noqa: F401
 from transformers import GenerationConfig
-from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
-                                                    RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                    TopKLogitsWarper, TopPLogitsWarper)
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 import specdec
-from specdec import Chain, DynamicTree
+from specdec import Chain
 from specdec.sampling import Sampling
-from test_generate import POLICIES, SAMPLING_STRATEGIES, pair, plain_greedy, ragged_batch, tiny_model  # noqa: F401
 
 V = 5
 PROMPT = torch.tensor([[1, 3, 0, 2]])
@@ -59,10 +65,18 @@ def _warped_joint(target, temperature, controls) -> torch.Tensor:
 def _chi_square(target, draft, strategy, controls, n=12000, temperature=1.0):
     from scipy.stats import chisquare
 
-    out = specdec.generate(target, draft, PROMPT.expand(n, -1).contiguous(), max_new_tokens=3, strategy=strategy,
-                           temperature=temperature, seed=7, **controls)
+    out = specdec.generate(
+        target,
+        draft,
+        PROMPT.expand(n, -1).contiguous(),
+        max_new_tokens=3,
+        strategy=strategy,
+        temperature=temperature,
+        seed=7,
+        **controls,
+    )
     t = out.sequences[:, 4:]
-    counts = torch.bincount(t[:, 0] * V * V + t[:, 1] * V + t[:, 2], minlength=V ** 3).double()
+    counts = torch.bincount(t[:, 0] * V * V + t[:, 1] * V + t[:, 2], minlength=V**3).double()
     expected = _warped_joint(target, temperature, controls).flatten() * n
     assert counts[expected == 0].sum() == 0, "a token the warping removes was emitted"
     big = expected >= 5
@@ -112,10 +126,12 @@ def test_prompt_lookup_follows_the_warped_target(tiny_vocab_pair):
 def test_greedy_with_a_repetition_penalty_equals_transformers(pair, policy):  # noqa: F811
     target, draft = pair
     ids, mask = ragged_batch(97, [9, 4], seed=5)
-    out = specdec.generate(target, draft, ids, attention_mask=mask, max_new_tokens=20, strategy=POLICIES[policy](),
-                           repetition_penalty=1.3)
-    hf = target.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, repetition_penalty=1.3,
-                         pad_token_id=0)
+    out = specdec.generate(
+        target, draft, ids, attention_mask=mask, max_new_tokens=20, strategy=POLICIES[policy](), repetition_penalty=1.3
+    )
+    hf = target.generate(
+        ids, attention_mask=mask, max_new_tokens=20, do_sample=False, repetition_penalty=1.3, pad_token_id=0
+    )
     # transformers penalises the left padding's token ids too; compare the unpadded row exactly
     assert torch.equal(out.sequences[0], hf[0])
     assert not torch.equal(out.sequences[0], plain_greedy(target, ids, mask, 20)[0])  # the penalty mattered
@@ -125,15 +141,34 @@ def test_no_controls_leave_greedy_and_sampling_unchanged(pair):  # noqa: F811
     target, draft = pair
     ids = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(1))
     base = specdec.generate(target, draft, ids, max_new_tokens=12, temperature=0.9, seed=3).sequences
-    off = specdec.generate(target, draft, ids, max_new_tokens=12, temperature=0.9, seed=3, top_k=0, top_p=1.0,
-                           min_p=0.0, repetition_penalty=1.0).sequences
+    off = specdec.generate(
+        target,
+        draft,
+        ids,
+        max_new_tokens=12,
+        temperature=0.9,
+        seed=3,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        repetition_penalty=1.0,
+    ).sequences
     assert torch.equal(base, off)
 
 
 def test_same_seed_same_output(tiny_vocab_pair):
     target, draft = tiny_vocab_pair
-    run = lambda seed: specdec.generate(target, draft, PROMPT.expand(8, -1).contiguous(), max_new_tokens=6,  # noqa: E731
-                                        temperature=1.0, seed=seed, **CONTROLS["combined"]).sequences
+    run = lambda seed: (
+        specdec.generate(
+            target,
+            draft,
+            PROMPT.expand(8, -1).contiguous(),
+            max_new_tokens=6,  # noqa: E731
+            temperature=1.0,
+            seed=seed,
+            **CONTROLS["combined"],
+        ).sequences
+    )
     assert torch.equal(run(11), run(11)) and not torch.equal(run(11), run(12))
 
 
@@ -141,29 +176,49 @@ def test_generation_config_is_read_and_explicit_arguments_win(tiny_vocab_pair):
     target, draft = tiny_vocab_pair
     cfg = GenerationConfig(do_sample=True, temperature=0.7, top_k=3, repetition_penalty=1.2, max_new_tokens=5)
     a = specdec.generate(target, draft, PROMPT, generation_config=cfg, seed=4).sequences
-    b = specdec.generate(target, draft, PROMPT, max_new_tokens=5, temperature=0.7, top_k=3, repetition_penalty=1.2,
-                         seed=4).sequences
+    b = specdec.generate(
+        target, draft, PROMPT, max_new_tokens=5, temperature=0.7, top_k=3, repetition_penalty=1.2, seed=4
+    ).sequences
     assert a.shape[1] == 4 + 5 and torch.equal(a, b)
     greedy = specdec.generate(target, draft, PROMPT, generation_config=cfg, temperature=0.0, top_k=None).sequences
-    hf = target.generate(PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=5, do_sample=False,
-                         repetition_penalty=1.2, pad_token_id=0)
+    hf = target.generate(
+        PROMPT,
+        attention_mask=torch.ones_like(PROMPT),
+        max_new_tokens=5,
+        do_sample=False,
+        repetition_penalty=1.2,
+        pad_token_id=0,
+    )
     assert torch.equal(greedy, hf)
-    assert specdec.generate(target, draft, PROMPT, generation_config=GenerationConfig(do_sample=False,
-                            max_new_tokens=3)).sequences.shape[1] == 7
+    assert (
+        specdec.generate(
+            target, draft, PROMPT, generation_config=GenerationConfig(do_sample=False, max_new_tokens=3)
+        ).sequences.shape[1]
+        == 7
+    )
 
 
-@pytest.mark.parametrize("kwargs,exc,name", [
-    (dict(top_p=0.0), ValueError, "top_p"), (dict(top_p=1.5), ValueError, "top_p"), (dict(top_p=math.nan), ValueError, "top_p"),
-    (dict(top_k=-1), ValueError, "top_k"), (dict(top_k=2.5), TypeError, "top_k"), (dict(top_k=True), TypeError, "top_k"),
-    (dict(min_p=-0.1), ValueError, "min_p"), (dict(min_p=1.1), ValueError, "min_p"), (dict(min_p="0.1"), TypeError, "min_p"),
-    (dict(repetition_penalty=0.0), ValueError, "repetition_penalty"),
-    (dict(repetition_penalty=-1.0), ValueError, "repetition_penalty"),
-    (dict(repetition_penalty=math.inf), ValueError, "repetition_penalty"),
-    (dict(generation_config={"top_k": 3}), TypeError, "generation_config"),
-    (dict(generation_config=GenerationConfig(num_beams=4)), ValueError, "num_beams"),
-    (dict(generation_config=GenerationConfig(no_repeat_ngram_size=3)), ValueError, "no_repeat_ngram_size"),
-    (dict(generation_config=GenerationConfig(do_sample=True, typical_p=0.5)), ValueError, "typical_p"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,name",
+    [
+        (dict(top_p=0.0), ValueError, "top_p"),
+        (dict(top_p=1.5), ValueError, "top_p"),
+        (dict(top_p=math.nan), ValueError, "top_p"),
+        (dict(top_k=-1), ValueError, "top_k"),
+        (dict(top_k=2.5), TypeError, "top_k"),
+        (dict(top_k=True), TypeError, "top_k"),
+        (dict(min_p=-0.1), ValueError, "min_p"),
+        (dict(min_p=1.1), ValueError, "min_p"),
+        (dict(min_p="0.1"), TypeError, "min_p"),
+        (dict(repetition_penalty=0.0), ValueError, "repetition_penalty"),
+        (dict(repetition_penalty=-1.0), ValueError, "repetition_penalty"),
+        (dict(repetition_penalty=math.inf), ValueError, "repetition_penalty"),
+        (dict(generation_config={"top_k": 3}), TypeError, "generation_config"),
+        (dict(generation_config=GenerationConfig(num_beams=4)), ValueError, "num_beams"),
+        (dict(generation_config=GenerationConfig(no_repeat_ngram_size=3)), ValueError, "no_repeat_ngram_size"),
+        (dict(generation_config=GenerationConfig(do_sample=True, typical_p=0.5)), ValueError, "typical_p"),
+    ],
+)
 def test_bad_sampling_settings_are_refused_by_name(tiny_vocab_pair, kwargs, exc, name):
     target, draft = tiny_vocab_pair
     with pytest.raises(exc, match=name):

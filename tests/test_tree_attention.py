@@ -5,6 +5,7 @@ Tolerance (flash-attention's rule): the error of an implementation against the f
 most twice the error of the naive implementation run in the low precision itself, plus a tiny floor.
 Sizes are small on purpose: the interpreter runs every program in Python.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,9 @@ def assert_within_tolerance(out, q, k, v, mask, scale, what=""):
     assert err <= bound, f"{what}: error {err:.3g} vs low-precision naive error {base:.3g} (bound {bound:.3g})"
 
 
-def make_case(*, b=2, hkv=2, g=2, n=7, d=32, prefix=(70, 0), kind="random", dtype=torch.float32,
-              per_seq=False, slack=5, seed=0):
+def make_case(
+    *, b=2, hkv=2, g=2, n=7, d=32, prefix=(70, 0), kind="random", dtype=torch.float32, per_seq=False, slack=5, seed=0
+):
     gen = torch.Generator().manual_seed(seed)
     kv_lens = torch.tensor([p + n for p in prefix], dtype=torch.int64)
     s = int(kv_lens.max()) + slack
@@ -141,8 +143,9 @@ def test_kernel_random_configs(n, g, prefix, dtype, kind, packed, per_seq, num_s
     q, k, v, kv_lens, tmask, dense = make_case(
         n=n, g=g, hkv=1, d=16, kind=kind, dtype=dtype, per_seq=per_seq, prefix=prefix, seed=seed
     )
-    out = sk.tree_attention(q, k, v, kv_lens, trees.pack_mask(tmask) if packed else tmask, backend="triton",
-                            num_splits=num_splits)
+    out = sk.tree_attention(
+        q, k, v, kv_lens, trees.pack_mask(tmask) if packed else tmask, backend="triton", num_splits=num_splits
+    )
     assert_within_tolerance(out, q, k, v, dense, 0.25, "triton")
 
 
@@ -157,8 +160,8 @@ def test_reference_matches_fp64(kind, dtype):
 
 
 @pytest.mark.parametrize(
-    "d,dtype", [(64, torch.bfloat16), (128, torch.bfloat16), (128, torch.float32), (80, torch.float16),
-                (256, torch.bfloat16)]
+    "d,dtype",
+    [(64, torch.bfloat16), (128, torch.bfloat16), (128, torch.float32), (80, torch.float16), (256, torch.bfloat16)],
 )
 def test_kernel_head_dims(d, dtype):
     # Production head dims (and a padded non-power-of-two one) with tiny S to keep the interpreter fast;
@@ -346,8 +349,9 @@ def test_kernels_compile_for_sm90_without_gpu():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("n,prefix", [(1, (1000, 0)), (64, (4000, 37)), (200, (9000, 129))])
 def test_kernel_on_cuda(n, prefix, dtype):
-    q, k, v, kv_lens, tmask, dense = make_case(b=2, hkv=8, g=4, n=n, d=128, kind="random", per_seq=True,
-                                               prefix=prefix, dtype=dtype)
+    q, k, v, kv_lens, tmask, dense = make_case(
+        b=2, hkv=8, g=4, n=n, d=128, kind="random", per_seq=True, prefix=prefix, dtype=dtype
+    )
     q, k, v, kv_lens, tmask, dense = (t.cuda() for t in (q, k, v, kv_lens, tmask, dense))
     out = sk.tree_attention(q, k, v, kv_lens, tmask)
     assert_within_tolerance(out, q, k, v, dense, 128**-0.5, "cuda")

@@ -1,8 +1,10 @@
 """Tree builders produce valid draft trees: topological, within budget, distinct children (hypothesis)."""
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_generate import tiny_model
 
 from specdec import DynamicTree, StaticTree
 from specdec.drafters import ModelDrafter
@@ -10,7 +12,6 @@ from specdec.generate import _Rows
 from specdec.runner import tree_attention_enabled
 from specdec.strategies import DraftContext
 from specdec_kernels import trees
-from test_generate import tiny_model
 
 VOCAB = 41
 DRAFT = tiny_model("llama", 1, 32, seed=11, vocab=VOCAB)
@@ -47,9 +48,16 @@ def check_tree(tree, ids, max_nodes):
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
-@given(method=st.sampled_from(["eagle2", "ddd", "dyspec"]), top_k=st.integers(1, 5), depth=st.integers(1, 5),
-       budget=st.integers(1, 20), width=st.integers(1, 6), batch=st.integers(1, 3),
-       temperature=st.sampled_from([0.0, 0.8]), seed=st.integers(0, 10_000))
+@given(
+    method=st.sampled_from(["eagle2", "ddd", "dyspec"]),
+    top_k=st.integers(1, 5),
+    depth=st.integers(1, 5),
+    budget=st.integers(1, 20),
+    width=st.integers(1, 6),
+    batch=st.integers(1, 3),
+    temperature=st.sampled_from([0.0, 0.8]),
+    seed=st.integers(0, 10_000),
+)
 def test_dynamic_trees_are_valid(method, top_k, depth, budget, width, batch, temperature, seed):
     most = top_k + (depth - 1) * top_k**2
     if method != "dyspec" and budget > most:
@@ -69,8 +77,11 @@ def test_dynamic_trees_are_valid(method, top_k, depth, budget, width, batch, tem
 
 
 @settings(max_examples=15, deadline=None, derandomize=True)
-@given(paths=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=4).map(tuple), min_size=1, max_size=8),
-       batch=st.integers(1, 3), seed=st.integers(0, 10_000))
+@given(
+    paths=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=4).map(tuple), min_size=1, max_size=8),
+    batch=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+)
 def test_static_trees_follow_their_rank_paths(paths, batch, seed):
     strategy = StaticTree(paths)
     tree, ids = draft_one_tree(strategy, batch, 0.0, seed)

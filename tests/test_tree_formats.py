@@ -4,6 +4,7 @@ Random trees are hypothesis-drawn with ``parents[i]`` uniform in ``[0, i - 1]`` 
 ordered tree is reachable). Expected values come from naive pointer walks written here, never from the
 module under test.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -25,7 +26,8 @@ def tree_of(n: int):
 
 random_tree = st.integers(1, 40).flatmap(tree_of)
 random_batch = st.tuples(st.integers(1, 4), st.integers(1, 24)).flatmap(
-    lambda bn: st.lists(tree_of(bn[1]), min_size=bn[0], max_size=bn[0]))
+    lambda bn: st.lists(tree_of(bn[1]), min_size=bn[0], max_size=bn[0])
+)
 ragged_batch = st.lists(st.integers(1, 20).flatmap(tree_of), min_size=1, max_size=4)
 
 
@@ -82,10 +84,13 @@ def test_paths_match_naive_and_round_trip_to_canonical(par):
     assert torch.equal(trees.ancestor_mask(canon), trees.ancestor_mask(p)[perm][:, perm])
 
     # parents -> paths -> parents: the identity up to the canonical order (exactly for canonical trees)
-    for back in (tf.paths_to_parents(paths), tf.from_vllm_token_tree(tf.to_vllm_token_tree(p)),
-                 tf.from_vllm_token_tree(str(tf.to_vllm_token_tree(p))),
-                 tf.from_trtllm_choices(tf.to_trtllm_choices(p)),
-                 tf.from_trtllm_choices(tf.to_trtllm_choices(p), sort=False)):
+    for back in (
+        tf.paths_to_parents(paths),
+        tf.from_vllm_token_tree(tf.to_vllm_token_tree(p)),
+        tf.from_vllm_token_tree(str(tf.to_vllm_token_tree(p))),
+        tf.from_trtllm_choices(tf.to_trtllm_choices(p)),
+        tf.from_trtllm_choices(tf.to_trtllm_choices(p), sort=False),
+    ):
         assert back.dtype == torch.int64
         assert torch.equal(back, canon)
     assert torch.equal(tf.paths_to_parents(paths, sort=False), p)  # list order = our node order
@@ -122,14 +127,17 @@ def test_vllm_default_chain_and_unsorted_choices():
     assert tf.to_vllm_token_tree(tf.from_vllm_token_tree([(1,), (1, 3)])) == [(0,), (0, 0)]
 
 
-@pytest.mark.parametrize("paths, match", [
-    ([(0,), (0,)], "listed twice"),
-    ([(0, 0)], "prefix"),
-    ([()], "root is implicit"),
-    ([(0,), (-1,)], "ints >= 0"),
-    ([(0,), (True,)], "ints >= 0"),
-    ([(0,), (0.5,)], "ints >= 0"),
-])
+@pytest.mark.parametrize(
+    "paths, match",
+    [
+        ([(0,), (0,)], "listed twice"),
+        ([(0, 0)], "prefix"),
+        ([()], "root is implicit"),
+        ([(0,), (-1,)], "ints >= 0"),
+        ([(0,), (True,)], "ints >= 0"),
+        ([(0,), (0.5,)], "ints >= 0"),
+    ],
+)
 def test_bad_paths_raise(paths, match):
     with pytest.raises(ValueError, match=match):
         tf.paths_to_parents(paths)
@@ -188,15 +196,18 @@ def test_sglang_decreasing_sibling_order_keeps_the_shape():
     assert tf.from_sglang_tree(nxt, sib).tolist() == [[-1, 0, 0, 0]]
 
 
-@pytest.mark.parametrize("nxt, sib, match", [
-    ([[1, -1, -1]], [[-1, -1, -1]], "exactly once"),             # node 2 unreachable
-    ([[1, 2, -1]], [[-1, 2, -1]], "exactly once"),                # node 2 pointed at twice
-    ([[1, -1, -1]], [[2, -1, -1]], "root has no siblings"),
-    ([[1, 0, -1]], [[-1, -1, -1]], "never point at node 0"),
-    ([[1, 5, -1]], [[-1, -1, -1]], r"\[0, 2\]"),
-    ([[1, -1, -1, -1]], [[-1, -1, 3, 2]], "sibling cycle"),       # 2 <-> 3 siblings of nobody
-    ([[2, -1, 1]], [[-1, -1, -1]], "topological"),                # node 1 is a child of node 2
-])
+@pytest.mark.parametrize(
+    "nxt, sib, match",
+    [
+        ([[1, -1, -1]], [[-1, -1, -1]], "exactly once"),  # node 2 unreachable
+        ([[1, 2, -1]], [[-1, 2, -1]], "exactly once"),  # node 2 pointed at twice
+        ([[1, -1, -1]], [[2, -1, -1]], "root has no siblings"),
+        ([[1, 0, -1]], [[-1, -1, -1]], "never point at node 0"),
+        ([[1, 5, -1]], [[-1, -1, -1]], r"\[0, 2\]"),
+        ([[1, -1, -1, -1]], [[-1, -1, 3, 2]], "sibling cycle"),  # 2 <-> 3 siblings of nobody
+        ([[2, -1, 1]], [[-1, -1, -1]], "topological"),  # node 1 is a child of node 2
+    ],
+)
 def test_sglang_bad_lists_raise(nxt, sib, match):
     with pytest.raises(ValueError, match=match):
         tf.from_sglang_tree(torch.tensor(nxt), torch.tensor(sib))
@@ -239,11 +250,11 @@ def test_flashinfer_masks_match_ancestor_mask_plus_prefix(batch, data):
             while j >= 0:
                 rows[i, plen + j] = True
                 j = par[j]
-        assert torch.equal(flat[start:start + rows.numel()], rows.reshape(-1))
+        assert torch.equal(flat[start : start + rows.numel()], rows.reshape(-1))
         start += rows.numel()
         seg = naive_bits_little(rows.reshape(-1).tolist())  # segments start on byte boundaries
         assert int(indptr[b + 1]) - int(indptr[b]) == len(seg)
-        assert packed[byte:byte + len(seg)].tolist() == seg
+        assert packed[byte : byte + len(seg)].tolist() == seg
         byte += len(seg)
     assert start == flat.numel() and byte == packed.numel() == int(indptr[-1])
     # back: tree blocks are the ancestor masks, and the masks give the trees back

@@ -1,4 +1,5 @@
 """Token-tree helpers (specdec_kernels.trees) against naive parent-walking definitions."""
+
 from __future__ import annotations
 
 import pytest

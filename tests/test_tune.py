@@ -1,9 +1,10 @@
 """The cost model: latency tables, acceptance-derived tau, and strategy='auto'."""
+
 import torch
+from test_generate import plain_greedy, tiny_model
 
 import specdec
 import specdec.tune as tune
-from test_generate import plain_greedy, tiny_model
 
 
 def test_identical_draft_predicts_full_acceptance_and_ranks_longer_chains_higher_tau():

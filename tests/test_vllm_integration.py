@@ -1,6 +1,7 @@
 """specdec's vLLM proposer, driven the way vLLM 0.32's model runner calls a ``custom_class`` proposer
 (``propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)``), without vLLM installed. The run
 inside vLLM itself (greedy output identical to vLLM alone) is CI's engine stage: ``make vllm-check``."""
+
 from types import SimpleNamespace
 
 import numpy as np

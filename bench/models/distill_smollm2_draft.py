@@ -27,6 +27,7 @@ Usage:
   python bench/models/distill_smollm2_draft.py --phase train --train-minutes 5   # retrain from the data
 Writes python_api/specdec/assets/smollm2_draft/{config.json,model.safetensors,training.json}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,15 +71,43 @@ PROSE_TASKS = [
     "What question does this passage answer? Then answer it briefly.",
 ]
 QUESTIONS = [
-    "Explain {} in Python with a short example.", "What is the difference between {} and a function?",
-    "When should I use {}?", "Write a short tutorial paragraph about {}.", "Give two common mistakes with {}.",
+    "Explain {} in Python with a short example.",
+    "What is the difference between {} and a function?",
+    "When should I use {}?",
+    "Write a short tutorial paragraph about {}.",
+    "Give two common mistakes with {}.",
 ]
 CONCEPTS = [
-    "list comprehensions", "generators", "decorators", "context managers", "dataclasses", "type hints",
-    "exceptions", "closures", "the GIL", "async and await", "dictionaries", "sets", "f-strings",
-    "virtual environments", "unit tests", "recursion", "classes and inheritance", "iterators", "lambda",
-    "the logging module", "regular expressions", "file handling", "sorting with a key", "slicing",
-    "binary search", "hash tables", "linked lists", "big-O notation", "JSON parsing", "HTTP requests",
+    "list comprehensions",
+    "generators",
+    "decorators",
+    "context managers",
+    "dataclasses",
+    "type hints",
+    "exceptions",
+    "closures",
+    "the GIL",
+    "async and await",
+    "dictionaries",
+    "sets",
+    "f-strings",
+    "virtual environments",
+    "unit tests",
+    "recursion",
+    "classes and inheritance",
+    "iterators",
+    "lambda",
+    "the logging module",
+    "regular expressions",
+    "file handling",
+    "sorting with a key",
+    "slicing",
+    "binary search",
+    "hash tables",
+    "linked lists",
+    "big-O notation",
+    "JSON parsing",
+    "HTTP requests",
 ]
 
 
@@ -103,7 +132,7 @@ def build_prompts(held_out: bool, rng: random.Random) -> list[str]:
     root, rel = stdlib_files()
     train, held = split_files(rel, 50)
     prompts = []
-    for f in (held if held_out else train):
+    for f in held if held_out else train:
         for fn in functions(read_text(root / f).splitlines(), 5, 30):
             prompts.append(f"{rng.choice(CODE_TASKS)}\n\n```python\n{fn}\n```")
     for para in prose_paragraphs(held_out):
@@ -122,7 +151,7 @@ def raw_windows(tokenizer, n_tokens: int, rng: random.Random) -> list[list[int]]
     windows = []
     for text in texts:
         ids = tokenizer(text).input_ids
-        windows += [ids[i: i + n_tokens] for i in range(0, len(ids) - n_tokens + 1, n_tokens)]
+        windows += [ids[i : i + n_tokens] for i in range(0, len(ids) - n_tokens + 1, n_tokens)]
     rng.shuffle(windows)
     return windows
 
@@ -134,7 +163,7 @@ def topk_labels(model, hidden: torch.Tensor, chunk: int = 1024) -> tuple[torch.T
     flat = hidden.reshape(-1, hidden.shape[-1])
     vals, ids = [], []
     for i in range(0, flat.shape[0], chunk):
-        v, j = model.lm_head(flat[i: i + chunk]).float().topk(TOPK, dim=-1)
+        v, j = model.lm_head(flat[i : i + chunk]).float().topk(TOPK, dim=-1)
         vals.append(v.half())
         ids.append(j.int())
     shape = tuple(hidden.shape[:-1]) + (TOPK,)
@@ -148,13 +177,20 @@ def generate_labelled(model, tokenizer, prompts: list[str], max_new: int, temper
     from transformers import DynamicCache
 
     tokenizer.padding_side = "left"
-    enc = tokenizer.apply_chat_template([[{"role": "user", "content": p}] for p in prompts], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True, padding=True)
+    enc = tokenizer.apply_chat_template(
+        [[{"role": "user", "content": p}] for p in prompts],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+        padding=True,
+    )
     ids, mask = enc["input_ids"], enc["attention_mask"]
     B, P = ids.shape
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
-    h = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+    h = model.model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+    ).last_hidden_state
     vals, idx = topk_labels(model, h)  # [B, P, K]
     step_vals, step_ids, toks = [vals], [idx], [ids]
     logits = model.lm_head(h[:, -1]).float()
@@ -175,8 +211,9 @@ def generate_labelled(model, tokenizer, prompts: list[str], max_new: int, temper
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=1)  # finished rows are cut later
         pos = pos[:, -1:] + 1
-        h = model.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=True).last_hidden_state
+        h = model.model(
+            input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+        ).last_hidden_state
         v, j = topk_labels(model, h)
         step_vals.append(v)
         step_ids.append(j)
@@ -188,8 +225,14 @@ def generate_labelled(model, tokenizer, prompts: list[str], max_new: int, temper
         start = int((enc["attention_mask"][b] == 0).sum())  # left padding
         end = P + int(lengths[b])
         n = end - start
-        records.append(dict(tokens=toks[b, start:end].int().clone(), n_prompt=P - start,
-                            vals=vals[b, start: start + n - 1].clone(), ids=idx[b, start: start + n - 1].clone()))
+        records.append(
+            dict(
+                tokens=toks[b, start:end].int().clone(),
+                n_prompt=P - start,
+                vals=vals[b, start : start + n - 1].clone(),
+                ids=idx[b, start : start + n - 1].clone(),
+            )
+        )
     return records
 
 
@@ -215,7 +258,7 @@ def collect(target, tokenizer, args) -> None:
         prompts = build_prompts(True, random.Random(args.seed + 1))[: args.heldout_prompts]
         recs = []
         for i in range(0, len(prompts), args.batch):
-            recs += generate_labelled(target, tokenizer, prompts[i: i + args.batch], args.max_new, 0.0, gen)
+            recs += generate_labelled(target, tokenizer, prompts[i : i + args.batch], args.max_new, 0.0, gen)
         torch.save(recs, work / "heldout.pt")
     prompts = build_prompts(False, rng)
     done_shards = shard_paths(work, "gen")
@@ -226,7 +269,7 @@ def collect(target, tokenizer, args) -> None:
     i, shard = start, len(done_shards)
     bar = time_bar(budget, "generation (s)")
     while time.time() - t0 < budget and i < len(prompts):
-        batch = prompts[i: i + args.batch]
+        batch = prompts[i : i + args.batch]
         temp = 0.8 if shard % 3 == 2 else 0.0
         recs = generate_labelled(target, tokenizer, batch, args.max_new, temp, gen)
         torch.save(recs, work / f"gen_{shard:05d}.pt")
@@ -241,7 +284,7 @@ def collect(target, tokenizer, args) -> None:
     i = shard * args.label_batch
     bar = time_bar(budget, "labelling (s)")
     while time.time() - t0 < budget and i < len(windows):
-        recs = label_windows(target, windows[i: i + args.label_batch])
+        recs = label_windows(target, windows[i : i + args.label_batch])
         torch.save(recs, work / f"raw_{shard:05d}.pt")
         n_tok += sum(len(r["tokens"]) for r in recs)
         i, shard = i + args.label_batch, shard + 1
@@ -340,7 +383,7 @@ def agreement(draft, records: list[dict], remap: torch.Tensor, subset: torch.Ten
 
 
 def coverage(records: list[dict], remap: torch.Tensor) -> float:
-    top1 = torch.cat([r["ids"][r["n_prompt"] - 1:, 0].long() for r in records])
+    top1 = torch.cat([r["ids"][r["n_prompt"] - 1 :, 0].long() for r in records])
     return float((remap[top1] >= 0).float().mean())
 
 
@@ -405,18 +448,33 @@ def train(target, tokenizer, args) -> dict:
             advance(bar, t0, f"epoch {epoch} step {step} loss {ema:.3f} lr {lr:.1e} {seen / elapsed:.0f} tok/s")
             if elapsed >= next_eval:
                 a = agreement(draft, held, remap, subset)
-                history.append(dict(minutes=round(elapsed / 60, 1), tokens=seen, loss=round(ema, 4), agreement=round(a, 4)))
+                history.append(
+                    dict(minutes=round(elapsed / 60, 1), tokens=seen, loss=round(ema, 4), agreement=round(a, 4))
+                )
                 log(f"held-out agreement {a:.3f} after {seen} tokens")
                 next_eval += args.eval_every
     bar.close()
     final = agreement(draft, held, remap, subset)
     log(f"held-out greedy agreement: {final:.3f} (before training {agree0:.3f}, subset coverage {cov:.3f})")
     save(draft, args.out)
-    info = dict(layers=args.layers, subset=len(subset), subset_coverage=round(cov, 4), trained_parameters=n_params,
-                labelled_tokens=n_tokens, generated_answers=len(gen_recs), raw_windows=len(raw_recs),
-                tokens_seen=seen, steps=step, epochs=epoch, train_minutes=args.train_minutes,
-                agreement_before=round(agree0, 4), agreement=round(final, 4), heldout_answers=len(held),
-                history=history, command=" ".join(sys.argv))
+    info = dict(
+        layers=args.layers,
+        subset=len(subset),
+        subset_coverage=round(cov, 4),
+        trained_parameters=n_params,
+        labelled_tokens=n_tokens,
+        generated_answers=len(gen_recs),
+        raw_windows=len(raw_recs),
+        tokens_seen=seen,
+        steps=step,
+        epochs=epoch,
+        train_minutes=args.train_minutes,
+        agreement_before=round(agree0, 4),
+        agreement=round(final, 4),
+        heldout_answers=len(held),
+        history=history,
+        command=" ".join(sys.argv),
+    )
     (args.out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"wrote {args.out}")
     return info
@@ -427,8 +485,11 @@ def save(draft, out: Path) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in draft.model.state_dict().items()
-             if not k.startswith("embed_tokens") and "rotary" not in k}
+    state = {
+        k: v.detach().to(torch.bfloat16).contiguous()
+        for k, v in draft.model.state_dict().items()
+        if not k.startswith("embed_tokens") and "rotary" not in k
+    }
     state = {f"model.{k}": v for k, v in state.items()}
     state["lm_head.token_ids"] = draft.lm_head.token_ids.to(torch.int32).contiguous()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -441,8 +502,14 @@ def main() -> None:
     ap.add_argument("--gen-minutes", type=float, default=22)
     ap.add_argument("--label-minutes", type=float, default=6)
     ap.add_argument("--train-minutes", type=float, default=30)
-    ap.add_argument("--layers", type=int, nargs="+", default=[0, 1, 29],
-                    help="target layers the draft starts from (3.5-min trials: [0,1,2] 0.292, [0,1,29] 0.306, [0,1,2,29] 0.322 agreement)")
+    ap.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[0, 1, 29],
+        help="target layers the draft starts from "
+        "(3.5-min trials: [0,1,2] 0.292, [0,1,29] 0.306, [0,1,2,29] 0.322 agreement)",
+    )
     ap.add_argument("--subset", type=int, default=8192, help="vocabulary entries the draft's head scores")
     ap.add_argument("--batch", type=int, default=48, help="prompts per generation batch")
     ap.add_argument("--label-batch", type=int, default=16)

@@ -13,6 +13,7 @@ tests/test_models.py uses to python_api/specdec/assets/default_pair/heldout_snip
 
 Usage: python bench/models/measure_pair.py [--prompts 20] [--new-tokens 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,7 @@ def greedy(model, prompt: list[int], n: int) -> list[int]:
     seq = list(prompt)
     for _ in range(n):
         seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 @torch.no_grad()
@@ -119,7 +120,10 @@ def main() -> None:
         ids += [eot] + e
     ids = torch.tensor(ids + [eot])
     lt, ld, agr, ntok = loss_and_agreement(target, draft, ids, args.ctx)
-    log(f"held-out ({len(names)} files, {ntok} scored tokens): target loss {lt:.3f}, draft loss {ld:.3f}, agreement {agr:.3f}")
+    log(
+        f"held-out ({len(names)} files, {ntok} scored tokens): target loss {lt:.3f}, draft loss {ld:.3f}, "
+        f"agreement {agr:.3f}"
+    )
 
     # prompts: evenly spaced windows over the held-out files (deterministic)
     need = args.prompt_tokens + args.new_tokens
@@ -160,8 +164,10 @@ def main() -> None:
         tau = tot_tok / tot_calls
         alpha = tot_acc / (tot_calls * k)
         rows.append((k, tau, alpha, tot_calls, mism))
-        log(f"k={k}: tau {tau:.2f} tokens/target call, draft acceptance {alpha:.3f}, "
-            f"{mism}/{len(prompts)} outputs differ from plain greedy ({time.time() - ts:.0f} s)")
+        log(
+            f"k={k}: tau {tau:.2f} tokens/target call, draft acceptance {alpha:.3f}, "
+            f"{mism}/{len(prompts)} outputs differ from plain greedy ({time.time() - ts:.0f} s)"
+        )
 
     size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())  # noqa: E731
     root = default_pair_dir()
@@ -172,10 +178,12 @@ def main() -> None:
     lines = [
         "# Default model pair (specdec.models.load_default_pair)",
         "",
-        "Target: Llama 4 layers x 256 hidden, {:.2f}M parameters; draft: Llama 1 layer x 128 hidden, {:.2f}M "
-        "parameters (tied embeddings; byte-level BPE, vocab {}). Trained by `bench/models/train_pair.py` "
-        "on the CPython {} standard library (test dirs excluded); evaluated on its {} held-out files "
-        "(`heldout_files.json`, every 50th file by sorted path).".format(pt / 1e6, pd / 1e6, len(tok), platform.python_version(), len(names)),
+        f"Target: Llama 4 layers x 256 hidden, {pt / 1e6:.2f}M parameters; "
+        f"draft: Llama 1 layer x 128 hidden, {pd / 1e6:.2f}M "
+        f"parameters (tied embeddings; byte-level BPE, vocab {len(tok)}). Trained by `bench/models/train_pair.py` "
+        f"on the CPython {platform.python_version()} standard library (test dirs excluded); "
+        f"evaluated on its {len(names)} held-out files "
+        "(`heldout_files.json`, every 50th file by sorted path).",
         "",
         "| model | held-out loss (nats/token) | size on disk |",
         "|---|---|---|",
@@ -185,7 +193,8 @@ def main() -> None:
         f"Draft/target greedy (argmax) agreement, teacher-forced on {ntok} held-out tokens: **{agr:.3f}**.",
         "",
         f"Greedy chain speculation, {len(prompts)} held-out prompts of {args.prompt_tokens} tokens, "
-        f"{args.new_tokens} new tokens each (simulation without KV cache; tau = tokens per target call, bonus token included; "
+        f"{args.new_tokens} new tokens each (simulation without KV cache; "
+        "tau = tokens per target call, bonus token included; "
         "acceptance = accepted draft tokens / proposed):",
         "",
         "| k | tau | draft acceptance | target calls | outputs != plain greedy |",
@@ -196,10 +205,14 @@ def main() -> None:
         t, d = meta.get("target", {}), meta.get("draft", {})
         tmin = t.get("minutes", 0) + sum(r.get("minutes", 0) for r in t.get("previous_runs", []))
         ttok = t.get("tokens", 0) + sum(r.get("tokens", 0) for r in t.get("previous_runs", []))
-        lines += ["", f"Training: target {tmin:.1f} min wall clock ({ttok / 1e6:.2f}M tokens), draft {d.get('minutes', 0):.1f} min "
-                  f"({d.get('tokens', 0) / 1e6:.2f}M tokens, distilled from the target after the first "
-                  f"{100 * meta.get('args', {}).get('distill_after', 0):.0f}%), on a 2-core CPU shared with other jobs; "
-                  "see `python_api/specdec/assets/default_pair/training.json`."]
+        lines += [
+            "",
+            f"Training: target {tmin:.1f} min wall clock ({ttok / 1e6:.2f}M tokens), "
+            f"draft {d.get('minutes', 0):.1f} min "
+            f"({d.get('tokens', 0) / 1e6:.2f}M tokens, distilled from the target after the first "
+            f"{100 * meta.get('args', {}).get('distill_after', 0):.0f}%), on a 2-core CPU shared with other jobs; "
+            "see `python_api/specdec/assets/default_pair/training.json`.",
+        ]
     lines += [
         "",
         f"Command: `{cmd.strip()}`  ",

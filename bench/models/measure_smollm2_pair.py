@@ -11,6 +11,7 @@ held-out monitoring set). Reported:
 
     python bench/models/measure_smollm2_pair.py --prompts 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,10 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 # distill_smollm2_draft.py sits beside this script: Python puts a script's own folder first on sys.path
 from distill_smollm2_draft import build_prompts
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,7 +51,7 @@ def main() -> None:
     from specdec.models import load_smollm2_pair
 
     target, draft, tok = load_smollm2_pair()
-    prompts = build_prompts(True, random.Random(1))[48: 48 + args.prompts]
+    prompts = build_prompts(True, random.Random(1))[48 : 48 + args.prompts]
     kinds = ["code" if "```python" in p else "prose" for p in prompts]
     hits = {"code": [0, 0], "prose": [0, 0]}
     strategies = {f"chain k={k}": specdec.Chain(k) for k in args.ks}
@@ -62,17 +63,25 @@ def main() -> None:
         hits[kind][0] += h
         hits[kind][1] += n
         for name, s in strategies.items():
-            out = specdec.generate(target, draft, ids, max_new_tokens=args.new_tokens, strategy=s,
-                                   eos_token_id=tok.eos_token_id)
+            out = specdec.generate(
+                target, draft, ids, max_new_tokens=args.new_tokens, strategy=s, eos_token_id=tok.eos_token_id
+            )
             emitted[name][0] += out.stats["new_tokens"] - 1  # the prefill's token is not speculative
             emitted[name][1] += out.stats["target_calls"] - 1
     total = [hits["code"][0] + hits["prose"][0], hits["code"][1] + hits["prose"][1]]
-    rows = [("greedy agreement, all answer tokens", total), ("greedy agreement, code prompts", hits["code"]),
-            ("greedy agreement, prose prompts", hits["prose"])]
-    lines = [f"SmolLM2-135M-Instruct + distilled 3-layer draft, {len(prompts)} held-out chat prompts "
-             f"({kinds.count('code')} code, {kinds.count('prose')} prose), up to {args.new_tokens} new tokens, "
-             f"greedy; command: `python bench/models/measure_smollm2_pair.py --prompts {args.prompts}`", "",
-             "| measure | value |", "|---|---:|"]
+    rows = [
+        ("greedy agreement, all answer tokens", total),
+        ("greedy agreement, code prompts", hits["code"]),
+        ("greedy agreement, prose prompts", hits["prose"]),
+    ]
+    lines = [
+        f"SmolLM2-135M-Instruct + distilled 3-layer draft, {len(prompts)} held-out chat prompts "
+        f"({kinds.count('code')} code, {kinds.count('prose')} prose), up to {args.new_tokens} new tokens, "
+        f"greedy; command: `python bench/models/measure_smollm2_pair.py --prompts {args.prompts}`",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+    ]
     lines += [f"| {name} | {a / max(b, 1):.3f} ({b} tokens) |" for name, (a, b) in rows]
     lines += [f"| tau, {name} | {a / max(b, 1):.2f} |" for name, (a, b) in emitted.items()]
     table = "\n".join(lines)

@@ -26,6 +26,7 @@ Usage:
 Writes python_api/specdec/assets/{smollm2_eagle,default_pair_eagle}/{config.json,model.safetensors,training.json}
 (the EAGLE-1 ablation, --features final, to smollm2_eagle1 / default_pair_eagle1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +39,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 # distill_smollm2_draft.py and train_pair.py sit beside this script: Python puts a script's own folder first
 # on sys.path, so they import by name (training-data and optimiser helpers of these scripts, not library code)
 from distill_smollm2_draft import build_prompts, make_batches, optimizer_step, raw_windows, schedule
+from tqdm import tqdm
 from train_pair import functions, read_text, split_files, stdlib_files
 
 from specdec.eagle import FeatureTap, eagle3_layers, new_head, unrolled_forward
@@ -77,8 +78,9 @@ def tap_layers(target) -> tuple[int, ...]:
 
 # ------------------------------------------------------------------------------------------ collect
 @torch.no_grad()
-def generate_with_features(target, tap, ids, mask, max_new: int, temperature: float, eos: int | None, pad: int,
-                           gen: torch.Generator) -> list[dict]:
+def generate_with_features(
+    target, tap, ids, mask, max_new: int, temperature: float, eos: int | None, pad: int, gen: torch.Generator
+) -> list[dict]:
     """Batched generation (left-padded prompts); the tap's features of every forwarded position are kept.
     Records: tokens [n] (prompt + answer), features [n - 1, F] fp16 (the last token never ran), n_prompt."""
     from transformers import DynamicCache
@@ -86,7 +88,9 @@ def generate_with_features(target, tap, ids, mask, max_new: int, temperature: fl
     B, P = ids.shape
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
-    h = target.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+    h = target.model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+    ).last_hidden_state
     feats, toks = [tap.features().half()], [ids]
     logits = target.lm_head(h[:, -1]).float()
     done = torch.zeros(B, dtype=torch.bool)
@@ -106,8 +110,9 @@ def generate_with_features(target, tap, ids, mask, max_new: int, temperature: fl
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=1)
         pos = pos[:, -1:] + 1
-        h = target.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True).last_hidden_state
+        h = target.model(
+            input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+        ).last_hidden_state
         feats.append(tap.features().half())
         logits = target.lm_head(h[:, -1]).float()
     toks, feats = torch.cat(toks, 1), torch.cat(feats, 1)
@@ -116,8 +121,11 @@ def generate_with_features(target, tap, ids, mask, max_new: int, temperature: fl
     for b in range(B):
         start = int((mask[b, :P0] == 0).sum())  # left padding
         end = P0 + int(lengths[b])
-        out.append(dict(tokens=toks[b, start:end].int().clone(), features=feats[b, start: end - 1].clone(),
-                        n_prompt=P0 - start))
+        out.append(
+            dict(
+                tokens=toks[b, start:end].int().clone(), features=feats[b, start : end - 1].clone(), n_prompt=P0 - start
+            )
+        )
     return out
 
 
@@ -132,8 +140,13 @@ def window_features(target, tap, windows: list[list[int]]) -> list[dict]:
 def chat_batches(tok, prompts: list[str], batch: int):
     tok.padding_side = "left"
     for i in range(0, len(prompts), batch):
-        enc = tok.apply_chat_template([[{"role": "user", "content": p}] for p in prompts[i: i + batch]],
-                                      add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+        enc = tok.apply_chat_template(
+            [[{"role": "user", "content": p}] for p in prompts[i : i + batch]],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+            padding=True,
+        )
         yield enc["input_ids"], enc["attention_mask"]
 
 
@@ -142,7 +155,7 @@ def code_prompts(tok, held_out: bool, rng: random.Random, n_tokens: int = 48) ->
     root, rel = stdlib_files()
     train, held = split_files(rel, 50)
     out = []
-    for f in (held if held_out else train):
+    for f in held if held_out else train:
         for fn in functions(read_text(root / f).splitlines(), 5, 40):
             ids = tok(fn).input_ids[:n_tokens]
             if len(ids) >= 16:
@@ -153,7 +166,7 @@ def code_prompts(tok, held_out: bool, rng: random.Random, n_tokens: int = 48) ->
 
 def code_batches(prompts: list[list[int]], batch: int, pad: int):
     for i in range(0, len(prompts), batch):
-        rows = prompts[i: i + batch]
+        rows = prompts[i : i + batch]
         T = max(map(len, rows))
         ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
@@ -177,7 +190,9 @@ def collect(target, tok, args) -> None:
 
     if not (work / "heldout.pt").exists():
         recs = []
-        for ids, mask in tqdm(batches(True), total=math.ceil(args.heldout_prompts / args.batch), desc="held-out answers"):
+        for ids, mask in tqdm(
+            batches(True), total=math.ceil(args.heldout_prompts / args.batch), desc="held-out answers"
+        ):
             recs += generate_with_features(target, tap, ids, mask, args.max_new, 0.0, eos, pad, gen)
             if len(recs) >= args.heldout_prompts:
                 break
@@ -207,7 +222,7 @@ def collect(target, tok, args) -> None:
     for i in range(shard * args.window_batch, len(windows), args.window_batch):
         if time.time() - t0 >= budget:
             break
-        recs = window_features(target, tap, windows[i: i + args.window_batch])
+        recs = window_features(target, tap, windows[i : i + args.window_batch])
         torch.save(recs, work / f"raw_{shard:05d}.pt")
         shard += 1
         n_tok += sum(len(r["tokens"]) for r in recs)
@@ -235,7 +250,7 @@ def head_weight(head) -> torch.Tensor:
 
 
 def select_features(rec_feats: torch.Tensor, tapped: list[int], layers, d: int) -> torch.Tensor:
-    cols = [rec_feats[..., tapped.index(i) * d: (tapped.index(i) + 1) * d] for i in layers]
+    cols = [rec_feats[..., tapped.index(i) * d : (tapped.index(i) + 1) * d] for i in layers]
     return torch.cat(cols, -1)
 
 
@@ -251,7 +266,7 @@ def collate(batch: list[dict], max_len: int, tapped, layers, final_col: int, d: 
         x[b, :n] = r["tokens"][:n].long()
         f = r["features"][:n].float()
         feats[b, :n] = select_features(f, tapped, layers, d)
-        final[b, :n] = f[..., final_col * d: (final_col + 1) * d]
+        final[b, :n] = f[..., final_col * d : (final_col + 1) * d]
         mask[b, :n] = 1
     return x, feats, final, mask
 
@@ -273,8 +288,11 @@ def chain_acceptance(ok: torch.Tensor, n_prompt: int, stats: dict, depths: int =
 
 def summary(stats: dict) -> dict:
     per_depth = (stats["right"] / stats["reach"].clamp(min=1)).tolist()
-    return dict(acceptance_per_depth=[round(a, 4) for a in per_depth],
-                tau_k4=round(1 + stats["accepted"] / max(stats["anchors"], 1), 3), anchors=stats["anchors"])
+    return dict(
+        acceptance_per_depth=[round(a, 4) for a in per_depth],
+        tau_k4=round(1 + stats["accepted"] / max(stats["anchors"], 1), 3),
+        anchors=stats["anchors"],
+    )
 
 
 def new_stats(depths: int = 5) -> dict:
@@ -306,7 +324,7 @@ def evaluate_draft_model(draft, target, held, tapped, final_col, depths: int = 5
     stats = new_stats(depths)
     for r in held:
         x = r["tokens"][: len(r["features"])].long()[None]
-        final = r["features"][:, final_col * d: (final_col + 1) * d].float()
+        final = r["features"][:, final_col * d : (final_col + 1) * d].float()
         ok = draft(x).logits[0].argmax(-1) == (final @ full_W.T).argmax(-1)  # [T]
         # a draft model's draft at p does not depend on the anchor (the prefix is the true one)
         chain_acceptance(torch.stack([ok] * depths), r["n_prompt"], stats, depths)
@@ -327,18 +345,27 @@ def compare(target, tok, args) -> None:
             continue
         head = load_head(target, path).float()
         info = json.loads((path / "training.json").read_text())
-        rows.append((f"EAGLE head, features {list(head.config.feature_layers)} ({'EAGLE-1' if len(head.config.feature_layers) == 1 else 'EAGLE-3'}), "
-                     f"{info['train_minutes']} min, {info['tokens_seen']} tokens seen",
-                     evaluate(head, target, held, tapped, head.config.feature_layers, final_col)))
+        rows.append(
+            (
+                f"EAGLE head, features {list(head.config.feature_layers)} "
+                f"({'EAGLE-1' if len(head.config.feature_layers) == 1 else 'EAGLE-3'}), "
+                f"{info['train_minutes']} min, {info['tokens_seen']} tokens seen",
+                evaluate(head, target, held, tapped, head.config.feature_layers, final_col),
+            )
+        )
     import specdec
 
-    draft = (specdec.load_smollm2_pair()[1] if args.target == "smollm2" else specdec.load_default_pair()[1])
+    draft = specdec.load_smollm2_pair()[1] if args.target == "smollm2" else specdec.load_default_pair()[1]
     rows.append(("distilled draft model", evaluate_draft_model(draft, target, held, tapped, final_col)))
-    lines = [f"Held-out acceptance per draft depth, {args.target}: {len(held)} greedy answers of the target to held-out "
-             f"prompts, every answer position an anchor (P(depth j right | depths < j right)); tau_k4 = 1 + expected "
-             f"accepted drafts of a 4-token chain. Command: `python bench/models/train_eagle_head.py --target "
-             f"{args.target} --phase compare`", "",
-             "| drafter | depth 1 | depth 2 | depth 3 | depth 4 | depth 5 | tau (k=4) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Held-out acceptance per draft depth, {args.target}: {len(held)} greedy answers of the target to held-out "
+        f"prompts, every answer position an anchor (P(depth j right | depths < j right)); tau_k4 = 1 + expected "
+        f"accepted drafts of a 4-token chain. Command: `python bench/models/train_eagle_head.py --target "
+        f"{args.target} --phase compare`",
+        "",
+        "| drafter | depth 1 | depth 2 | depth 3 | depth 4 | depth 5 | tau (k=4) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, ev in rows:
         a = ev["acceptance_per_depth"]
         lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in a) + f" | {ev['tau_k4']:.2f} |")
@@ -370,15 +397,17 @@ def train(target, tok, args) -> dict:
     d = head.config.hidden_size
     params = [p for p in head.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
-    log(f"head: features {layers}, {n_params / 1e6:.2f}M trained parameters, vocabulary "
-        f"{head_weight(head).shape[0]}, ttt steps {args.ttt}")
+    log(
+        f"head: features {layers}, {n_params / 1e6:.2f}M trained parameters, vocabulary "
+        f"{head_weight(head).shape[0]}, ttt steps {args.ttt}"
+    )
     before = evaluate(head, target, held[: args.eval_answers], tapped, layers, final_col)
     log(f"held-out before training: {before}")
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = random.Random(args.seed)
     t0, budget, step, seen, epoch = time.time(), args.train_minutes * 60, 0, 0, 0
     history, next_eval, ema = [], args.eval_every, None
-    weights = [0.8 ** s for s in range(args.ttt)]
+    weights = [0.8**s for s in range(args.ttt)]
     W = head_weight(head)
     bar = tqdm(total=int(budget), desc="training (s)", unit="s")
     while time.time() - t0 < budget:
@@ -415,11 +444,25 @@ def train(target, tok, args) -> dict:
     final_eval = evaluate(head, target, held, tapped, layers, final_col)
     log(f"held-out (all {len(held)} answers): {final_eval}")
     out = args.out or ASSETS / f"{OUT_NAMES[args.target]}{'1' if args.features == 'final' else ''}"
-    info = dict(target=args.target, features=args.features, feature_layers=list(layers), ttt_steps=args.ttt,
-                trained_parameters=n_params, positions=n_tokens, answers=len(gen), windows=len(raw),
-                tokens_seen=seen, steps=step, epochs=epoch, train_minutes=args.train_minutes,
-                before=before, heldout=final_eval, heldout_answers=len(held), history=history,
-                command="python bench/models/train_eagle_head.py " + " ".join(sys.argv[1:]))
+    info = dict(
+        target=args.target,
+        features=args.features,
+        feature_layers=list(layers),
+        ttt_steps=args.ttt,
+        trained_parameters=n_params,
+        positions=n_tokens,
+        answers=len(gen),
+        windows=len(raw),
+        tokens_seen=seen,
+        steps=step,
+        epochs=epoch,
+        train_minutes=args.train_minutes,
+        before=before,
+        heldout=final_eval,
+        heldout_answers=len(held),
+        history=history,
+        command="python bench/models/train_eagle_head.py " + " ".join(sys.argv[1:]),
+    )
     head.save(out, training=dict(target=args.target, tokens_seen=seen))
     (out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"wrote {out}")
@@ -427,10 +470,30 @@ def train(target, tok, args) -> dict:
 
 
 PRESETS = {  # per target: what fits the budget on 2 cores
-    "smollm2": dict(gen_minutes=24, window_minutes=8, train_minutes=36, batch=48, max_new=160, window=256,
-                    window_batch=16, heldout_prompts=48, subset_from=ASSETS / "smollm2_draft", lr=6e-4),
-    "tiny": dict(gen_minutes=1.5, window_minutes=1, train_minutes=4, batch=64, max_new=96, window=256,
-                 window_batch=32, heldout_prompts=64, subset_from=None, lr=1e-3),
+    "smollm2": dict(
+        gen_minutes=24,
+        window_minutes=8,
+        train_minutes=36,
+        batch=48,
+        max_new=160,
+        window=256,
+        window_batch=16,
+        heldout_prompts=48,
+        subset_from=ASSETS / "smollm2_draft",
+        lr=6e-4,
+    ),
+    "tiny": dict(
+        gen_minutes=1.5,
+        window_minutes=1,
+        train_minutes=4,
+        batch=64,
+        max_new=96,
+        window=256,
+        window_batch=32,
+        heldout_prompts=64,
+        subset_from=None,
+        lr=1e-3,
+    ),
 }
 
 
@@ -438,8 +501,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", choices=sorted(PRESETS), default="smollm2")
     ap.add_argument("--phase", choices=["all", "collect", "train", "compare"], default="all")
-    ap.add_argument("--features", choices=["eagle3", "final"], default="eagle3",
-                    help="eagle3: low/middle/high layers fused; final: the last hidden state only (EAGLE-1)")
+    ap.add_argument(
+        "--features",
+        choices=["eagle3", "final"],
+        default="eagle3",
+        help="eagle3: low/middle/high layers fused; final: the last hidden state only (EAGLE-1)",
+    )
     ap.add_argument("--gen-minutes", type=float)
     ap.add_argument("--window-minutes", type=float)
     ap.add_argument("--train-minutes", type=float)
@@ -459,8 +526,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path)
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--ablation-dir", type=Path, default=Path("/tmp/specdec_ablation"),
-                    help="compare: where an ablation head (<name>1) not committed to the assets lives")
+    ap.add_argument(
+        "--ablation-dir",
+        type=Path,
+        default=Path("/tmp/specdec_ablation"),
+        help="compare: where an ablation head (<name>1) not committed to the assets lives",
+    )
     args = ap.parse_args()
     for k, v in PRESETS[args.target].items():
         if getattr(args, k, None) is None:

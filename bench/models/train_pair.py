@@ -17,6 +17,7 @@ Usage:
   python bench/models/train_pair.py --target-minutes 15 --draft-minutes 6
   python bench/models/train_pair.py --skip-target      # retrain only the draft against the saved target
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,7 @@ def functions(lines: list[str], min_lines: int = 6, max_lines: int = 22):
         j = i + 1
         while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
             j += 1
-        body = [l[indent:] for l in lines[i:j]]
+        body = [ln[indent:] for ln in lines[i:j]]
         while body and not body[-1].strip():
             body.pop()
         if min_lines <= len(body) <= max_lines:
@@ -206,7 +207,9 @@ def train_model(model, data, heldout, args, *, minutes, lr, name, teacher=None, 
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95), eps=1e-8,
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
     budget = minutes * 60.0
     t0 = time.time()
@@ -246,8 +249,7 @@ def train_model(model, data, heldout, args, *, minutes, lr, name, teacher=None, 
             el = now - t0
             log(
                 f"{name} step {step:5d} | {100 * el / budget:5.1f}% of {minutes:.1f} min | "
-                f"ce(ema) {ema:.3f} | lr {cur_lr:.2e} | {tokens / el:6.0f} tok/s"
-                + (" | distill" if distilling else "")
+                f"ce(ema) {ema:.3f} | lr {cur_lr:.2e} | {tokens / el:6.0f} tok/s" + (" | distill" if distilling else "")
             )
     el = time.time() - t0
     hl = evaluate(model, heldout, args.ctx, args.eval_windows)
@@ -270,12 +272,19 @@ def main() -> None:
     ap.add_argument("--draft-minutes", type=float, default=6.0)
     ap.add_argument("--target-lr", type=float, default=2e-3)
     ap.add_argument("--draft-lr", type=float, default=3e-3)
-    ap.add_argument("--distill-after", type=float, default=0.35,
-                    help="fraction of the draft budget after which distillation from the target starts (1 = never)")
+    ap.add_argument(
+        "--distill-after",
+        type=float,
+        default=0.35,
+        help="fraction of the draft budget after which distillation from the target starts (1 = never)",
+    )
     ap.add_argument("--distill-alpha", type=float, default=0.8, help="weight of the KL term while distilling")
     ap.add_argument("--skip-target", action="store_true", help="load the saved target instead of training it")
-    ap.add_argument("--resume-target", action="store_true",
-                    help="load the saved target and train it --target-minutes more (fresh optimizer and schedule)")
+    ap.add_argument(
+        "--resume-target",
+        action="store_true",
+        help="load the saved target and train it --target-minutes more (fresh optimizer and schedule)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=float, default=20.0, help="seconds between log lines")
     ap.add_argument("--eval-windows", type=int, default=160)
@@ -306,8 +315,10 @@ def main() -> None:
     train_ids = encode_corpus(tokenizer, train_texts)
     held_ids = encode_corpus(tokenizer, held_texts)
     nbytes = sum(len(t.encode()) for t in train_texts)
-    log(f"tokenizer: vocab {vocab}; train {train_ids.numel()} tokens ({nbytes / train_ids.numel():.2f} bytes/token), "
-        f"held-out {held_ids.numel()} tokens")
+    log(
+        f"tokenizer: vocab {vocab}; train {train_ids.numel()} tokens ({nbytes / train_ids.numel():.2f} bytes/token), "
+        f"held-out {held_ids.numel()} tokens"
+    )
 
     (out).mkdir(parents=True, exist_ok=True)
     meta = {
@@ -328,18 +339,30 @@ def main() -> None:
     elif args.resume_target:
         target = LlamaForCausalLM.from_pretrained(tgt_dir, local_files_only=True, torch_dtype=torch.float32)
         log(f"target: resumed from {tgt_dir}")
-        tstats = train_model(target, train_ids, held_ids, args, minutes=args.target_minutes, lr=args.target_lr,
-                             name="target", seed_offset=2)
+        tstats = train_model(
+            target,
+            train_ids,
+            held_ids,
+            args,
+            minutes=args.target_minutes,
+            lr=args.target_lr,
+            name="target",
+            seed_offset=2,
+        )
         before = prev.get("target", {})
         tstats["params"] = n_params(target)
-        tstats["previous_runs"] = before.get("previous_runs", []) + ([{k: v for k, v in before.items() if k != "previous_runs"}] if before else [])
+        tstats["previous_runs"] = before.get("previous_runs", []) + (
+            [{k: v for k, v in before.items() if k != "previous_runs"}] if before else []
+        )
         target.save_pretrained(tgt_dir, safe_serialization=True)
         tokenizer.save_pretrained(tgt_dir)
     else:
         torch.manual_seed(args.seed)
         target = LlamaForCausalLM(make_config(vocab, eot, layers=4, hidden=256, heads=4, inter=688))
         log(f"target: {n_params(target) / 1e6:.2f}M params")
-        tstats = train_model(target, train_ids, held_ids, args, minutes=args.target_minutes, lr=args.target_lr, name="target")
+        tstats = train_model(
+            target, train_ids, held_ids, args, minutes=args.target_minutes, lr=args.target_lr, name="target"
+        )
         tstats["params"] = n_params(target)
         target.save_pretrained(tgt_dir, safe_serialization=True)
         tokenizer.save_pretrained(tgt_dir)
@@ -353,8 +376,17 @@ def main() -> None:
     torch.manual_seed(args.seed + 1)
     draft = LlamaForCausalLM(make_config(vocab, eot, layers=1, hidden=128, heads=2, inter=344))
     log(f"draft: {n_params(draft) / 1e6:.2f}M params")
-    dstats = train_model(draft, train_ids, held_ids, args, minutes=args.draft_minutes, lr=args.draft_lr,
-                         name="draft", teacher=target, distill_after=args.distill_after)
+    dstats = train_model(
+        draft,
+        train_ids,
+        held_ids,
+        args,
+        minutes=args.draft_minutes,
+        lr=args.draft_lr,
+        name="draft",
+        teacher=target,
+        distill_after=args.distill_after,
+    )
     dstats["params"] = n_params(draft)
     dstats["agreement"] = round(agreement(draft, target, held_ids, args.ctx, args.eval_windows), 4)
     log(f"draft/target greedy agreement on held-out: {dstats['agreement']:.3f}")

@@ -1,4 +1,5 @@
 """``python -m specdec demo`` (the main job) and ``python -m specdec bench`` (end-to-end comparison)."""
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,7 @@ class _Printer:
     def __call__(self, tokens: list[int]) -> None:
         self.ids += tokens
         text = self.tok.decode(self.ids)
-        sys.stdout.write(text[self.shown:])
+        sys.stdout.write(text[self.shown :])
         sys.stdout.flush()
         self.shown = len(text)
 
@@ -82,14 +83,23 @@ def demo(args) -> None:
     for i, prompt in enumerate(prompts):
         ids = encode(tok, prompt, chat)
         t0 = time.perf_counter()
-        plain = target.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                eos_token_id=tok.eos_token_id, pad_token_id=0)
+        plain = target.generate(
+            ids, max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=0
+        )
         t_plain = time.perf_counter() - t0
         print(f"\n===== prompt {i + 1}/{len(prompts)} ({name}) =====")
         sys.stdout.write(prompt + "\n")
-        out = specdec.generate(target, drafter, ids, max_new_tokens=args.max_new_tokens,
-                               strategy=strategy, temperature=args.temperature, seed=args.seed,
-                               eos_token_id=tok.eos_token_id, streamer=_Printer(tok, ids[0]))
+        out = specdec.generate(
+            target,
+            drafter,
+            ids,
+            max_new_tokens=args.max_new_tokens,
+            strategy=strategy,
+            temperature=args.temperature,
+            seed=args.seed,
+            eos_token_id=tok.eos_token_id,
+            streamer=_Printer(tok, ids[0]),
+        )
         t_spec = out.stats["wall_s"]
         exact = torch.equal(out.sequences, plain) if args.temperature == 0 else None
         exact_all &= bool(exact) if exact is not None else True
@@ -98,26 +108,62 @@ def demo(args) -> None:
         total_plain += t_plain
         total_spec += t_spec
         taus.append(out.stats["tau"])
-        print(f"\n----- tau {out.stats['tau']:.2f} | specdec {new / t_spec:.1f} tok/s | target-only "
-              f"{new / t_plain:.1f} tok/s | speedup {t_plain / t_spec:.2f}x"
-              + ("" if exact is None else f" | greedy output identical to target-only: {'yes' if exact else 'NO'}"))
-    print(f"\n===== {len(prompts)} prompts, {int(total_new)} new tokens: specdec {total_new / total_spec:.1f} tok/s, "
-          f"target-only {total_new / total_plain:.1f} tok/s, speedup {total_plain / total_spec:.2f}x, "
-          f"mean tau {sum(taus) / len(taus):.2f}"
-          + ("" if args.temperature else f", all outputs identical to target-only: {'yes' if exact_all else 'NO'}"))
+        print(
+            f"\n----- tau {out.stats['tau']:.2f} | specdec {new / t_spec:.1f} tok/s | target-only "
+            f"{new / t_plain:.1f} tok/s | speedup {t_plain / t_spec:.2f}x"
+            + ("" if exact is None else f" | greedy output identical to target-only: {'yes' if exact else 'NO'}")
+        )
+    print(
+        f"\n===== {len(prompts)} prompts, {int(total_new)} new tokens: specdec {total_new / total_spec:.1f} tok/s, "
+        f"target-only {total_new / total_plain:.1f} tok/s, speedup {total_plain / total_spec:.2f}x, "
+        f"mean tau {sum(taus) / len(taus):.2f}"
+        + ("" if args.temperature else f", all outputs identical to target-only: {'yes' if exact_all else 'NO'}")
+    )
     if args.temperature == 0 and not exact_all:
         sys.exit(1)
 
 
-BENCH_DEFAULT = ["hf-assisted k=4 constant", "hf-assisted heuristic", "hf-assisted confidence 0.4",
-                 "chain:2", "chain:4", "chain:6", "heuristic", "confidence", "disco",
-                 "static-tree", "eagle2:16", "eagle2:32", "eagle2:64", "dyspec:16", "dyspec:32", "dyspec:64",
-                 "ddd:16", "ddd:32", "ddd:64", "eagle2:12:4:4", "ddd:10:2:8", "lookup:8"]
+BENCH_DEFAULT = [
+    "hf-assisted k=4 constant",
+    "hf-assisted heuristic",
+    "hf-assisted confidence 0.4",
+    "chain:2",
+    "chain:4",
+    "chain:6",
+    "heuristic",
+    "confidence",
+    "disco",
+    "static-tree",
+    "eagle2:16",
+    "eagle2:32",
+    "eagle2:64",
+    "dyspec:16",
+    "dyspec:32",
+    "dyspec:64",
+    "ddd:16",
+    "ddd:32",
+    "ddd:64",
+    "eagle2:12:4:4",
+    "ddd:10:2:8",
+    "lookup:8",
+]
 
 
-SMOLLM2_DEFAULT = ["hf-assisted heuristic", "hf-prompt-lookup k=8", "chain:3", "heuristic",
-                   "head:chain:2", "head:chain:3", "head:chain:4", "head:chain:5", "head:heuristic", "head:confidence",
-                   "head:eagle2:8:2:4", "head:eagle2:16", "lookup:8"]
+SMOLLM2_DEFAULT = [
+    "hf-assisted heuristic",
+    "hf-prompt-lookup k=8",
+    "chain:3",
+    "heuristic",
+    "head:chain:2",
+    "head:chain:3",
+    "head:chain:4",
+    "head:chain:5",
+    "head:heuristic",
+    "head:confidence",
+    "head:eagle2:8:2:4",
+    "head:eagle2:16",
+    "lookup:8",
+]
 BENCH_DEFAULT = BENCH_DEFAULT + ["head:chain:4", "head:heuristic", "head:eagle2:16"]
 
 
@@ -130,27 +176,47 @@ def bench(args) -> None:
     prompt_set = args.prompt_set or prompt_set
     prompts = b.load_prompts(prompt_set)[: args.prompts]
     names = args.configs.split(",") if args.configs else (SMOLLM2_DEFAULT if pair == "smollm2" else BENCH_DEFAULT)
-    rows = b.run(target, draft, tok, prompts, names, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                 chat=chat, eos_token_id=eos, head=head)
+    rows = b.run(
+        target,
+        draft,
+        tok,
+        prompts,
+        names,
+        max_new_tokens=args.max_new_tokens,
+        repeats=args.repeats,
+        chat=chat,
+        eos_token_id=eos,
+        head=head,
+    )
     rho = None
     if not args.no_cost_model:
         print("cost model: calibrating on other prompts ...", file=sys.stderr)
         calib = b.load_prompts(prompt_set)[args.prompts : args.prompts + 4]
         rho = b.add_predictions(rows, target, draft, tok, calib, names, chat=chat, head=head)
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if not torch.cuda.is_available() else torch.cuda.get_device_name()
-    header = (f"End to end, {label}, {len(prompts)} prompts ({prompt_set}) x up to {args.max_new_tokens} new tokens, greedy, "
-              f"median of {args.repeats} repeats; {machine}; `head:` rows draft with the EAGLE head, the others "
-              f"with the draft model; command: `python -m specdec bench {' '.join(sys.argv[2:])}`")
+    machine = (
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+        if not torch.cuda.is_available()
+        else torch.cuda.get_device_name()
+    )
+    header = (
+        f"End to end, {label}, {len(prompts)} prompts ({prompt_set}) x up to {args.max_new_tokens} new tokens, greedy, "
+        f"median of {args.repeats} repeats; {machine}; `head:` rows draft with the EAGLE head, the others "
+        f"with the draft model; command: `python -m specdec bench {' '.join(sys.argv[2:])}`"
+    )
     table = b.markdown(rows, header)
     if rho is not None:
-        table += (f"\n\nCost model (specdec.tune, calibrated on 4 other prompts): Spearman rank correlation of "
-                  f"predicted vs measured tokens/s over the specdec rows = {rho:.2f}")
+        table += (
+            f"\n\nCost model (specdec.tune, calibrated on 4 other prompts): Spearman rank correlation of "
+            f"predicted vs measured tokens/s over the specdec rows = {rho:.2f}"
+        )
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "e2e" if pair == "tiny" else f"e2e_{pair}"
     (out / f"{stem}.md").write_text(table + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"header": header, "rows": rows, "cost_model_spearman": rho}, indent=1) + "\n")
+    (out / f"{stem}.json").write_text(
+        json.dumps({"header": header, "rows": rows, "cost_model_spearman": rho}, indent=1) + "\n"
+    )
     b.plot(rows, str(out / f"{stem}.png"), f"{label}: speedup and tau per strategy")
     print(f"wrote {out}/{stem}.md, .json, .png", file=sys.stderr)
 
@@ -201,13 +267,20 @@ def main(argv=None) -> None:
         s.add_argument("--draft", help="path of its draft model (default: the bundled draft)")
         s.add_argument("--max-new-tokens", type=_positive_int, default=128)
         s.add_argument("--prompts", type=_positive_int, default=3 if name == "demo" else 8)
-        s.add_argument("--pair", choices=["smollm2", "tiny", "default"], default="smollm2" if name == "demo" else "tiny",
-                       help="smollm2: SmolLM2-135M-Instruct with its EAGLE head and distilled draft, on chat prompts "
-                            "(code edits, summaries, open questions); tiny (= default): the bundled pair on held-out code")
+        s.add_argument(
+            "--pair",
+            choices=["smollm2", "tiny", "default"],
+            default="smollm2" if name == "demo" else "tiny",
+            help="smollm2: SmolLM2-135M-Instruct with its EAGLE head and distilled draft, on chat prompts "
+            "(code edits, summaries, open questions); tiny (= default): the bundled pair on held-out code",
+        )
         s.add_argument("--prompt-set", help="chat_mixed (smollm2), heldout_code (tiny), input_grounded")
     d = sub.choices["demo"]
-    d.add_argument("--strategy", help="a strategy name such as chain:4, heuristic, eagle2:16, lookup:8, auto "
-                                      "(default: the fastest measured for the pair)")
+    d.add_argument(
+        "--strategy",
+        help="a strategy name such as chain:4, heuristic, eagle2:16, lookup:8, auto "
+        "(default: the fastest measured for the pair)",
+    )
     d.add_argument("--drafter", choices=["eagle", "model"], help="draft with the EAGLE head or the draft model")
     d.add_argument("--temperature", type=_temperature, default=0.0)
     d.add_argument("--seed", type=int, default=0)

@@ -6,6 +6,7 @@ speedup over target-only measured in the same run, tau (tokens emitted per targe
 prefill, bonus included — as Spec-Bench counts it; for transformers' assisted generation counted with a
 forward hook on the target), and whether greedy output equals target-only output token for token.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -53,39 +54,53 @@ class _CallCounter:
 HEAD = "head:"  # a configuration name with this prefix drafts with the EAGLE head instead of the draft model
 
 
-def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token_id: int | None = None,
-                 head=None) -> list[Config]:
+def make_configs(
+    target, draft, names: list[str], max_new_tokens: int, eos_token_id: int | None = None, head=None
+) -> list[Config]:
     """Runners for each configuration name. Without ``eos_token_id`` every run makes exactly
     max_new_tokens (EOS suppressed in transformers, never special in specdec); with it, all stop
     after EOS, so outputs stay comparable token for token. Names starting with ``head:`` draft with
     ``head`` (an EAGLE head), the others with ``draft``."""
     counter = _CallCounter(target)
-    stop = (dict(min_new_tokens=max_new_tokens) if eos_token_id is None else dict(eos_token_id=eos_token_id))
+    stop = dict(min_new_tokens=max_new_tokens) if eos_token_id is None else dict(eos_token_id=eos_token_id)
 
     def hf_generate(**kw):
         def run(ids):
             counter.n = 0
             out = target.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, **stop, **kw)
             return out, counter.n
+
         return run
 
     def ours(strategy, drafter):
         def run(ids):
-            out = specdec.generate(target, drafter, ids, max_new_tokens=max_new_tokens, strategy=strategy,
-                                   eos_token_id=eos_token_id)
+            out = specdec.generate(
+                target, drafter, ids, max_new_tokens=max_new_tokens, strategy=strategy, eos_token_id=eos_token_id
+            )
             return out.sequences, out.stats["target_calls"]
+
         return run
 
     configs = [Config("target-only (HF generate, greedy)", "target", hf_generate())]
     hf = {
-        "hf-assisted k=4 constant": dict(assistant_model=draft, num_assistant_tokens=4,
-                                         num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0),
-        "hf-assisted heuristic": dict(assistant_model=draft, num_assistant_tokens=5,
-                                      num_assistant_tokens_schedule="heuristic_transient",
-                                      assistant_confidence_threshold=0.0),
-        "hf-assisted confidence 0.4": dict(assistant_model=draft, num_assistant_tokens=20,
-                                           num_assistant_tokens_schedule="constant",
-                                           assistant_confidence_threshold=0.4),
+        "hf-assisted k=4 constant": dict(
+            assistant_model=draft,
+            num_assistant_tokens=4,
+            num_assistant_tokens_schedule="constant",
+            assistant_confidence_threshold=0.0,
+        ),
+        "hf-assisted heuristic": dict(
+            assistant_model=draft,
+            num_assistant_tokens=5,
+            num_assistant_tokens_schedule="heuristic_transient",
+            assistant_confidence_threshold=0.0,
+        ),
+        "hf-assisted confidence 0.4": dict(
+            assistant_model=draft,
+            num_assistant_tokens=20,
+            num_assistant_tokens_schedule="constant",
+            assistant_confidence_threshold=0.4,
+        ),
         "hf-prompt-lookup k=8": dict(prompt_lookup_num_tokens=8),
     }
     for name in names:
@@ -94,7 +109,7 @@ def make_configs(target, draft, names: list[str], max_new_tokens: int, eos_token
         elif name.startswith(HEAD):
             if head is None:
                 raise ValueError(f"configuration {name!r} needs an EAGLE head")
-            configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name[len(HEAD):]), head)))
+            configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name[len(HEAD) :]), head)))
         else:
             configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name), draft)))
     return configs
@@ -119,22 +134,38 @@ def _strategy(name: str):
     if method == "hybrid":  # hybrid:k: prompt lookup where the context matches, else a k-token chain
         return specdec.LookupOrChain(fallback=specdec.Chain(size))
     if method == "lookup":  # lookup:k[:branches[:search[:min_ngram]]]
-        return specdec.PromptLookup(k=size, branches=int(shape[0]) if shape else 1,
-                                    search=shape[1] if len(shape) > 1 else "first",
-                                    min_ngram=int(shape[2]) if len(shape) > 2 else 1)
+        return specdec.PromptLookup(
+            k=size,
+            branches=int(shape[0]) if shape else 1,
+            search=shape[1] if len(shape) > 1 else "first",
+            min_ngram=int(shape[2]) if len(shape) > 2 else 1,
+        )
     raise ValueError(f"unknown strategy spec {name!r}")
 
 
 def encode(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
     """[1, T] token ids; instruct models get their chat template around the prompt."""
     if chat:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             return_tensors="pt", return_dict=True)["input_ids"]
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
     return tokenizer(prompt, return_tensors="pt").input_ids
 
 
-def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_new_tokens: int = 128,
-        repeats: int = 3, log=print, chat: bool = False, eos_token_id: int | None = None, head=None) -> list[dict]:
+def run(
+    target,
+    draft,
+    tokenizer,
+    prompts: list[str],
+    names: list[str],
+    *,
+    max_new_tokens: int = 128,
+    repeats: int = 3,
+    log=print,
+    chat: bool = False,
+    eos_token_id: int | None = None,
+    head=None,
+) -> list[dict]:
     """Every configuration on every prompt, ``repeats`` times; returns one result row per configuration.
 
     The loops are interleaved (repeat -> prompt -> configuration) so that a slow phase of a shared
@@ -157,7 +188,7 @@ def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_n
                 t0 = time.perf_counter()
                 seq, n_calls = cfg.run(ids)
                 elapsed[cfg.name][rep] += time.perf_counter() - t0
-                new = seq[0, ids.shape[1]:]
+                new = seq[0, ids.shape[1] :]
                 toks[cfg.name][rep] += new.numel()
                 if rep == 0:
                     calls[cfg.name] += n_calls
@@ -172,21 +203,35 @@ def run(target, draft, tokenizer, prompts: list[str], names: list[str], *, max_n
     for cfg in configs:
         rates = [t / e for t, e in zip(toks[cfg.name], elapsed[cfg.name])]
         new_tokens = toks[cfg.name][0]
-        rows.append({
-            "config": cfg.name, "kind": cfg.kind, "tokens_per_s": statistics.median(rates),
-            "tokens_per_s_all": rates,
-            # tau counts tokens per target forward after the prefill (one forward per prompt)
-            "tau": (new_tokens - len(encoded)) / max(calls[cfg.name] - len(encoded), 1),
-            "target_calls": calls[cfg.name], "new_tokens": new_tokens, "exact": exact[cfg.name],
-        })
+        rows.append(
+            {
+                "config": cfg.name,
+                "kind": cfg.kind,
+                "tokens_per_s": statistics.median(rates),
+                "tokens_per_s_all": rates,
+                # tau counts tokens per target forward after the prefill (one forward per prompt)
+                "tau": (new_tokens - len(encoded)) / max(calls[cfg.name] - len(encoded), 1),
+                "target_calls": calls[cfg.name],
+                "new_tokens": new_tokens,
+                "exact": exact[cfg.name],
+            }
+        )
     base = rows[0]["tokens_per_s"]
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / base
     return rows
 
 
-def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: list[str], names: list[str],
-                    chat: bool = False, head=None) -> float:
+def add_predictions(
+    rows: list[dict],
+    target,
+    draft,
+    tokenizer,
+    calib_prompts: list[str],
+    names: list[str],
+    chat: bool = False,
+    head=None,
+) -> float:
     """Cost-model predictions (specdec.tune) for the specdec rows; returns the Spearman rank correlation
     between predicted and measured tokens/s over those rows. Calibration uses other prompts than the
     measured ones; ``head:`` rows are predicted with the EAGLE head as the drafter."""
@@ -196,8 +241,11 @@ def add_predictions(rows: list[dict], target, draft, tokenizer, calib_prompts: l
     measured = {r["config"] for r in rows}
     preds = {}
     for drafter, prefix in ((draft, ""), (head, HEAD)):
-        cands = {n: _strategy(n[len(prefix):]) for n in names if f"specdec {n}" in measured
-                 and n.startswith(HEAD) == bool(prefix)}
+        cands = {
+            n: _strategy(n[len(prefix) :])
+            for n in names
+            if f"specdec {n}" in measured and n.startswith(HEAD) == bool(prefix)
+        }
         if cands and (drafter is not None or not any(s.needs_drafter for s in cands.values())):
             preds.update({p.name: p for p in tune.predict(target, drafter, ids, cands)})
     scored = []
@@ -224,12 +272,19 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| configuration | tokens/s | speedup | tau | greedy output = target-only | "
-             "cost model: predicted tokens/s (tau) |", "|---|---:|---:|---:|:---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| configuration | tokens/s | speedup | tau | greedy output = target-only | "
+        "cost model: predicted tokens/s (tau) |",
+        "|---|---:|---:|---:|:---:|---:|",
+    ]
     for r in rows:
         pred = f"{r['predicted_tokens_per_s']:.1f} ({r['predicted_tau']:.2f})" if "predicted_tokens_per_s" in r else "-"
-        lines.append(f"| {r['config']} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['tau']:.2f} | "
-                     f"{'yes' if r['exact'] else 'NO'} | {pred} |")
+        lines.append(
+            f"| {r['config']} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['tau']:.2f} | "
+            f"{'yes' if r['exact'] else 'NO'} | {pred} |"
+        )
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ The buffer grows with the output: it starts at ``capacity`` positions and double
 when a forward would write past it, so memory and start-up time follow what is generated, not the
 ``max_new_tokens`` the caller allowed (amortised: each position is copied at most once on average).
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,7 +44,7 @@ class _BufferLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, owner: "SpecCache", layer: int):
+    def __init__(self, owner: SpecCache, layer: int):
         super().__init__()
         self.owner = owner
         self.point(layer)
@@ -87,8 +88,16 @@ class SpecCache(Cache):
     are allocated up front, grown by doubling as forwards need more.
     """
 
-    def __init__(self, config, batch_size: int, max_len: int, *, dtype: torch.dtype, device: torch.device,
-                 capacity: int | None = None):
+    def __init__(
+        self,
+        config,
+        batch_size: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        capacity: int | None = None,
+    ):
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = text.num_attention_heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads

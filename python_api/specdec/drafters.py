@@ -12,6 +12,7 @@ and the loop's: ``prefill`` after the target's prefill, ``accept`` after verific
 rows finish. Both kinds keep the same slot convention: node slots are positions ``ctx - 1 + slot``
 (root slot 0), so a tree's accepted path is found at fixed places.
 """
+
 from __future__ import annotations
 
 import torch

@@ -22,6 +22,7 @@ never from an extra target forward), which yields the root's distribution, then 
 hidden states. Draft entries past the root are rewritten by the next catch-up, so the head's cache
 needs no compaction (EAGLE re-runs accepted tokens with the target's features the same way).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,28 +51,50 @@ class EagleConfig:
     rope_parameters: dict
     vocab_size: int
     target_layers: int  # the target's decoder layer count (feature indices refer to it)
-    feature_layers: tuple  # indices into the target's hidden_states: 0 = embeddings, i = layer i's output, L = final norm
+    feature_layers: (
+        tuple  # indices into the target's hidden_states: 0 = embeddings, i = layer i's output, L = final norm
+    )
     subset_size: int = 0  # 0: the target's full LM head; else a SubsetLMHead over this many token ids
     max_position_embeddings: int = 8192
 
     @classmethod
-    def for_target(cls, target, feature_layers, subset_size: int = 0) -> "EagleConfig":
+    def for_target(cls, target, feature_layers, subset_size: int = 0) -> EagleConfig:
         c = target.config.get_text_config()
         heads = c.num_attention_heads
-        rope = dict(getattr(c, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(c, "rope_theta", 10000.0)})
-        return cls(c.hidden_size, c.intermediate_size, heads, getattr(c, "num_key_value_heads", None) or heads,
-                   getattr(c, "head_dim", None) or c.hidden_size // heads, c.rms_norm_eps, rope, c.vocab_size,
-                   c.num_hidden_layers, tuple(int(i) for i in feature_layers), subset_size,
-                   getattr(c, "max_position_embeddings", 8192))
+        rope = dict(
+            getattr(c, "rope_parameters", None)
+            or {"rope_type": "default", "rope_theta": getattr(c, "rope_theta", 10000.0)}
+        )
+        return cls(
+            c.hidden_size,
+            c.intermediate_size,
+            heads,
+            getattr(c, "num_key_value_heads", None) or heads,
+            getattr(c, "head_dim", None) or c.hidden_size // heads,
+            c.rms_norm_eps,
+            rope,
+            c.vocab_size,
+            c.num_hidden_layers,
+            tuple(int(i) for i in feature_layers),
+            subset_size,
+            getattr(c, "max_position_embeddings", 8192),
+        )
 
     def llama_config(self):
         from transformers import LlamaConfig
 
-        return LlamaConfig(hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-                           num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
-                           head_dim=self.head_dim, rms_norm_eps=self.rms_norm_eps, rope_parameters=dict(self.rope_parameters),
-                           vocab_size=self.vocab_size, num_hidden_layers=1,
-                           max_position_embeddings=self.max_position_embeddings)
+        return LlamaConfig(
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            rms_norm_eps=self.rms_norm_eps,
+            rope_parameters=dict(self.rope_parameters),
+            vocab_size=self.vocab_size,
+            num_hidden_layers=1,
+            max_position_embeddings=self.max_position_embeddings,
+        )
 
 
 def eagle3_layers(num_layers: int) -> tuple[int, ...]:
@@ -134,9 +157,18 @@ class EagleHead(nn.Module):
         return self.lm_head(self.norm(hidden))
 
     # -- inference ------------------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, feature: torch.Tensor,
-                k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor, tree_mask: torch.Tensor,
-                logits: bool = True, max_kv_len: int | None = None):
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        feature: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        start: torch.Tensor,
+        tree_mask: torch.Tensor,
+        logits: bool = True,
+        max_kv_len: int | None = None,
+    ):
         """One forward over N nodes per sequence written at cache slots ``start[b] + 0..N-1``.
 
         tokens, positions [B, N]; feature [B, N, d]: ``project_features`` of the target's features of each
@@ -171,8 +203,13 @@ class EagleHead(nn.Module):
         cfg = dataclasses.asdict(self.config)
         cfg["feature_layers"] = list(cfg["feature_layers"])
         (path / "config.json").write_text(json.dumps({**cfg, **meta}, indent=1) + "\n")
-        save_file({k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).contiguous()
-                   for k, v in self.trained_state().items()}, str(path / "model.safetensors"))
+        save_file(
+            {
+                k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).contiguous()
+                for k, v in self.trained_state().items()
+            },
+            str(path / "model.safetensors"),
+        )
 
 
 def shift(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -197,7 +234,7 @@ def unrolled_forward(head: EagleHead, tokens: torch.Tensor, g: torch.Tensor, ste
     B, T = tokens.shape
     c = head.config
     rep = c.num_attention_heads // c.num_key_value_heads
-    scale = c.head_dim ** -0.5
+    scale = c.head_dim**-0.5
     pos = torch.arange(T)[None].expand(B, T)
     idx = torch.arange(T)
     prev = shift(g, 1)  # step 0 reads the target's feature of p-1
@@ -210,12 +247,14 @@ def unrolled_forward(head: EagleHead, tokens: torch.Tensor, g: torch.Tensor, ste
         vals.append(v)
         s0 = (q @ keys[0].transpose(-1, -2)) * scale  # [B, H, T, T]
         s0 = s0.masked_fill(idx[None, :] > (idx[:, None] - s), float("-inf"))
-        diag = [((q * shift(keys[j].transpose(1, 2), s - j).transpose(1, 2)).sum(-1) * scale)[..., None]
-                for j in range(1, s + 1)]  # [B, H, T, 1] each
+        diag = [
+            ((q * shift(keys[j].transpose(1, 2), s - j).transpose(1, 2)).sum(-1) * scale)[..., None]
+            for j in range(1, s + 1)
+        ]  # [B, H, T, 1] each
         w = torch.softmax(torch.cat([s0] + diag, -1).float(), -1).to(q.dtype)
         out = w[..., :T] @ vals[0]
         for j in range(1, s + 1):
-            out = out + w[..., T + j - 1: T + j] * shift(vals[j].transpose(1, 2), s - j).transpose(1, 2)
+            out = out + w[..., T + j - 1 : T + j] * shift(vals[j].transpose(1, 2), s - j).transpose(1, 2)
         h = head.finish(x, out)
         outs.append(h)
         prev = shift(h, 1)
@@ -248,7 +287,7 @@ def new_head(target, feature_layers=None, subset: torch.Tensor | None = None) ->
     d, n = config.hidden_size, len(feature_layers)
     with torch.no_grad():
         head.fc.weight.zero_()
-        head.fc.weight[:, (n - 1) * d:] = torch.eye(d)
+        head.fc.weight[:, (n - 1) * d :] = torch.eye(d)
         head.fuse.weight.copy_(torch.cat([torch.eye(d), torch.eye(d)], 1))
     p = next(target.parameters())
     return head.to(device=p.device, dtype=p.dtype)
@@ -261,8 +300,10 @@ def _shape_mismatch(config: EagleConfig, target) -> str | None:
     want = (t.hidden_size, t.vocab_size, t.num_hidden_layers)
     if have == want:
         return None
-    return (f"head built for width {have[0]}, vocabulary {have[1]}, {have[2]} layers; target has width "
-            f"{want[0]}, vocabulary {want[1]}, {want[2]} layers")
+    return (
+        f"head built for width {have[0]}, vocabulary {have[1]}, {have[2]} layers; target has width "
+        f"{want[0]}, vocabulary {want[1]}, {want[2]} layers"
+    )
 
 
 def check_head_fits(head, target) -> None:
@@ -276,8 +317,10 @@ def check_head_fits(head, target) -> None:
     if max(c.feature_layers) > t.num_hidden_layers or min(c.feature_layers) < 0:
         raise ValueError(f"the EAGLE head reads target layers {c.feature_layers}, the target has {t.num_hidden_layers}")
     if head.embed_tokens is not target.get_input_embeddings():
-        raise ValueError("the EAGLE head was built around another model's embeddings: load it with this target "
-                         "(specdec.eagle.load_head(target, path))")
+        raise ValueError(
+            "the EAGLE head was built around another model's embeddings: load it with this target "
+            "(specdec.eagle.load_head(target, path))"
+        )
 
 
 def load_head(target, path: str | Path) -> EagleHead:
@@ -288,8 +331,9 @@ def load_head(target, path: str | Path) -> EagleHead:
 
     path = Path(path)
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path / 'model.safetensors'} is missing; train a head with "
-                                "`python bench/models/train_eagle_head.py`")
+        raise FileNotFoundError(
+            f"{path / 'model.safetensors'} is missing; train a head with `python bench/models/train_eagle_head.py`"
+        )
     raw = json.loads((path / "config.json").read_text())
     fields = {f.name for f in dataclasses.fields(EagleConfig)}
     config = EagleConfig(**{k: v for k, v in raw.items() if k in fields})
@@ -306,7 +350,9 @@ def load_head(target, path: str | Path) -> EagleHead:
     missing, unexpected = head.load_state_dict({k: v.to(p.dtype) for k, v in state.items()}, strict=False)
     missing = [k for k in missing if not k.startswith("rotary.")]
     if missing or unexpected:
-        raise ValueError(f"EAGLE head checkpoint {path} does not match its config: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"EAGLE head checkpoint {path} does not match its config: missing {missing}, unexpected {unexpected}"
+        )
     return head.to(device=p.device, dtype=p.dtype).eval()
 
 
@@ -329,6 +375,7 @@ class FeatureTap:
     def _keeper(self, i):
         def hook(module, args, output):
             self._out[i] = output[0] if isinstance(output, tuple) else output
+
         return hook
 
     def features(self, n: int | None = None) -> torch.Tensor:
@@ -363,8 +410,7 @@ class HeadDrafter:
     # per-position buffers and the dimension that grows with the output (as the target's SpecCache)
     _BUFFERS = {"k": 2, "v": 2, "hid": 1, "feat": 1, "tok": 1}
 
-    def __init__(self, head: EagleHead, tap: FeatureTap, batch_size: int, max_len: int,
-                 capacity: int | None = None):
+    def __init__(self, head: EagleHead, tap: FeatureTap, batch_size: int, max_len: int, capacity: int | None = None):
         self.head, self.tap = head, tap
         c, p = head.config, next(head.parameters())
         dev, dt = p.device, p.dtype
@@ -394,15 +440,17 @@ class HeadDrafter:
         self._reserve(end)
         self.calls += 1
         self.tokens += tokens.shape[1]
-        out, hidden = self.head(tokens, positions, feature, self.k, self.v, start, tree_mask, logits=logits,
-                                max_kv_len=end)
+        out, hidden = self.head(
+            tokens, positions, feature, self.k, self.v, start, tree_mask, logits=logits, max_kv_len=end
+        )
         slots = (start[:, None] + torch.arange(tokens.shape[1], device=start.device)).clamp(max=self.capacity - 1)
         self.hid.scatter_(1, slots[..., None].expand_as(hidden), hidden)
         return out, hidden
 
     @torch.inference_mode()
-    def commit(self, tok_start: torch.Tensor, tokens: torch.Tensor, feat_start: torch.Tensor,
-               features: torch.Tensor) -> None:
+    def commit(
+        self, tok_start: torch.Tensor, tokens: torch.Tensor, feat_start: torch.Tensor, features: torch.Tensor
+    ) -> None:
         """Store committed tokens at ``tok_start[b] + i`` and their target features (projected) at
         ``feat_start[b] + i``. Rows may commit fewer than the width: the extra entries land past the
         committed length, where the next commit overwrites them before they are read."""
@@ -500,5 +548,6 @@ def time_head_forwards(head: EagleHead, widths, prefix: int, reps: int) -> dict[
     d.v.normal_()
     d.hid.normal_()
     start = torch.tensor([prefix], device=p.device)
-    return median_forward_seconds(lambda x, pos, mask: d.forward(x, pos, mask, start), head.config.vocab_size,
-                                  p.device, widths, prefix, reps)
+    return median_forward_seconds(
+        lambda x, pos, mask: d.forward(x, pos, mask, start), head.config.vocab_size, p.device, widths, prefix, reps
+    )

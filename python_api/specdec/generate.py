@@ -4,7 +4,8 @@ Each step, per sequence: the strategy proposes a chain or a tree of drafts after
 token chosen but not yet run through the target), with distributions from the drafter (a draft model
 or an EAGLE head on the target's features, :mod:`specdec.drafters`) or from the context alone (prompt
 lookup); the target runs root + drafts in ONE forward (tree attention, writing their K/V in place);
-``chain_verify`` / ``tree_verify`` accept a path and add the correction or bonus token. Greedy output equals the target's own greedy decoding; with temperature
+``chain_verify`` / ``tree_verify`` accept a path and add the correction or bonus token. Greedy output
+equals the target's own greedy decoding; with temperature
 > 0, drafts are sampled from the draft's distribution q and verification accepts x with probability
 min(1, p(x)/q(x)), resampling from norm(max(0, p - q)) on rejection, so the output is distributed
 exactly as the target's samples (Leviathan et al., 2023; Chen et al., 2023).
@@ -14,6 +15,7 @@ holds ``ctx - 1`` entries (all but the root). Chains need no compaction (the acc
 contiguous after the committed context); a tree's root + accepted path is moved with
 ``compact_kv_cache``. Each drafter keeps its own cache in step (:mod:`specdec.drafters`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +24,6 @@ import time
 import torch
 
 import specdec_kernels as sk
-
-from specdec_kernels import trees
-
 from specdec.drafters import make_drafter
 from specdec.eagle import EagleHead, check_head_fits
 from specdec.runner import ModelRunner, chain_mask, tree_attention_enabled
@@ -32,9 +31,17 @@ from specdec.sampling import Sampling, seen_per_node, seen_tokens
 from specdec.sampling import resolve as resolve_sampling
 from specdec.strategies import DraftContext, _choose, resolve_strategy
 from specdec.tree_drafting import DraftTree
-from specdec.validation import (check_model, check_prompt, check_sampling, check_streamer, check_strategy_fits,
-                                check_target, check_token_ids, logits_width)
-
+from specdec.validation import (
+    check_model,
+    check_prompt,
+    check_sampling,
+    check_strategy_fits,
+    check_streamer,
+    check_target,
+    check_token_ids,
+    logits_width,
+)
+from specdec_kernels import trees
 
 INITIAL_OUTPUT = 256  # new tokens the KV caches have room for before their first doubling
 
@@ -54,7 +61,7 @@ class _Rows:
     root: torch.Tensor  # [Ba] last committed token, not yet in the target's cache
     ctx: torch.Tensor  # [Ba] committed length: real prompt + generated tokens
 
-    def select(self, keep: torch.Tensor) -> "_Rows":
+    def select(self, keep: torch.Tensor) -> _Rows:
         return _Rows(*(t.index_select(0, keep) for t in (self.ids, self.prev, self.root, self.ctx)))
 
 
@@ -95,8 +102,19 @@ class _Timer:
         return {f"{p}_s": self.totals[p] for p in self.PHASES}
 
 
-def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temperature, seed, eos_token_id,
-                  pad_token_id, streamer, timing):
+def _check_inputs(
+    target,
+    draft,
+    input_ids,
+    attention_mask,
+    max_new_tokens,
+    temperature,
+    seed,
+    eos_token_id,
+    pad_token_id,
+    streamer,
+    timing,
+):
     """Every argument but the strategy, before any work (:mod:`specdec.validation`). Returns
     (temperature as a float, the EOS ids as a list, the vocabulary size)."""
     tp, vocab = check_target(target)
@@ -112,7 +130,9 @@ def _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens, temp
         check_model("draft", draft)
         check_head_fits(draft, target)
     elif not callable(getattr(draft, "get_output_embeddings", None)):
-        raise TypeError(f"draft must be a transformers causal LM, a specdec.eagle.EagleHead or None, got {type(draft).__name__}")
+        raise TypeError(
+            f"draft must be a transformers causal LM, a specdec.eagle.EagleHead or None, got {type(draft).__name__}"
+        )
     dp = check_model("draft", draft)
     dv = draft.config.vocab_size if isinstance(draft, EagleHead) else logits_width(draft)
     if tp.device != dp.device:
@@ -152,12 +172,29 @@ def _verify(tgt: ModelRunner, rows: _Rows, tree: DraftTree, sampling: Sampling, 
             return sk.chain_verify(drafts, draft_lens=tree.lens, greedy=True, target_logits=logits, validate=False)
         if probs is not None:
             return sk.chain_verify(drafts, probs, tree.draft_probs, draft_lens=tree.lens, seed=seed, validate=False)
-        return sk.chain_verify(drafts, None, tree.draft_probs, draft_lens=tree.lens, seed=seed, target_logits=logits,
-                               temperature=T, validate=False)
+        return sk.chain_verify(
+            drafts,
+            None,
+            tree.draft_probs,
+            draft_lens=tree.lens,
+            seed=seed,
+            target_logits=logits,
+            temperature=T,
+            validate=False,
+        )
     if probs is not None:
         return sk.tree_verify(tree.tokens, tree.parents, probs, tree.draft_probs, seed=seed, validate=False)
-    return sk.tree_verify(tree.tokens, tree.parents, None, tree.draft_probs, greedy=greedy, seed=seed,
-                          target_logits=logits, temperature=T or 1.0, validate=False)
+    return sk.tree_verify(
+        tree.tokens,
+        tree.parents,
+        None,
+        tree.draft_probs,
+        greedy=greedy,
+        seed=seed,
+        target_logits=logits,
+        temperature=T or 1.0,
+        validate=False,
+    )
 
 
 def _first_token(logits: torch.Tensor, sampling: Sampling, prompts: list[list[int]], gen) -> torch.Tensor:
@@ -170,8 +207,18 @@ def _first_token(logits: torch.Tensor, sampling: Sampling, prompts: list[list[in
     return torch.multinomial(sampling.probs(logits), 1, generator=gen).squeeze(-1)
 
 
-def _speculate(tgt, drafter, rows: _Rows, strategy, timer: _Timer, sampling: Sampling, gen, seed: int,
-               remaining: torch.Tensor, history):
+def _speculate(
+    tgt,
+    drafter,
+    rows: _Rows,
+    strategy,
+    timer: _Timer,
+    sampling: Sampling,
+    gen,
+    seed: int,
+    remaining: torch.Tensor,
+    history,
+):
     """One step: the strategy proposes (a chain or a tree), one target forward verifies it, both caches
     keep what was accepted. Returns the verifier's result: ``tokens`` [Ba, *] emitted (accepted drafts
     + correction/bonus), ``num_emitted`` [Ba]."""
@@ -199,12 +246,26 @@ def _advance(rows: _Rows, res) -> _Rows:
     return _Rows(rows.ids, emitted[idx, n - 1], emitted[idx, n], rows.ctx + n)
 
 
-def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-             max_new_tokens: int | None = None, strategy="chain", temperature: float | None = None,
-             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-             repetition_penalty: float | None = None, generation_config=None, seed: int | None = None,
-             eos_token_id: int | None = None, pad_token_id: int | None = None,
-             streamer=None, timing: bool | None = None) -> GenerateOutput:
+def generate(
+    target,
+    draft,
+    input_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int | None = None,
+    strategy="chain",
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    generation_config=None,
+    seed: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    streamer=None,
+    timing: bool | None = None,
+) -> GenerateOutput:
     """Generate with speculative decoding; greedy output equals ``target.generate(do_sample=False)``.
 
     Parameters
@@ -256,8 +317,19 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
     max_new_tokens = _first_given(max_new_tokens, from_config.get("max_new_tokens"), 128)
     eos_token_id = _first_given(eos_token_id, from_config.get("eos_token_id"))
     pad_token_id = _first_given(pad_token_id, from_config.get("pad_token_id"))
-    temperature, eos, vocab = _check_inputs(target, draft, input_ids, attention_mask, max_new_tokens,
-                                            sampling.temperature, seed, eos_token_id, pad_token_id, streamer, timing)
+    temperature, eos, vocab = _check_inputs(
+        target,
+        draft,
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        sampling.temperature,
+        seed,
+        eos_token_id,
+        pad_token_id,
+        streamer,
+        timing,
+    )
     sampling = dataclasses.replace(sampling, temperature=temperature)
     if isinstance(strategy, str) and strategy == "auto" and draft is None:
         raise ValueError('strategy="auto" chooses among draft-model strategies: it needs a draft model or head')
@@ -314,8 +386,18 @@ def generate(target, draft, input_ids: torch.Tensor, *, attention_mask: torch.Te
             while rows is not None:
                 emitted = torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
                 ids_now = rows.ids.tolist()
-                res = _speculate(tgt, drafter, rows, strategy, timer, sampling, gen, step_seed + step,
-                                 max_new_tokens - emitted, lambda: [prompts[i] + out[i] for i in ids_now])
+                res = _speculate(
+                    tgt,
+                    drafter,
+                    rows,
+                    strategy,
+                    timer,
+                    sampling,
+                    gen,
+                    step_seed + step,
+                    max_new_tokens - emitted,
+                    lambda ids=ids_now: [prompts[i] + out[i] for i in ids],
+                )
                 n = res.num_emitted
                 hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]
                 verify_rows += n.numel()
@@ -364,6 +446,7 @@ def _stream_fn(streamer, prompt: torch.Tensor):
     def put(ids: list[int]) -> None:
         if ids:
             streamer.put(torch.tensor(ids, dtype=torch.int64))
+
     return put
 
 

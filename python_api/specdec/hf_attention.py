@@ -25,6 +25,7 @@ the same length). The name is deliberately *not* registered with ``AttentionMask
 the tree mask is the only mask. A 2-D ``attention_mask`` passed to the model is ignored the same way:
 padding is expressed through ``kv_lens``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ Rows of a batch get trees of different sizes; the shorter ones are padded with c
 first child placed after it, which can never be accepted (the first copy is tried first: greedy takes
 the first matching child, and the sampling rule zeroes the token's probability once it is rejected).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,7 @@ class PromptLookup(_TreeStrategy):
         found: list[list[int]] = []
         L = len(history)
         for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
-            pattern = history[L - n:]
+            pattern = history[L - n :]
             starts = range(L - n) if self.search == "first" else range(L - n - 1, -1, -1)
             for i in starts:
                 if history[i : i + n] == pattern:
@@ -116,8 +117,10 @@ class LookupOrChain(_TreeStrategy):
         # The fallback drafts with the drafter: a strategy object (a chain such as Chain or
         # DynamicLookahead), not a name or a number, and not another model-free lookup.
         if not isinstance(self.fallback, Proposer) or not self.fallback.needs_drafter:
-            raise TypeError(f"LookupOrChain: fallback must be None or a drafting strategy object such as "
-                            f"Chain(4) or DynamicLookahead('heuristic'), got {self.fallback!r}")
+            raise TypeError(
+                f"LookupOrChain: fallback must be None or a drafting strategy object such as "
+                f"Chain(4) or DynamicLookahead('heuristic'), got {self.fallback!r}"
+            )
         self.max_nodes = max(self.lookup.max_nodes, self.fallback.max_nodes)
         self.max_fed = self.fallback.max_fed
         self._from_fallback = False
@@ -133,8 +136,10 @@ class LookupOrChain(_TreeStrategy):
 
     def propose(self, ctx) -> DraftTree:
         if getattr(ctx.drafter, "kind", None) != "head":
-            raise ValueError("LookupOrChain needs an EAGLE head as the drafter (its cache catches up over "
-                             "prompt-lookup steps; a draft model's does not)")
+            raise ValueError(
+                "LookupOrChain needs an EAGLE head as the drafter (its cache catches up over "
+                "prompt-lookup steps; a draft model's does not)"
+            )
         history = ctx.history()
         self._from_fallback = not all(self.lookup.continuations(h) for h in history)
         if self._from_fallback:

@@ -1,4 +1,5 @@
 """A Hugging Face causal LM plus its KV buffer, run over token trees with the tree-attention hook."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,10 +10,9 @@ import weakref
 
 import torch
 
-from specdec_kernels import trees
-
 from specdec import hf_attention
 from specdec.cache import SpecCache
+from specdec_kernels import trees
 
 
 @contextlib.contextmanager
@@ -39,7 +39,7 @@ PREFILL_CHUNK = 512  # prompt tokens per prefill forward (the Triton kernel take
 CPU_PADDING = True
 PAD_SEARCH = 8
 PAD_MIN_GAIN = 0.9
-_PAD_MAPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PAD_MAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def pad_map_from_latency(latency: dict[int, float], gain: float = PAD_MIN_GAIN) -> dict[int, int]:
@@ -127,8 +127,13 @@ class ModelRunner:
         self.prefill_features: torch.Tensor | None = None  # [B, T, F] (shifted layout) when tapped
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor,
-                start: torch.Tensor | int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        tree_mask: torch.Tensor,
+        start: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
         """Run N tokens per sequence written at cache positions ``start[b] + 0..N-1`` (default ``lens``;
         an int: one offset for every sequence).
 
@@ -143,11 +148,17 @@ class ModelRunner:
         if tree_mask.dtype == torch.bool and tokens.device.type == "cuda":
             tree_mask = trees.pack_mask(tree_mask)  # once per forward, not in every layer's kernel launch
         out = self.model(
-            input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True,
-            tree_mask=tree_mask, kv_lens=kv_lens, mask_memo={},
+            input_ids=tokens,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            tree_mask=tree_mask,
+            kv_lens=kv_lens,
+            mask_memo={},
             # kv_lens is built here and begin_forward checked it against the cache (its max is the
             # split-K bound): no layer needs to read kv_lens back
-            tree_attention_check=False, max_kv_len=self.cache.max_end,
+            tree_attention_check=False,
+            max_kv_len=self.cache.max_end,
         )
         self.calls += 1
         self.tokens += tokens.shape[1]
@@ -170,12 +181,13 @@ class ModelRunner:
         for start in range(0, T, PREFILL_CHUNK):
             n = min(PREFILL_CHUNK, T - start)
             pos = torch.arange(start, start + n, device=ids.device).expand(B, n)
-            logits = self.forward(ids[:, start : start + n], pos, chain_mask(n, ids.device),
-                                  start=start)
+            logits = self.forward(ids[:, start : start + n], pos, chain_mask(n, ids.device), start=start)
             if self.tap is not None:
                 feats.append(self.tap.features(n))
             here = (last >= start) & (last < start + n)
-            picked = logits.gather(1, (last - start).clamp(0, n - 1)[:, None, None].expand(B, 1, logits.shape[-1]))[:, 0]
+            picked = logits.gather(1, (last - start).clamp(0, n - 1)[:, None, None].expand(B, 1, logits.shape[-1]))[
+                :, 0
+            ]
             out = picked if out is None else torch.where(here[:, None], picked, out)
         self.cache.lens = lens.clone()
         self.prefill_features = torch.cat(feats, 1) if feats else None

@@ -11,6 +11,7 @@ distribution, as long as the verifier sees the one the drafts were drawn from.
 
 Greedy (temperature 0) is the argmax of the penalised logits; top-k/top-p/min-p never remove it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,13 +21,39 @@ import numbers
 import torch
 
 # GenerationConfig fields generate reads; the others must keep transformers' default value.
-_READ = {"do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens",
-         "eos_token_id", "pad_token_id"}
+_READ = {
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "max_new_tokens",
+    "eos_token_id",
+    "pad_token_id",
+}
 # Fields that carry no sampling meaning here (bookkeeping, ids of special tokens, output formats).
-_IGNORED = {"bos_token_id", "decoder_start_token_id", "transformers_version", "use_cache", "return_dict_in_generate",
-            "output_scores", "output_logits", "output_attentions", "output_hidden_states", "cache_implementation",
-            "_from_model_config", "_commit_hash", "_original_object_hash", "generation_kwargs",
-            "num_return_sequences", "max_length", "cache_config", "compile_config", "min_tokens_to_keep"}
+_IGNORED = {
+    "bos_token_id",
+    "decoder_start_token_id",
+    "transformers_version",
+    "use_cache",
+    "return_dict_in_generate",
+    "output_scores",
+    "output_logits",
+    "output_attentions",
+    "output_hidden_states",
+    "cache_implementation",
+    "_from_model_config",
+    "_commit_hash",
+    "_original_object_hash",
+    "generation_kwargs",
+    "num_return_sequences",
+    "max_length",
+    "cache_config",
+    "compile_config",
+    "min_tokens_to_keep",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +70,13 @@ class Sampling:
         _check("top_k", self.top_k, _is_int, lambda k: k >= 0, "None or an int >= 0 (0: off)")
         _check("top_p", self.top_p, _is_real, lambda p: 0 < p <= 1, "None or a float in (0, 1] (1: off)")
         _check("min_p", self.min_p, _is_real, lambda p: 0 <= p <= 1, "None or a float in [0, 1] (0: off)")
-        _check("repetition_penalty", self.repetition_penalty, _is_real, lambda r: 0 < r < math.inf,
-               "None or a finite float > 0 (1: off)")
+        _check(
+            "repetition_penalty",
+            self.repetition_penalty,
+            _is_real,
+            lambda r: 0 < r < math.inf,
+            "None or a finite float > 0 (1: off)",
+        )
 
     @property
     def greedy(self) -> bool:
@@ -114,8 +146,9 @@ def resolve(temperature, top_k, top_p, min_p, repetition_penalty, generation_con
     """A :class:`Sampling` and the generation config's max_new_tokens / eos / pad (None where it has
     none) from generate's arguments; explicit arguments win over the config, as in transformers.
     A config field generate cannot honour, set to a non-default value, is refused by name."""
-    explicit = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                    repetition_penalty=repetition_penalty)
+    explicit = dict(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty
+    )
     extra = {}
     if generation_config is not None:
         from_config, extra = _read_config(generation_config)
@@ -134,11 +167,15 @@ def _read_config(config) -> tuple[dict, dict]:
     for name, value in config.to_dict().items():
         if name in _READ or name in _IGNORED or value == default.get(name, value):
             continue
-        raise ValueError(f"generation_config.{name}={value!r} is not supported by specdec.generate (it reads "
-                         f"{sorted(_READ)}); unset it rather than have it ignored")
+        raise ValueError(
+            f"generation_config.{name}={value!r} is not supported by specdec.generate (it reads "
+            f"{sorted(_READ)}); unset it rather than have it ignored"
+        )
     if config.num_beams not in (None, 1):
-        raise ValueError(f"generation_config.num_beams={config.num_beams} is not supported: speculative decoding "
-                         f"here samples or decodes greedily")
+        raise ValueError(
+            f"generation_config.num_beams={config.num_beams} is not supported: speculative decoding "
+            f"here samples or decodes greedily"
+        )
     sampled = bool(config.do_sample)
     values = {"temperature": (config.temperature if config.temperature is not None else 1.0) if sampled else 0.0}
     if sampled:

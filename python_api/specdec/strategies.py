@@ -9,14 +9,16 @@ Chain strategies answer three questions per step, per sequence: the most drafts 
 whether to keep drafting after each draft token (``keep_going``, from the draft's own distribution),
 and how to adapt after verification (``update``). Batch rows keep their own state.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import numbers
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -110,8 +112,13 @@ class _ChainStrategy:
         K = drafts.shape[1]
         parents = torch.arange(-1, K, device=drafts.device).expand(drafts.shape[0], K + 1)
         lens = torch.minimum(lens.clamp(max=K), ctx.limit.clamp(min=0))  # never draft past max_new_tokens
-        return DraftTree(torch.cat([rows.root[:, None], drafts], 1), parents,
-                         torch.stack(probs, 1) if temperature > 0 else None, None, lens=lens)
+        return DraftTree(
+            torch.cat([rows.root[:, None], drafts], 1),
+            parents,
+            torch.stack(probs, 1) if temperature > 0 else None,
+            None,
+            lens=lens,
+        )
 
     def observe(self, tree: DraftTree, result) -> None:
         self.update(tree.lens, result.num_emitted - 1)
@@ -198,15 +205,18 @@ class DynamicLookahead(_ChainStrategy):
 
     def __post_init__(self):
         if self.policy not in ("heuristic", "confidence", "disco"):
-            raise ValueError(f"DynamicLookahead: policy must be 'heuristic', 'confidence' or 'disco', got {self.policy!r}")
+            raise ValueError(
+                f"DynamicLookahead: policy must be 'heuristic', 'confidence' or 'disco', got {self.policy!r}"
+            )
         if self.policy == "disco" and self.weights is None:
             self._load_disco()
         if self.weights is not None:
             self.weights = _check_weights(self.weights)
         if self.threshold is None:
             self.threshold = self.DEFAULT_THRESHOLD
-        self.threshold = _check_real("DynamicLookahead", "threshold", self.threshold, 0.0, 1.0,
-                                     "a float in [0, 1] (a probability)")
+        self.threshold = _check_real(
+            "DynamicLookahead", "threshold", self.threshold, 0.0, 1.0, "a float in [0, 1] (a probability)"
+        )
         if self.k_max is None:
             self.k_max = self.DEFAULT_K_MAX
         self.k_max = _check_int("DynamicLookahead", "k_max", self.k_max, 1, MAX_TREE_NODES - 1)
@@ -296,9 +306,13 @@ def resolve_strategy(strategy) -> Proposer:
             return names[strategy]()
         raise ValueError(f"strategy: unknown name {strategy!r}; known: {sorted(names)}")
     if isinstance(strategy, type):  # a class passes the protocol check (its members exist) but cannot run
-        raise TypeError(f"strategy must be a strategy object, not the class {strategy.__name__}: "
-                        f"pass an instance such as {strategy.__name__}(...)")
+        raise TypeError(
+            f"strategy must be a strategy object, not the class {strategy.__name__}: "
+            f"pass an instance such as {strategy.__name__}(...)"
+        )
     if isinstance(strategy, Proposer):
         return strategy
-    raise TypeError(f"strategy must be a name or a specdec strategy object (a specdec.strategies.Proposer), "
-                    f"got {type(strategy).__name__}")
+    raise TypeError(
+        f"strategy must be a name or a specdec strategy object (a specdec.strategies.Proposer), "
+        f"got {type(strategy).__name__}"
+    )

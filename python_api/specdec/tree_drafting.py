@@ -14,6 +14,7 @@ with q: the decision to draw another child of a node depends only on children dr
 parent's remaining mass), never on the child's own value, which keeps recursive rejection sampling
 lossless.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,7 @@ import numbers
 
 import torch
 
-from specdec_kernels import trees
 from specdec_kernels.tree_attention import MAX_TREE_NODES
-
 
 # --------------------------------------------------------------------------------------------------
 # Parameter checks shared by the strategies (construction time: a bad value fails where it was written,
@@ -63,8 +62,10 @@ def _check_tree_size(what: str, formula: str, count: int) -> None:
     attention, whose kernel takes at most MAX_TREE_NODES nodes: refuse a bigger strategy up front.
     ``formula`` says which arguments make ``count``."""
     if count > MAX_TREE_NODES:
-        raise ValueError(f"{what}: {formula} = {count} exceeds the tree-attention limit of {MAX_TREE_NODES} "
-                         f"nodes per forward; choose smaller values")
+        raise ValueError(
+            f"{what}: {formula} = {count} exceeds the tree-attention limit of {MAX_TREE_NODES} "
+            f"nodes per forward; choose smaller values"
+        )
 
 
 @dataclasses.dataclass
@@ -136,12 +137,15 @@ class _Growth:
             grown[:, L:, :L] = rows
             grown[:, L:, L:] = torch.eye(m, dtype=torch.bool, device=nodes.device)
             self.layout_mask = grown
-            self.layout_depth = torch.cat([self.layout_depth, self.rows.ctx[:, None] - 1 + self.depth.gather(1, nodes)], 1)
+            self.layout_depth = torch.cat(
+                [self.layout_depth, self.rows.ctx[:, None] - 1 + self.depth.gather(1, nodes)], 1
+            )
         if self.fed.shape[1] == 1:
             return self.root_logq
         toks = self.tokens.gather(1, self.fed[:, 1:])
-        logits = self.drafter.forward(toks, self.layout_depth[:, 2:], self.layout_mask[:, 2:, 2:].contiguous(),
-                                      self.rows.ctx)
+        logits = self.drafter.forward(
+            toks, self.layout_depth[:, 2:], self.layout_mask[:, 2:, 2:].contiguous(), self.rows.ctx
+        )
         return torch.cat([self.root_logq, torch.log_softmax(logits / (self.temperature or 1.0), -1)], 1)
 
     def finish(self, keep: torch.Tensor, q: torch.Tensor | None = None) -> DraftTree:
@@ -150,9 +154,12 @@ class _Growth:
         remap.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep))
         par = self.parents.gather(1, keep)
         parents = torch.where(par >= 0, remap.gather(1, par.clamp(min=0)), -1)
-        return DraftTree(self.tokens.gather(1, keep), parents,
-                         None if q is None else q.gather(1, keep[..., None].expand(-1, -1, q.shape[-1])),
-                         self.slot.gather(1, keep))
+        return DraftTree(
+            self.tokens.gather(1, keep),
+            parents,
+            None if q is None else q.gather(1, keep[..., None].expand(-1, -1, q.shape[-1])),
+            self.slot.gather(1, keep),
+        )
 
     def best(self, budget: int) -> torch.Tensor:
         """Root + the ``budget`` highest-scoring nodes, ascending. A child never outscores its parent
@@ -170,7 +177,7 @@ def _beam_search(g: _Growth, top_k: int, depth: int, log_mass_floor: float | Non
     the summed cumulative probabilities, is below the floor for every sequence."""
     frontier = torch.zeros_like(g.tokens)  # the root
     for d in range(1, depth + 1):
-        logq = g.feed(frontier if d > 1 else None)[:, -frontier.shape[1]:]  # [B, w, V]
+        logq = g.feed(frontier if d > 1 else None)[:, -frontier.shape[1] :]  # [B, w, V]
         top = logq.topk(top_k, dim=-1)
         w = frontier.shape[1]
         scores = (g.scores.gather(1, frontier)[..., None] + top.values).reshape(-1, w * top_k)
@@ -241,8 +248,11 @@ def _dyspec(g: _Growth, budget: int, width: int, gen: torch.Generator | None):
                     heapq.heappush(heaps[b], (-(scores[b][u] + torch.tensor(rest).log().item()), next(tie), u))
             toks.append(row_t), pars.append(row_p), scs.append(row_s)
         dev = g.tokens.device
-        new = g.add(torch.tensor(toks, device=dev), torch.tensor(pars, device=dev),
-                    torch.tensor(scs, device=dev, dtype=torch.float32))
+        new = g.add(
+            torch.tensor(toks, device=dev),
+            torch.tensor(pars, device=dev),
+            torch.tensor(scs, device=dev, dtype=torch.float32),
+        )
         for b in range(B):
             scores[b] += scs[b]
         if g.n - 1 >= budget:
@@ -266,8 +276,24 @@ DEFAULT_STATIC_PATHS = {
     # Medusa-style shapes: depth-first top-k ranks; every prefix of a path is a node as well.
     "chain4": [(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0)],
     "binary3": [p for d in range(1, 4) for p in itertools.product(range(2), repeat=d)],  # 14 nodes
-    "wide16": [(0,), (1,), (2,), (3,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0),
-               (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 0), (0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0)],
+    "wide16": [
+        (0,),
+        (1,),
+        (2,),
+        (3,),
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (0, 0, 0),
+        (0, 0, 1),
+        (0, 1, 0),
+        (1, 0, 0),
+        (0, 0, 0, 0),
+        (0, 0, 0, 1),
+        (0, 0, 1, 0),
+        (0, 0, 0, 0, 0),
+        (0, 0, 0, 0, 0, 0),
+    ],
 }
 
 
@@ -284,27 +310,35 @@ def _check_path(p) -> tuple[int, ...]:
     if not isinstance(p, (tuple, list)) or not p:
         raise ValueError(f"StaticTree: paths: each path must be a non-empty tuple of int ranks >= 0, got {p!r}")
     if len(p) > MAX_TREE_NODES - 1:
-        raise ValueError(f"StaticTree: paths: a path of length {len(p)} makes more than {MAX_TREE_NODES - 1} draft "
-                         f"nodes; tree attention allows at most {MAX_TREE_NODES} nodes (root included)")
+        raise ValueError(
+            f"StaticTree: paths: a path of length {len(p)} makes more than {MAX_TREE_NODES - 1} draft "
+            f"nodes; tree attention allows at most {MAX_TREE_NODES} nodes (root included)"
+        )
     for r in p:
         if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 0:
-            raise ValueError(f"StaticTree: paths: each path must be a non-empty tuple of int ranks >= 0, "
-                             f"got rank {r!r} in path {p!r}")
+            raise ValueError(
+                f"StaticTree: paths: each path must be a non-empty tuple of int ranks >= 0, "
+                f"got rank {r!r} in path {p!r}"
+            )
     return tuple(int(r) for r in p)
 
 
 def _close_paths(paths) -> list[tuple[int, ...]]:
     """All prefixes of the given rank paths, ordered by depth then ranks (parents before children)."""
     if isinstance(paths, (str, bytes)) or not isinstance(paths, (list, tuple)) or not paths:
-        raise ValueError(f"StaticTree: paths must be a shape name {sorted(DEFAULT_STATIC_PATHS)} or a non-empty "
-                         f"list of rank paths such as [(0,), (1,), (0, 0)], got {paths!r}")
+        raise ValueError(
+            f"StaticTree: paths must be a shape name {sorted(DEFAULT_STATIC_PATHS)} or a non-empty "
+            f"list of rank paths such as [(0,), (1,), (0, 0)], got {paths!r}"
+        )
     out = set()
     for p in paths:
         p = _check_path(p)
         out.update(p[:i] for i in range(1, len(p) + 1))
         if len(out) + 1 > MAX_TREE_NODES:  # stop early: a hostile list could be huge
-            raise ValueError(f"StaticTree: paths make more than {MAX_TREE_NODES} nodes (root included); "
-                             f"tree attention allows at most {MAX_TREE_NODES}")
+            raise ValueError(
+                f"StaticTree: paths make more than {MAX_TREE_NODES} nodes (root included); "
+                f"tree attention allows at most {MAX_TREE_NODES}"
+            )
     return sorted(out, key=lambda p: (len(p), p))
 
 
@@ -349,7 +383,7 @@ class StaticTree(_TreeStrategy):
         return sizes
 
     @classmethod
-    def sequoia(cls, rank_accept, size: int, max_depth: int | None = None) -> "StaticTree":
+    def sequoia(cls, rank_accept, size: int, max_depth: int | None = None) -> StaticTree:
         """The best static tree of ``size`` draft nodes for measured acceptance rates (Sequoia-style).
 
         ``rank_accept[r]`` is the probability that the target's token is the draft's rank-r token (see
@@ -413,13 +447,21 @@ class DynamicTree(_TreeStrategy):
         self.depth = _check_int("DynamicTree", "depth", self.depth, 1)
         self.width = _check_int("DynamicTree", "width", self.width, 1)
         # A log of a probability mass is <= 0; -inf means never stop early (plain EAGLE-2).
-        self.log_mass_floor = _check_real("DynamicTree", "log_mass_floor", self.log_mass_floor, float("-inf"), 0.0,
-                                          "a float <= 0 (log of a probability mass)")
+        self.log_mass_floor = _check_real(
+            "DynamicTree",
+            "log_mass_floor",
+            self.log_mass_floor,
+            float("-inf"),
+            0.0,
+            "a float <= 0 (log of a probability mass)",
+        )
         if self.method != "dyspec":
             most = self.top_k + (self.depth - 1) * self.top_k**2
             if self.budget > most:
-                raise ValueError(f"DynamicTree: budget {self.budget} exceeds the {most} candidates that "
-                                 f"top_k={self.top_k}, depth={self.depth} produce")
+                raise ValueError(
+                    f"DynamicTree: budget {self.budget} exceeds the {most} candidates that "
+                    f"top_k={self.top_k}, depth={self.depth} produce"
+                )
         self.max_nodes = self.budget + 1
         self.top_ranks = 1 if self.method == "dyspec" else self.top_k  # candidates per node (vs the vocabulary)
         fed = self.budget if self.method == "dyspec" else self.top_k * (self.depth - 1)

@@ -14,10 +14,10 @@ A step's predicted time is the sum of the forwards it makes (draft rounds + one 
 the tree) plus a per-step overhead measured once per family (from the chain calibration run for chains).
 Prompt lookup makes no draft forwards: its step is the target forward plus the n-gram search (overhead).
 """
+
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -38,22 +38,26 @@ def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int 
 
 
 @torch.inference_mode()
-def measure_rank_acceptance(target, draft, sample_ids: list[torch.Tensor], max_new_tokens: int = 64,
-                            ranks: int = 8) -> list[float]:
+def measure_rank_acceptance(
+    target, draft, sample_ids: list[torch.Tensor], max_new_tokens: int = 64, ranks: int = 8
+) -> list[float]:
     """P(the target's greedy token is the draft's rank-r token), r < ranks, along target continuations.
 
     The per-rank acceptance rates Sequoia's tree builder takes (:meth:`StaticTree.sequoia`).
     """
     if isinstance(draft, EagleHead):
-        raise TypeError("measure_rank_acceptance needs a draft model: an EAGLE head drafts from the target's "
-                        "features inside specdec.generate only")
+        raise TypeError(
+            "measure_rank_acceptance needs a draft model: an EAGLE head drafts from the target's "
+            "features inside specdec.generate only"
+        )
     counts = torch.zeros(ranks)
     total = 0
     for ids in sample_ids:
-        seq = target.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=0)
+        seq = target.generate(
+            ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0
+        )
         logits = draft(seq).logits[0, ids.shape[1] - 1 : -1]  # draft's prediction of each new token
-        truth = seq[0, ids.shape[1]:]
+        truth = seq[0, ids.shape[1] :]
         rank = (logits > logits.gather(1, truth[:, None])).sum(1)
         counts += torch.bincount(rank.clamp(max=ranks), minlength=ranks + 1)[:ranks].float()
         total += truth.numel()
@@ -107,16 +111,27 @@ def _calibrate(target, draft, ids_list, strategy, max_new_tokens) -> dict:
         draft_calls += max(s["draft_calls"] - 1, 0)  # minus the prefill
         verify_tokens += s["verify_tokens"] * s["steps"]
     steps = max(steps, 1)
-    return {"tau": emitted / steps, "step_s": wall / steps, "draft_rounds": draft_calls / steps,
-            "verify_tokens": verify_tokens / steps}
+    return {
+        "tau": emitted / steps,
+        "step_s": wall / steps,
+        "draft_rounds": draft_calls / steps,
+        "verify_tokens": verify_tokens / steps,
+    }
 
 
 def _family(strategy) -> str:
     return getattr(strategy, "method", getattr(strategy, "policy", type(strategy).__name__))
 
 
-def predict(target, draft, sample_ids: list[torch.Tensor], candidates: dict[str, object], *,
-            k_max: int = 8, max_new_tokens: int = 64) -> list[Prediction]:
+def predict(
+    target,
+    draft,
+    sample_ids: list[torch.Tensor],
+    candidates: dict[str, object],
+    *,
+    k_max: int = 8,
+    max_new_tokens: int = 64,
+) -> list[Prediction]:
     """Predicted tokens/s of each candidate strategy (a name -> strategy mapping), best first.
 
     Chains: tau(k) from one k_max run's acceptance histogram. Trees, dynamic lookahead and prompt
@@ -150,8 +165,9 @@ def predict(target, draft, sample_ids: list[torch.Tensor], candidates: dict[str,
         else:
             cal = _calibrate(target, draft, sample_ids, strategy, max_new_tokens)
             tau, rounds, width = cal["tau"], cal["draft_rounds"], cal["verify_tokens"]
-            overhead.setdefault(_family(strategy),
-                                max(cal["step_s"] - _step_model_s(strategy, lat_t, lat_d, rounds, width), 0.0))
+            overhead.setdefault(
+                _family(strategy), max(cal["step_s"] - _step_model_s(strategy, lat_t, lat_d, rounds, width), 0.0)
+            )
         step = _step_model_s(strategy, lat_t, lat_d, rounds, width) + overhead[_family(strategy)]
         preds.append(Prediction(name, strategy, tau, step))
     return sorted(preds, key=lambda p: -p.tokens_per_s)

@@ -1,6 +1,7 @@
 """Argument checks of :func:`specdec.generate`: every argument is checked before any forward runs, and
 a bad one is refused with a TypeError (wrong kind) or ValueError (wrong value) that names it and
 says what is allowed. Nothing is silently converted beyond what the message promises."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,10 @@ def check_model(name: str, model) -> torch.nn.Parameter:
     if p is None:
         raise ValueError(f"{name} has no parameters: pass a causal LM with its weights")
     if p.device.type == "meta":
-        raise ValueError(f"{name}'s weights are on the meta device (not loaded): load them before generating "
-                         f"(from_pretrained without init_empty_weights, or .to_empty() + load_state_dict)")
+        raise ValueError(
+            f"{name}'s weights are on the meta device (not loaded): load them before generating "
+            f"(from_pretrained without init_empty_weights, or .to_empty() + load_state_dict)"
+        )
     return p
 
 
@@ -42,8 +45,10 @@ def check_target(target) -> tuple[torch.nn.Parameter, int]:
     """The target's first parameter and its logits width."""
     p = check_model("target", target)
     if not callable(getattr(target, "get_output_embeddings", None)) or target.get_output_embeddings() is None:
-        raise TypeError(f"target must be a transformers causal LM with an output head (get_output_embeddings), "
-                        f"got {type(target).__name__}")
+        raise TypeError(
+            f"target must be a transformers causal LM with an output head (get_output_embeddings), "
+            f"got {type(target).__name__}"
+        )
     return p, logits_width(target)
 
 
@@ -53,8 +58,10 @@ def check_prompt(input_ids, attention_mask, device: torch.device, vocab: int) ->
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor of token ids [B, T], got {type(input_ids).__name__}")
     if input_ids.dim() != 2 or not _integer_dtype(input_ids):
-        raise ValueError(f"input_ids must be an integer tensor of shape [B, T], got {input_ids.dtype} "
-                         f"of shape {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"input_ids must be an integer tensor of shape [B, T], got {input_ids.dtype} "
+            f"of shape {tuple(input_ids.shape)}"
+        )
     if input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
         raise ValueError(f"input_ids must hold at least one token per sequence, got shape {tuple(input_ids.shape)}")
     if input_ids.device != device:
@@ -64,9 +71,13 @@ def check_prompt(input_ids, attention_mask, device: torch.device, vocab: int) ->
     if attention_mask is None:
         return
     if not isinstance(attention_mask, torch.Tensor):
-        raise TypeError(f"attention_mask must be a torch.Tensor [B, T] of 0/1 or None, got {type(attention_mask).__name__}")
+        raise TypeError(
+            f"attention_mask must be a torch.Tensor [B, T] of 0/1 or None, got {type(attention_mask).__name__}"
+        )
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
+        )
     if attention_mask.dtype != torch.bool and not _integer_dtype(attention_mask):
         raise ValueError(f"attention_mask must hold 0/1 (an integer or bool tensor), got {attention_mask.dtype}")
     if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
@@ -86,7 +97,9 @@ def check_sampling(max_new_tokens, temperature, seed) -> float:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a float >= 0 (0: greedy), got {temperature!r} ({type(temperature).__name__})")
+        raise TypeError(
+            f"temperature must be a float >= 0 (0: greedy), got {temperature!r} ({type(temperature).__name__})"
+        )
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite float >= 0 (0: greedy), got {temperature}")
     if seed is not None and not _is_int(seed):
@@ -124,8 +137,10 @@ def check_streamer(streamer) -> None:
         return
     if callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None)):
         return
-    raise TypeError(f"streamer must be None, a callable (given each list of row 0's new token ids) or a "
-                    f"transformers streamer with put()/end(), got {type(streamer).__name__}")
+    raise TypeError(
+        f"streamer must be None, a callable (given each list of row 0's new token ids) or a "
+        f"transformers streamer with put()/end(), got {type(streamer).__name__}"
+    )
 
 
 def check_strategy_fits(strategy, vocab: int) -> None:
@@ -136,9 +151,12 @@ def check_strategy_fits(strategy, vocab: int) -> None:
     for attr, lo in (("max_nodes", 1), ("max_fed", 0)):  # max_fed 0: no draft forwards (prompt lookup)
         n = getattr(strategy, attr)
         if not _is_int(n) or not lo <= n <= MAX_TREE_NODES:
-            raise ValueError(f"strategy {name}: {attr} = {n!r} must be an int in [{lo}, {MAX_TREE_NODES}] "
-                             f"(the tree-attention node limit)")
+            raise ValueError(
+                f"strategy {name}: {attr} = {n!r} must be an int in [{lo}, {MAX_TREE_NODES}] "
+                f"(the tree-attention node limit)"
+            )
     ranks = getattr(strategy, "top_ranks", 1)
     if ranks > vocab:
-        raise ValueError(f"strategy {name}: takes the top {ranks} draft tokens of a node, but the vocabulary has "
-                         f"only {vocab}")
+        raise ValueError(
+            f"strategy {name}: takes the top {ranks} draft tokens of a node, but the vocabulary has only {vocab}"
+        )

@@ -27,6 +27,7 @@ them (plus the per-request token offsets) to draft, so it would need those argum
 Verification runs in ``vllm/v1/sample/rejection_sampler.py`` and the KV cache is owned by the model
 runner: neither has an extension point, so specdec's verify and KV ops are not used inside vLLM.
 """
+
 from __future__ import annotations
 
 from specdec.prompt_lookup import PromptLookup

