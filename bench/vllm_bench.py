@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -142,30 +141,29 @@ print(json.dumps(rows))
 
 
 def table(rows: list[dict], batches: list[int], args) -> str:
+    from specdec_kernels.benchmarking import machine_description, markdown_table
+
     base = {b: rows[0].get(f"tok_s_b{b}") for b in batches}
-    head = (
-        "| configuration | "
-        + " | ".join(f"tokens/s (batch {b}) | vs vLLM target" for b in batches)
-        + " | draft acceptance | output = vLLM target |"
-    )
-    lines = [head, "|" + "---|" * (2 + 2 * len(batches) + 1)]
+    columns = ["configuration"]
+    for b in batches:
+        columns += [f"tokens/s (batch {b})", "vs vLLM target"]
+    columns += ["draft acceptance", "output = vLLM target"]
+    body = []
     for r in rows:
-        cells = []
+        cells = [r["mode"]]
         for b in batches:
             v = r.get(f"tok_s_b{b}")
             cells += ["—", "—"] if v is None else [f"{v:.1f}", f"{v / base[b]:.2f}x"]
-        acc = "—" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
-        lines.append(f"| {r['mode']} | " + " | ".join(cells) + f" | {acc} | {r['same']} |")
+        body.append(cells + ["—" if r["acceptance"] is None else f"{r['acceptance']:.2f}", r["same"]])
     cmd = "LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py " + " ".join(sys.argv[1:])
     return "\n".join(
         [
             f"# vLLM {args.vllm_version} (CPU build) and specdec, SmolLM2-135M-Instruct fp32, greedy",
             "",
             f"{args.prompts} chat_mixed prompts (code edits, summaries, open questions; chat template), up to "
-            f"{args.max_tokens} new tokens, EOS honoured. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {args.torch_version}. Command: `{cmd}`.",
+            f"{args.max_tokens} new tokens, EOS honoured. Machine: {machine_description()}. Command: `{cmd}`.",
             "",
-            *lines,
+            markdown_table(columns, body),
             "",
             "tokens/s = generated tokens / wall time of the generate calls (model load and one warm-up request "
             "excluded). Acceptance = accepted / proposed draft tokens (vLLM's spec-decode counters). "

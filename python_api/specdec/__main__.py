@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from specdec_kernels.benchmarking import machine_description
 
 # What the demo runs by default, per pair: the drafter and strategy that were fastest in the measured
 # end-to-end tables (bench/results/e2e_smollm2.md, bench/results/e2e.md).
@@ -193,11 +194,7 @@ def bench(args) -> None:
         print("cost model: calibrating on other prompts ...", file=sys.stderr)
         calib = b.load_prompts(prompt_set)[args.prompts : args.prompts + 4]
         rho = b.add_predictions(rows, target, draft, tok, calib, names, chat=chat, head=head)
-    machine = (
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-        if not torch.cuda.is_available()
-        else torch.cuda.get_device_name()
-    )
+    machine = machine_description("cuda" if torch.cuda.is_available() else "cpu")
     header = (
         f"End to end, {label}, {len(prompts)} prompts ({prompt_set}) x up to {args.max_new_tokens} new tokens, greedy, "
         f"median of {args.repeats} repeats; {machine}; `head:` rows draft with the EAGLE head, the others "
