@@ -21,19 +21,22 @@ import subprocess
 import sys
 import time
 
-MODES = {  # name -> speculative_config (None: target alone)
-    "vLLM target only": None,
-    "vLLM n-gram (k=4)": {
-        "method": "ngram",
-        "num_speculative_tokens": 4,
-        "prompt_lookup_min": 2,
-        "prompt_lookup_max": 3,
-    },
-    "vLLM + specdec proposer (k<=4)": {
-        "model": "specdec.integrations.vllm.SpecdecProposer",
-        "num_speculative_tokens": 4,
-    },
-}
+
+def speculative_configs(k: int) -> dict:
+    """Configuration name -> speculative_config (None: target alone), with ``k`` draft tokens at most."""
+    return {
+        "vLLM target only": None,
+        f"vLLM n-gram (k={k})": {
+            "method": "ngram",
+            "num_speculative_tokens": k,
+            "prompt_lookup_min": 2,
+            "prompt_lookup_max": 3,
+        },
+        f"vLLM + specdec proposer (k<={k})": {
+            "model": "specdec.integrations.vllm.SpecdecProposer",
+            "num_speculative_tokens": k,
+        },
+    }
 
 
 def log(*a) -> None:
@@ -67,7 +70,7 @@ def spec_counts(llm) -> tuple[int, int]:
     return drafted, accepted
 
 
-def run_vllm(mode: str, ids: list[list[int]], max_tokens: int, batches: list[int]) -> dict:
+def run_vllm(mode: str, config, ids: list[list[int]], max_tokens: int, batches: list[int]) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -80,7 +83,7 @@ def run_vllm(mode: str, ids: list[list[int]], max_tokens: int, batches: list[int
         enforce_eager=True,
         max_model_len=2048,
         gpu_memory_utilization=float(os.environ.get("VLLM_MEM_FRACTION", "0.25")),
-        speculative_config=MODES[mode],
+        speculative_config=config,
         disable_log_stats=False,
     )
     log(f"{mode}: loaded in {time.perf_counter() - t0:.0f} s")
@@ -178,19 +181,21 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--specdec-python", help="the project's python, to time specdec's own loop in the same run")
     p.add_argument("--check", action="store_true", help="CI: 3 prompts, target vs specdec proposer, batch 1")
+    p.add_argument("--spec-tokens", type=int, default=4, help="num_speculative_tokens of both proposers")
     p.add_argument("--out")
     args = p.parse_args(argv)
     import torch
     import vllm
 
     args.vllm_version, args.torch_version = vllm.__version__, torch.__version__
-    modes = list(MODES)
+    configs = speculative_configs(args.spec_tokens)
+    modes = list(configs)
     batches = [1, 4]
     if args.check:
         args.prompts, args.max_tokens, batches = min(args.prompts, 3), min(args.max_tokens, 48), [1]
         modes = [modes[0], modes[2]]
     ids = chat_token_ids(args.prompts)
-    rows = [run_vllm(m, ids, args.max_tokens, batches) for m in modes]
+    rows = [run_vllm(m, configs[m], ids, args.max_tokens, batches) for m in modes]
     if args.specdec_python:
         rows += run_specdec_loop(args.specdec_python, ids, args.max_tokens)
     reference = rows[0]["outputs"]
