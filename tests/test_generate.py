@@ -190,11 +190,23 @@ SAMPLING_STRATEGIES = {
 }
 
 
+def chi_square_merged(counts: torch.Tensor, expected: torch.Tensor):
+    """Pearson chi-square of observed ``counts`` against ``expected`` counts (same cells): cells expecting
+    fewer than 5 are merged into one (dropped when they expect exactly 0, as cells a warping removes do).
+    Returns (statistic, p, mask of the unmerged cells)."""
+    from scipy.stats import chisquare
+
+    big = expected >= 5
+    parts = 1 + bool(expected[~big].sum() > 0)
+    obs = torch.cat([counts[big], counts[~big].sum()[None]][:parts])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]][:parts])
+    stat, p = chisquare(obs.numpy(), exp.numpy() * (obs.sum() / exp.sum()).item())
+    return stat, p, big
+
+
 def _chi_square_first_three(target, draft, strategy, V: int, n: int = 12000, temperature: float = 1.0):
     """Samples n sequences of 3 new tokens after a fixed prompt; returns (chi-square p, stats).
     Cells with expected count < 5 are merged into one."""
-    from scipy.stats import chisquare
-
     prompt = torch.tensor([[1, 3, 0, 2]])
     out = specdec.generate(
         target,
@@ -209,10 +221,7 @@ def _chi_square_first_three(target, draft, strategy, V: int, n: int = 12000, tem
     counts = torch.bincount(toks[:, 0] * V * V + toks[:, 1] * V + toks[:, 2], minlength=V**3).double()
     assert math.isclose(float(counts.sum()), n)
     expected = _exact_joint(target, prompt, V, temperature).flatten() * n
-    big = expected >= 5
-    obs = torch.cat([counts[big], counts[~big].sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    stat, p = chisquare(obs.numpy(), exp.numpy() * (obs.sum() / exp.sum()).item())
+    stat, p, big = chi_square_merged(counts, expected)
     return p, f"chi-square p = {p:.2e} (stat {stat:.1f}, {int(big.sum())} cells)", out.stats, toks
 
 
