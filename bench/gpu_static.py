@@ -6,7 +6,8 @@
                                                    # measured time beside the roofline bound (gpu_check.sh)
 
 Static report. Every Triton kernel is compiled ahead of time, exactly as its launcher would launch it on
-the GPU: the launchers (``_tree_attention_triton``, ``rejection_sampling._launch``) are called on meta
+the GPU: the launchers (``_tree_attention_triton``, ``_paged_tree_attention_triton``,
+``rejection_sampling._launch``) are called on meta
 tensors of the benchmark shapes with the kernel swapped for a recorder, so the configuration
 (``_pick_config``, ``_pick_num_splits`` with the target's SM count, the vocabulary tile), the grid and
 the arguments are the launchers' own; the recorded arguments then go through Triton's own
@@ -14,7 +15,7 @@ specialisation (alignment / divisibility by 16 / strides equal to 1), as a real 
 ``triton.compile`` builds PTX and cubin for the target. ``ptxas -v`` (the ptxas Triton uses for that
 architecture, Triton's flags) gives registers per thread and spill bytes, Triton's metadata the shared
 memory, ``cuobjdump -sass`` the tensor-core instructions (HMMA = mma.sync, HGMMA = wgmma) and local-memory
-traffic. The CUDA compaction kernel is compiled with ``nvcc -Xptxas -v``. Occupancy is the theoretical
+traffic. The CUDA kernels (compaction, slot moves) are compiled with ``nvcc -Xptxas -v``. Occupancy is the theoretical
 number of programs (thread blocks) per SM from registers, shared memory and warps.
 
 Roofline. Per benchmark case, the bytes a kernel must move at least and the FLOPs it must do, over the
@@ -174,6 +175,73 @@ class CompactCase:
     def label(self) -> str:
         return f"compaction L={self.layers} B={self.b} H={self.h} D={self.d} keep={self.keep} {self.dtype}"
 
+    def grid_programs(self) -> int:
+        """compact_kv_cuda.cu's grid: one block per (layer, K/V, batch, head) plane."""
+        return 2 * self.layers * self.b * self.h
+
+
+@dataclasses.dataclass(frozen=True)
+class PagedAttnCase:
+    """Ragged + paged tree attention as a serving runtime calls it: B requests of n_b nodes each (ragged
+    layout, T = B * n_b rows), every request with the same prefix in a paged cache of ``page_size`` slots
+    per page (vLLM's [num_blocks, page_size, Hkv, D]), int32 index tensors, per-request packed masks."""
+
+    n: int  # n_b, nodes per request
+    prefix: int
+    dtype: str = "bf16"
+    b: int = 8
+    hq: int = 32
+    hkv: int = 8
+    d: int = 128
+    page_size: int = 16
+
+    @property
+    def label(self) -> str:
+        return f"paged {self.dtype} B={self.b} n_b={self.n} prefix={self.prefix}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MoveCase:
+    """move_kv_slots on a vLLM-layout model: one K and one V cache [num_blocks, page_size, Hkv, D] per
+    layer, a slot's row = Hkv * D contiguous elements (one plane per buffer)."""
+
+    layers: int = 32
+    hkv: int = 8
+    d: int = 128
+    dtype: str = "bf16"
+
+    @property
+    def label(self) -> str:
+        return f"move_kv_slots L={self.layers} K+V [blocks, page, {self.hkv}, {self.d}] {self.dtype}"
+
+    def row_bytes(self) -> int:
+        return self.hkv * self.d * ESIZE[self.dtype]
+
+    def grid_programs(self) -> int:
+        """move_kv_cuda.cu's grid with 16-byte vectors: x = buffers * planes, y = row slices of 64 vectors."""
+        return 2 * self.layers * math.ceil(self.row_bytes() // 16 / 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class RaggedVerifyCase:
+    """ragged_verify as vLLM's rejection sampler calls it: B requests of k draft tokens each (T = B * k
+    rows), per-request temperature (so greedy flags and 1/T rows) and seeds in the random modes; chains
+    with separate bonus rows [B, V], trees (k nodes per request, ``parents`` [T]) with T + B target rows."""
+
+    kind: str  # "chain" | "tree"
+    b: int
+    k: int
+    mode: str  # greedy | sampled | topk
+    logits: bool
+    v: int = 128256
+    target_dtype: str = "fp32"
+    draft_dtype: str = "fp32"
+
+    @property
+    def label(self) -> str:
+        inp = f"{self.target_dtype} {'logits' if self.logits else 'probs'}"
+        return f"ragged {self.kind} B={self.b} k={self.k} V={self.v} {inp}, {self.mode}"
+
 
 ESIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
 ATTN_N = (1, 8, 16, 64, 128, 256)  # the issue's sizes and the benchmark's defaults
@@ -182,6 +250,13 @@ ATTN_PREFIX = (1024, 8192, 32768)
 
 def attention_cases(dtypes=("bf16", "fp16"), ns=ATTN_N, prefixes=ATTN_PREFIX) -> list[AttnCase]:
     return [AttnCase(n, p, dt) for dt in dtypes for n in ns for p in prefixes]
+
+
+PAGED_N = (1, 8, 64)  # nodes per request
+
+
+def paged_attention_cases(dtypes=("bf16", "fp16"), ns=PAGED_N, prefixes=ATTN_PREFIX) -> list[PagedAttnCase]:
+    return [PagedAttnCase(n, p, dt) for dt in dtypes for n in ns for p in prefixes]
 
 
 def verify_cases() -> list[VerifyCase]:
@@ -200,14 +275,29 @@ def verify_cases() -> list[VerifyCase]:
     return out
 
 
+def ragged_verify_cases() -> list[RaggedVerifyCase]:
+    """The chain and tree verify benchmarks' shapes in the ragged (serving) layout."""
+    return [
+        RaggedVerifyCase("chain", 32, 8, "greedy", True, target_dtype="bf16"),
+        RaggedVerifyCase("chain", 32, 8, "sampled", False),
+        RaggedVerifyCase("chain", 32, 8, "sampled", True, target_dtype="bf16"),
+        RaggedVerifyCase("tree", 32, 64, "topk", True, target_dtype="bf16"),
+        RaggedVerifyCase("tree", 32, 64, "sampled", False),
+    ]
+
+
 def quick_cases() -> list:
-    """What CI compiles: the small-row attention tiles that spilled, a large one, and each verify mode."""
+    """What CI compiles: the small-row attention tiles that spilled, a large one, each verify mode, and
+    paged attention's smallest (split-K, so also its combine launch) and largest tile."""
     return [
         AttnCase(1, 8192, "bf16"),
         AttnCase(16, 8192, "fp16"),
         AttnCase(64, 8192, "bf16"),
         VerifyCase("chain", 32, 9, "sampled", False),
         VerifyCase("tree", 32, 64, "topk", True, target_dtype="bf16"),
+        PagedAttnCase(1, 8192, "bf16"),  # split-K (small n_b: few programs) -> also the combine kernel
+        PagedAttnCase(64, 8192, "fp16"),  # the largest tile
+        RaggedVerifyCase("chain", 32, 8, "sampled", False),
     ]
 
 
@@ -244,23 +334,25 @@ def _torch_dtype(name):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
-def _record(module, kernel_names, arch: Arch, call):
-    """Run ``call()`` with the module's kernels replaced by recorders and its SM count set to the arch's.
+def _record(module, kernel_names, arch: Arch, call, sms_module=None):
+    """Run ``call()`` with the module's kernels replaced by recorders and the SM count of ``sms_module``
+    (default: the module; the one whose ``_num_sms`` the split heuristic reads) set to the arch's.
     Returns [(kernel name, fn, grid, args, kwargs)]."""
+    sms_module = module if sms_module is None else sms_module
     saved = {n: getattr(module, n) for n in kernel_names}
-    saved_sms = getattr(module, "_num_sms", None)
+    saved_sms = getattr(sms_module, "_num_sms", None)
     recs = {n: _Recorder(f) for n, f in saved.items()}
     try:
         for n, r in recs.items():
             setattr(module, n, r)
         if saved_sms is not None:
-            module._num_sms = lambda device: arch.sms
+            sms_module._num_sms = lambda device: arch.sms
         call()
     finally:
         for n, f in saved.items():
             setattr(module, n, f)
         if saved_sms is not None:
-            module._num_sms = saved_sms
+            sms_module._num_sms = saved_sms
     return [(n, r.fn, *c) for n, r in recs.items() for c in r.calls]
 
 
@@ -282,6 +374,35 @@ def record_attention(case: AttnCase, arch: Arch):
         ("_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
         arch,
         lambda: ta._tree_attention_triton(q, k, v, kv_lens, packed, case.d**-0.5, out, s, None),
+    )
+
+
+def record_paged_attention(case: PagedAttnCase, arch: Arch):
+    """The launches ``_paged_tree_attention_triton`` makes for this case on this architecture (its split
+    heuristic is tree_attention's ``_pick_num_splits``, which reads tree_attention's SM count)."""
+    import torch
+
+    ta = importlib.import_module("specdec_kernels.tree_attention")
+    pta = importlib.import_module("specdec_kernels.paged_tree_attention")
+    dt, dev, i32 = _torch_dtype(case.dtype), "meta", torch.int32
+    s = case.prefix + case.n
+    pages = -(-s // case.page_size)
+    q = torch.empty(case.b * case.n, case.hq, case.d, dtype=dt, device=dev)
+    k_cache = torch.empty(case.b * pages, case.page_size, case.hkv, case.d, dtype=dt, device=dev)
+    v_cache = torch.empty_like(k_cache)
+    cu = torch.empty(case.b + 1, dtype=i32, device=dev)
+    seq_lens = torch.empty(case.b, dtype=i32, device=dev)
+    block_table = torch.empty(case.b, pages, dtype=i32, device=dev)
+    packed = torch.empty(case.b, case.n, (case.n + 31) // 32, dtype=i32, device=dev)
+    out = torch.empty_like(q)
+    return _record(
+        pta,
+        ("_paged_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
+        arch,
+        lambda: pta._paged_tree_attention_triton(
+            q, k_cache, v_cache, cu, seq_lens, block_table, packed, case.d**-0.5, out, case.n, s, None
+        ),
+        sms_module=ta,
     )
 
 
@@ -317,6 +438,48 @@ def record_verify(case: VerifyCase, arch: Arch):
             inv_temp=1.0,
             seed=1,
             write_path=not chain,
+        ),
+    )
+
+
+def record_ragged_verify(case: RaggedVerifyCase, arch: Arch):
+    """The launch ``rejection_sampling._launch_ragged`` makes for this case (per-request seeds)."""
+    import torch
+
+    rs = importlib.import_module("specdec_kernels.rejection_sampling")
+    dev, i64 = "meta", torch.int64
+    chain, t = case.kind == "chain", case.b * case.k
+    tdt = _torch_dtype(case.target_dtype)
+    tgt = torch.empty(t if chain else t + case.b, case.v, dtype=tdt, device=dev)
+    bonus = torch.empty(case.b, case.v, dtype=tdt, device=dev) if chain else None
+    drf = torch.empty(t, case.v, dtype=_torch_dtype(case.draft_dtype), device=dev) if case.mode == "sampled" else None
+    mode = {"greedy": rs.MODE_GREEDY, "topk": rs.MODE_DETERMINISTIC, "sampled": rs.MODE_SAMPLED}[case.mode]
+    n = case.k + 1
+    a = rs._RaggedArgs(
+        tgt, "target_logits" if case.logits else "target_probs", case.logits, bonus, case.b, t, case.v, n, mode
+    )
+    rng = mode != rs.MODE_GREEDY
+    per_req = lambda dt: torch.empty(case.b, dtype=dt, device=dev) if rng else None  # noqa: E731
+    return _record(
+        rs,
+        ("_ragged_verify_kernel",),
+        arch,
+        lambda: rs._launch_ragged(
+            a,
+            torch.empty(t, dtype=i64, device=dev),
+            torch.empty(case.b + 1, dtype=torch.int32, device=dev),
+            None if chain else torch.empty(t, dtype=i64, device=dev),
+            drf,
+            torch.empty(case.b, n, dtype=i64, device=dev),
+            torch.empty(case.b, dtype=torch.int32, device=dev),
+            None if chain else torch.empty(case.b, n, dtype=i64, device=dev),
+            None,
+            greedy_rows=per_req(torch.bool),
+            inv_temp=per_req(torch.float32),
+            seed=per_req(i64),
+            offset=None,
+            u_acc=None,
+            u_smp=None,
         ),
     )
 
@@ -440,7 +603,23 @@ def _resources(kernel, arch: Arch) -> dict:
     return res
 
 
-_CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_S", "BLOCK_V", "SPLIT", "MODE", "LOGITS", "IS_CHAIN", "GROUP")
+_CONFIG_KEYS = (
+    "BLOCK_M",
+    "BLOCK_N",
+    "BLOCK_D",
+    "BLOCK_S",
+    "BLOCK_V",
+    "SPLIT",
+    "MODE",
+    "LOGITS",
+    "IS_CHAIN",
+    "GROUP",
+    "PAGE_SIZE",
+    "SEP_BONUS",
+    "ROW_GREEDY",
+    "SEED_PER_ROW",
+    "WRITE_PATH",
+)
 
 
 def _config_text(consts: dict, options) -> str:
@@ -450,7 +629,10 @@ def _config_text(consts: dict, options) -> str:
 
 def _mma_expected(kernel_name: str, case) -> bool:
     """A tl.dot on 16-bit inputs: the attention forward kernel in fp16/bf16 (its QK^T and PV)."""
-    return kernel_name == "_tree_attention_fwd_kernel" and getattr(case, "dtype", "") in ("fp16", "bf16")
+    return kernel_name in _ATTN_FWD_KERNELS and getattr(case, "dtype", "") in ("fp16", "bf16")
+
+
+_ATTN_FWD_KERNELS = ("_tree_attention_fwd_kernel", "_paged_tree_attention_fwd_kernel")
 
 
 def _worker(cases: list, arch: Arch) -> list[dict]:
@@ -459,7 +641,7 @@ def _worker(cases: list, arch: Arch) -> list[dict]:
 
     rows: dict[str, dict] = {}
     for case in cases:
-        rec = record_attention if isinstance(case, AttnCase) else record_verify
+        rec = _RECORDERS[type(case).__name__]
         for name, fn, grid, args, kwargs in rec(case, arch):
             print(f"[gpu_static] {arch.name} {case.label}: {name}", file=sys.stderr, flush=True)
             src, target, options, consts = _specialize(fn, args, kwargs, arch)
@@ -489,13 +671,26 @@ def _worker(cases: list, arch: Arch) -> list[dict]:
     return list(rows.values())
 
 
+_RECORDERS = {  # case type -> the function recording its launches
+    "AttnCase": record_attention,
+    "PagedAttnCase": record_paged_attention,
+    "VerifyCase": record_verify,
+    "RaggedVerifyCase": record_ragged_verify,
+}
+
+
 def _case_to_json(case) -> dict:
     return dict(type=type(case).__name__, **dataclasses.asdict(case))
 
 
 def _case_from_json(d: dict):
     d = dict(d)
-    cls = {"AttnCase": AttnCase, "VerifyCase": VerifyCase}[d.pop("type")]
+    cls = {
+        "AttnCase": AttnCase,
+        "PagedAttnCase": PagedAttnCase,
+        "VerifyCase": VerifyCase,
+        "RaggedVerifyCase": RaggedVerifyCase,
+    }[d.pop("type")]
     return cls(**d)
 
 
@@ -528,7 +723,7 @@ def compile_report(cases: list, archs=("sm_80", "sm_90"), jobs: int = 2) -> list
 
 
 # --------------------------------------------------------------------------------------------------
-# The CUDA compaction kernel
+# The CUDA kernels (compaction, slot moves)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -541,22 +736,36 @@ _VEC_BYTES = {"h": 1, "t": 2, "j": 4, "5uint2": 8, "5uint4": 16}  # Itanium mang
 
 def _kernel_name_and_vector(mangled: str) -> tuple[str, str]:
     """(kernel name, mangled Vec type) of ``..._Z..<len><name>I<Vec>EEv...``; the name is length-prefixed."""
-    for m in re.finditer(r"\d+", mangled):
-        end = m.end() + int(m.group())
-        name = mangled[m.end() : end]
-        if name.endswith("kernel") and mangled[end : end + 1] == "I":
-            return name, mangled[end + 1 : mangled.index("EEv", end)]
+    # Every digit position is a candidate length: an anonymous namespace's hash can run into the length
+    # ("..._0b92409520move_kv_slots_kernelI..."), so digit runs are not split at the right place.
+    for start in range(len(mangled)):
+        for digits in (1, 2, 3):
+            num = mangled[start : start + digits]
+            if not num.isdigit():
+                break
+            end = start + digits + int(num)
+            name = mangled[start + digits : end]
+            if name.endswith("kernel") and mangled[end : end + 1] == "I":
+                return name, mangled[end + 1 : mangled.index("EEv", end)]
     return mangled, ""
+
+
+# Each CUDA source and the benchmark-shaped case its 16-byte-vector instantiation is reported for (both
+# cases move bf16 rows of 256 / 2048 bytes, 16-byte aligned, so they move as uint4).
+CUDA_SOURCES = {
+    "csrc/compact_kv_cuda.cu": CompactCase(),
+    "csrc/move_kv_cuda.cu": MoveCase(),
+}
 
 
 def cuda_report(
     archs=("sm_80", "sm_90"),
-    sources=("csrc/compact_kv_cuda.cu",),
-    case: CompactCase = CompactCase(),
+    sources=tuple(CUDA_SOURCES),
     threads: int = 256,
 ) -> list[dict]:
     """``nvcc -Xptxas -v`` of each kernel instantiation in the sources (every kernel launches ``threads``
-    threads per block, compact_kv_cuda.cu's kThreads); raises RuntimeError when nvcc fails."""
+    threads per block, both sources' kThreads); the 16-byte-vector row of a source carries its
+    CUDA_SOURCES case and grid. Raises RuntimeError when nvcc fails."""
     nvcc = nvcc_path()
     if nvcc is None:
         raise RuntimeError("nvcc not found")
@@ -564,6 +773,7 @@ def cuda_report(
     for arch_name in archs:
         arch = ARCHS[arch_name]
         for src in sources:
+            case = CUDA_SOURCES[src]
             print(f"[gpu_static] {arch_name} nvcc {src}", file=sys.stderr, flush=True)
             p = subprocess.run(
                 [nvcc, "-c", "-std=c++17", f"-arch={arch_name}", "-Xptxas", "-v", src, "-o", os.devnull],
@@ -578,7 +788,7 @@ def cuda_report(
                 res = parse_ptxas_log(block)
                 name, vec = _kernel_name_and_vector(mangled)
                 vec_bytes = _VEC_BYTES.get(vec)
-                used = vec_bytes == 16  # bf16 rows of 128 (256 bytes, 16-byte aligned) move as uint4
+                used = vec_bytes == 16  # the case's bf16 rows (16-byte aligned) move as uint4
                 smem = int(re.search(r"(\d+) bytes smem", block).group(1)) if "bytes smem" in block else 0
                 occ, limit = occupancy(res["regs"], smem, threads // 32, arch)
                 rows.append(
@@ -596,7 +806,7 @@ def cuda_report(
                         stl=0,
                         ldl=0,
                         cases=[case.label] if used else [],
-                        grid_programs=[2 * case.layers * case.b * case.h],
+                        grid_programs=[case.grid_programs()],
                         **res,
                     )
                 )
@@ -695,12 +905,14 @@ def static_markdown(rows: list[dict], command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Triton {triton.__version__}; ptxas as Triton runs it for the target (sm_80: bundled ptxas, sm_90: "
-        "ptxas-blackwell, `--gpu-name sm_90a`); compaction kernel: nvcc `-Xptxas -v`.  ",
+        "ptxas-blackwell, `--gpu-name sm_90a`); CUDA kernels (compaction, move_kv_slots): nvcc `-Xptxas -v`.  ",
         NOTHING_MEASURED,
         "",
         "Each row is one distinct kernel configuration that the launchers pick at the benchmark shapes (tree "
         "attention N in {1, 8, 16, 64, 128, 256}, prefix {1k, 8k, 32k}, B=1, GQA 32/8, d=128, bf16/fp16; verify chain "
-        "B=32 K=8 and trees of 64 nodes with B in {1, 32}, V=128256; compaction L=32 B=8 H=8 keep 64), "
+        "paged tree attention B=8 requests of n_b in {1, 8, 64} nodes, same prefixes, page_size 16, int32 "
+        "indices; verify chain B=32 K=8 and trees of 64 nodes with B in {1, 32}, V=128256; compaction L=32 B=8 "
+        "H=8 keep 64; move_kv_slots L=32 K+V caches, rows of 8 x 128 bf16), "
         "compiled from the launchers' own arguments with Triton's runtime specialisation. Occupancy: resident "
         "programs per SM (H100: 65536 registers, 228 KB shared memory, 64 warps; A100: 65536, 164 KB, 64) "
         "and the resource that limits it. Grid: programs one launch starts (min-max over the cases). "
@@ -925,12 +1137,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=str(RESULTS))
     a = ap.parse_args(argv)
     command = "python bench/gpu_static.py" + (" " + " ".join(argv) if argv else "")
-    cases = quick_cases() if a.quick else attention_cases() + verify_cases()
+    cases = (
+        quick_cases()
+        if a.quick
+        else attention_cases() + paged_attention_cases() + verify_cases() + ragged_verify_cases()
+    )
     rows = compile_report(cases, jobs=a.jobs)
     if nvcc_path():
         rows += cuda_report()
     else:
-        print("[gpu_static] nvcc not found: the CUDA compaction kernel is not in the report", file=sys.stderr)
+        print("[gpu_static] nvcc not found: the CUDA kernels are not in the report", file=sys.stderr)
     static = static_markdown(rows, command)
     bad = problems(rows)
     if a.quick:

@@ -2,9 +2,11 @@
 its launcher picks for a few benchmark shapes, through bench/gpu_static.py.
 
 Fails when a kernel does not compile for either architecture, when ptxas spills at any of these
-configurations, when a 16-bit tree-attention dot has no tensor-core instruction, and when a small
-attention tile leaves room for only one program per SM. Needs Triton's bundled ptxas-blackwell (it ships
-with the triton wheel), no GPU; the CUDA compaction kernel also needs nvcc.
+configurations, when a 16-bit (dense or paged) tree-attention dot has no tensor-core instruction, and
+when a small attention tile leaves room for only one program per SM. Covers tree attention, paged tree
+attention, chain/tree and ragged verification (Triton) and the compaction and slot-move kernels (CUDA).
+Needs Triton's bundled ptxas-blackwell (it ships with the triton wheel), no GPU; the CUDA kernels also
+need nvcc.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ def _load_gpu_static():
 
 gs = _load_gpu_static()
 ARCHS = ("sm_80", "sm_90")
-TRITON_KERNELS = {"_tree_attention_fwd_kernel", "_tree_attention_combine_kernel", "_verify_kernel"}
+TRITON_KERNELS = {
+    "_tree_attention_fwd_kernel",
+    "_tree_attention_combine_kernel",
+    "_paged_tree_attention_fwd_kernel",
+    "_verify_kernel",
+    "_ragged_verify_kernel",
+}
+ATTN_FWD = ("_tree_attention_fwd_kernel", "_paged_tree_attention_fwd_kernel")
 
 needs_ptxas = pytest.mark.skipif(
     gs.ptxas_blackwell_path() is None,
@@ -55,6 +64,10 @@ def test_every_triton_kernel_compiles_for_both_architectures(triton_rows):
     for arch in ARCHS:
         fwd = [r for r in triton_rows if r["arch"] == arch and r["kernel"] == "_tree_attention_fwd_kernel"]
         assert {_block_m(r) for r in fwd} == {16, 32, 128}, arch
+        paged = [r for r in triton_rows if r["arch"] == arch and r["kernel"] == "_paged_tree_attention_fwd_kernel"]
+        assert {_block_m(r) for r in paged} == {16, 128}, arch  # n_b = 1 and 64 (x GQA group 4)
+        # n_b = 1 over 8k: too few programs to fill the GPU, so the launcher splits K (and combines)
+        assert any("SPLIT=1" in r["config"] for r in paged), arch
 
 
 @needs_ptxas
@@ -69,32 +82,37 @@ def test_no_register_spills_at_benchmark_configurations(triton_rows):
 @needs_ptxas
 @pytest.mark.slow
 def test_16bit_attention_uses_tensor_cores(triton_rows):
-    fwd = [r for r in triton_rows if r["kernel"] == "_tree_attention_fwd_kernel"]
-    assert fwd and all(r["mma_expected"] for r in fwd)  # the quick cases are all fp16/bf16
+    fwd = [r for r in triton_rows if r["kernel"] in ATTN_FWD]
+    assert {r["kernel"] for r in fwd} == set(ATTN_FWD)
+    assert all(r["mma_expected"] for r in fwd)  # the quick cases are all fp16/bf16
     for r in fwd:
         assert r["hmma"] + r["hgmma"] > 0, f"no tensor-core MMA: {r}"
         if r["arch"] == "sm_90" and _block_m(r) == 128:
             assert r["hgmma"] > 0, f"the 128-row tile should use Hopper's wgmma: {r}"
     # nothing else has a dot: an MMA there would mean a kernel changed without this test knowing
-    assert all(r["hmma"] == r["hgmma"] == 0 for r in triton_rows if r["kernel"] != "_tree_attention_fwd_kernel")
+    assert all(r["hmma"] == r["hgmma"] == 0 for r in triton_rows if r["kernel"] not in ATTN_FWD)
 
 
 @needs_ptxas
 @pytest.mark.slow
 def test_small_attention_tiles_fit_more_than_one_program_per_sm(triton_rows):
     assert all(r["occupancy"] >= 1 for r in triton_rows), [r for r in triton_rows if r["occupancy"] < 1]
-    small = [r for r in triton_rows if r["kernel"] == "_tree_attention_fwd_kernel" and _block_m(r) <= 32]
+    small = [r for r in triton_rows if r["kernel"] in ATTN_FWD and _block_m(r) <= 32]
     assert small and all(r["occupancy"] >= 2 for r in small), small
 
 
-@pytest.mark.skipif(gs.nvcc_path() is None, reason="nvcc not found: the CUDA compaction kernel cannot be compiled")
-def test_cuda_compaction_kernel_compiles_without_spills():
+@pytest.mark.skipif(gs.nvcc_path() is None, reason="nvcc not found: the CUDA kernels cannot be compiled")
+def test_cuda_kernels_compile_without_spills():
     rows = gs.cuda_report(archs=ARCHS)
     assert {r["arch"] for r in rows} == set(ARCHS)
+    assert {r["kernel"] for r in rows} == {"compact_kv_kernel (CUDA)", "move_kv_slots_kernel (CUDA)"}
     assert all(r["spill_stores"] == r["spill_loads"] == 0 for r in rows), rows
     assert all(r["occupancy"] >= 2 for r in rows), rows
-    used = [r for r in rows if r["cases"]]  # the benchmark's bf16 rows of 256 bytes move as 16-byte vectors
-    assert len(used) == len(ARCHS) and all(r["config"].startswith("16-byte") for r in used)
+    # the cases' bf16 rows (256 / 2048 bytes) move as 16-byte vectors: one such row per source and arch
+    used = [r for r in rows if r["cases"]]
+    assert len(used) == 2 * len(ARCHS) and all(r["config"].startswith("16-byte") for r in used)
+    move = [r for r in used if r["kernel"].startswith("move_kv")]
+    assert {r["grid_programs"][0] for r in move} == {2 * 32 * 2}  # 64 buffers x 2 slices of 64 uint4
 
 
 def test_occupancy_follows_the_cuda_limits():
