@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 import textwrap
 import threading
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 import specdec
 import specdec_kernels as sk
+from conftest import run_isolated
 from specdec.prompt_lookup import LookupOrChain, PromptLookup
 from specdec.strategies import ASSETS, Chain, DynamicLookahead
 from specdec.tree_drafting import DynamicTree, StaticTree
@@ -238,14 +238,7 @@ _UNCHECKED_COMPACTION = textwrap.dedent("""
 
 
 def test_unchecked_compaction_clamps_counts():
-    proc = subprocess.run(
-        [sys.executable, "-c", _UNCHECKED_COMPACTION],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
+    run_isolated(_UNCHECKED_COMPACTION)
 
 
 def test_checked_compaction_refuses_counts_past_src_width():

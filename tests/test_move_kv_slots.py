@@ -1,15 +1,13 @@
 """move_kv_slots (C++ on CPU, CUDA where a GPU exists) against its PyTorch reference, in vLLM and SGLang
 cache layouts, and accepted_path_slots on block tables built the way vLLM builds them."""
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 import specdec_kernels as sk
-from conftest import requires_cuda
+from conftest import requires_cuda, run_isolated
 
 HKV, D = 3, 5  # odd sizes: rows of 15 elements, so the CUDA kernel cannot always use 16-byte vectors
 
@@ -164,14 +162,7 @@ _UNCHECKED = textwrap.dedent("""
 
 
 def test_unchecked_moves_skip_out_of_range_slots():
-    proc = subprocess.run(
-        [sys.executable, "-c", _UNCHECKED],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
+    run_isolated(_UNCHECKED)
 
 
 # --- bad input: an error naming the argument, nothing written ------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import specdec_kernels as sk
-from conftest import requires_cuda
+from conftest import compile_ahead_of_time, requires_cuda
 from specdec_kernels import trees
 from specdec_kernels.paged_tree_attention import paged_tree_attention, paged_tree_attention_reference
 
@@ -366,15 +366,7 @@ print("compiled")
 def test_kernel_compiles_for_sm90_without_gpu():
     # The interpreter does not check what the GPU compiler checks (layouts, scalar control flow, shared
     # memory): compile the kernel to sm_90 ahead of time (ptxas ships with Triton; no GPU needed).
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
-        pytest.skip("Triton's bundled ptxas is unavailable")
-    assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
+    compile_ahead_of_time(_AOT_SCRIPT, "compiled")
 
 
 @requires_cuda

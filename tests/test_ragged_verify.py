@@ -14,6 +14,7 @@ import torch
 from scipy.stats import chisquare
 
 import specdec_kernels as sk
+from conftest import compile_ahead_of_time
 from specdec_kernels import rejection_sampling as rs
 
 BACKENDS = ["reference", "triton"]
@@ -658,14 +659,5 @@ print("COMPILED")
 
 def test_ragged_kernel_compiles_for_cuda(tmp_path):
     """Compile two variants of the ragged kernel to sm_90 cubin in a fresh process without the interpreter."""
-    import os
-    import subprocess
-    import sys
-
     pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    if "COMPILED" not in out.stdout and ("ptxas" in out.stderr and "not found" in out.stderr):
-        pytest.skip("no ptxas available")
-    assert "COMPILED" in out.stdout, out.stderr[-3000:]
+    compile_ahead_of_time(_COMPILE_SCRIPT, "COMPILED", timeout=600, cache_dir=tmp_path)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import specdec_kernels as sk
+from conftest import compile_ahead_of_time
 from specdec_kernels import trees
 from specdec_kernels.tree_attention import tree_attention_mask, tree_attention_reference
 
@@ -334,15 +335,7 @@ print("compiled")
 def test_kernels_compile_for_sm90_without_gpu():
     # The interpreter does not check what the GPU compiler checks (layouts, reshapes, shared memory):
     # compile both kernels to sm_90 cubin ahead of time (ptxas ships with Triton; no GPU needed).
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():
-        pytest.skip("Triton's bundled ptxas is unavailable")
-    assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
+    compile_ahead_of_time(_AOT_SCRIPT, "compiled")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
