@@ -19,6 +19,7 @@ contiguous after the committed context); a tree's root + accepted path is moved 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import torch
@@ -384,8 +385,8 @@ def generate(
 
             step = 0
             while rows is not None:
-                emitted = torch.tensor([len(out[i]) for i in rows.ids.tolist()], device=device)
                 ids_now = rows.ids.tolist()
+                emitted = torch.tensor([len(out[i]) for i in ids_now], device=device)
                 res = _speculate(
                     tgt,
                     drafter,
@@ -396,7 +397,8 @@ def generate(
                     gen,
                     step_seed + step,
                     max_new_tokens - emitted,
-                    lambda ids=ids_now: [prompts[i] + out[i] for i in ids],
+                    # built at most once a step, on first use (prompt lookup, repetition penalty)
+                    functools.cache(lambda ids=ids_now: [prompts[i] + out[i] for i in ids]),
                 )
                 n = res.num_emitted
                 hist += torch.bincount((n - 1).cpu(), minlength=hist.numel())[: hist.numel()]

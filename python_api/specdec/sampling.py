@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 
 import torch
+
+from specdec.validation import _is_int, _is_real
 
 # GenerationConfig fields generate reads; the others must keep transformers' default value.
 _READ = {
@@ -183,14 +184,6 @@ def _read_config(config) -> tuple[dict, dict]:
     values["repetition_penalty"] = config.repetition_penalty
     extra = {k: getattr(config, k) for k in ("max_new_tokens", "eos_token_id", "pad_token_id")}
     return values, extra
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _check(name: str, value, kind, in_range, allowed: str) -> None:

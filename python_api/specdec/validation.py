@@ -16,6 +16,10 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)  # True is a mistake, not 1
 
 
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _integer_dtype(t: torch.Tensor) -> bool:
     return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
 
@@ -96,7 +100,7 @@ def check_sampling(max_new_tokens, temperature, seed) -> float:
         raise TypeError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r} ({type(max_new_tokens).__name__})")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+    if not _is_real(temperature):
         raise TypeError(
             f"temperature must be a float >= 0 (0: greedy), got {temperature!r} ({type(temperature).__name__})"
         )
