@@ -127,14 +127,13 @@ def _check_inputs(
         raise TypeError(f"timing must be None (on for CPU, off for CUDA), True or False, got {timing!r}")
     if draft is None:
         return temperature, eos, vocab
+    dp = check_model("draft", draft)
     if isinstance(draft, EagleHead):
-        check_model("draft", draft)
         check_head_fits(draft, target)
     elif not callable(getattr(draft, "get_output_embeddings", None)):
         raise TypeError(
             f"draft must be a transformers causal LM, a specdec.eagle.EagleHead or None, got {type(draft).__name__}"
         )
-    dp = check_model("draft", draft)
     dv = draft.config.vocab_size if isinstance(draft, EagleHead) else logits_width(draft)
     if tp.device != dp.device:
         raise ValueError(f"target ({tp.device}) and draft ({dp.device}) must be on one device")
