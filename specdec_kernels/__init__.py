@@ -4,8 +4,9 @@
 - :func:`chain_verify`, :func:`tree_verify` (Triton): fused, lossless rejection sampling.
 - :func:`compact_kv_cache` (C++/CUDA torch op ``torch.ops.specdec.compact_kv_cache``).
 
-Every kernel function takes ``backend=None`` (auto: Triton/CUDA on CUDA tensors, reference on CPU),
-``"triton"`` (on CPU tensors it runs under the Triton interpreter) or ``"reference"``.
+Every Triton kernel function takes ``backend=None`` (auto: Triton on CUDA tensors, reference on CPU),
+``"triton"`` (on CPU tensors it runs under the Triton interpreter) or ``"reference"``; the C++/CUDA ops
+run by their tensors' device.
 """
 
 from specdec_kernels import tree_formats, trees  # tree_formats: converters to serving-runtime tree formats
