@@ -731,23 +731,39 @@ def nvcc_path() -> str | None:
     return shutil.which("nvcc") or ("/usr/local/bin/nvcc" if os.path.exists("/usr/local/bin/nvcc") else None)
 
 
-_VEC_BYTES = {"h": 1, "t": 2, "j": 4, "5uint2": 8, "5uint4": 16}  # Itanium mangling of the Vec template argument
+_VEC_BYTES = {"unsigned char": 1, "unsigned short": 2, "unsigned int": 4, "uint2": 8, "uint4": 16}  # Vec argument
 
 
-def _kernel_name_and_vector(mangled: str) -> tuple[str, str]:
-    """(kernel name, mangled Vec type) of ``..._Z..<len><name>I<Vec>EEv...``; the name is length-prefixed."""
-    # Every digit position is a candidate length: an anonymous namespace's hash can run into the length
-    # ("..._0b92409520move_kv_slots_kernelI..."), so digit runs are not split at the right place.
-    for start in range(len(mangled)):
-        for digits in (1, 2, 3):
-            num = mangled[start : start + digits]
-            if not num.isdigit():
-                break
-            end = start + digits + int(num)
-            name = mangled[start + digits : end]
-            if name.endswith("kernel") and mangled[end : end + 1] == "I":
-                return name, mangled[end + 1 : mangled.index("EEv", end)]
-    return mangled, ""
+def demangler_path() -> str | None:
+    """The CUDA toolkit's ``cu++filt`` beside nvcc, else binutils' ``c++filt`` (nvcc's names are Itanium)."""
+    nvcc = nvcc_path()
+    if nvcc:
+        beside = Path(os.path.realpath(nvcc)).parent / "cu++filt"
+        if beside.exists():
+            return str(beside)
+    return shutil.which("cu++filt") or shutil.which("c++filt")
+
+
+def demangle(names: list[str]) -> list[str]:
+    """Demangled C++ names, one per input, through a real demangler. A name in an anonymous namespace
+    carries a hash of the source's path (``_GLOBAL__N__<hash>_..._369bc8cf17compact_kv_kernel``) whose
+    digits run into the next length prefix, so no parsing of the mangled form is reliable."""
+    tool = demangler_path()
+    if tool is None:
+        raise RuntimeError("no C++ demangler found (cu++filt from the CUDA toolkit or c++filt from binutils)")
+    p = subprocess.run([tool], input="\n".join(names) + "\n", capture_output=True, text=True, check=True)
+    out = p.stdout.splitlines()
+    if len(out) != len(names):
+        raise RuntimeError(f"{tool} returned {len(out)} names for {len(names)}")
+    return out
+
+
+def _kernel_name_and_vector(demangled: str) -> tuple[str, str]:
+    """(kernel name, Vec type) of ``void specdec::(anonymous namespace)::compact_kv_kernel<uint4>(...)``."""
+    m = re.search(r"(\w+)<([^<>]+)>\(", demangled)
+    if m is None:
+        raise RuntimeError(f"not a kernel template instantiation: {demangled!r}")
+    return m.group(1), m.group(2)
 
 
 # Each CUDA source and the benchmark-shaped case its 16-byte-vector instantiation is reported for (both
@@ -783,10 +799,11 @@ def cuda_report(
             )
             if p.returncode != 0:
                 raise RuntimeError(f"nvcc {src} for {arch_name} failed:\n{p.stderr[-4000:]}")
-            for block in re.split(r"(?=ptxas info\s+: Compiling entry function)", p.stderr)[1:]:
-                mangled = re.search(r"entry function '(\w+)'", block).group(1)
+            blocks = re.split(r"(?=ptxas info\s+: Compiling entry function)", p.stderr)[1:]
+            mangled = [re.search(r"entry function '(\w+)'", block).group(1) for block in blocks]
+            for block, demangled in zip(blocks, demangle(mangled)):
                 res = parse_ptxas_log(block)
-                name, vec = _kernel_name_and_vector(mangled)
+                name, vec = _kernel_name_and_vector(demangled)
                 vec_bytes = _VEC_BYTES.get(vec)
                 used = vec_bytes == 16  # the case's bf16 rows (16-byte aligned) move as uint4
                 smem = int(re.search(r"(\d+) bytes smem", block).group(1)) if "bytes smem" in block else 0

@@ -115,6 +115,20 @@ def test_cuda_kernels_compile_without_spills():
     assert {r["grid_programs"][0] for r in move} == {2 * 32 * 2}  # 64 buffers x 2 slices of 64 uint4
 
 
+@pytest.mark.skipif(gs.demangler_path() is None, reason="no C++ demangler (cu++filt or c++filt)")
+def test_kernel_names_do_not_depend_on_the_checkout_path():
+    # nvcc names an anonymous namespace after the source's path: in one checkout the hash ended in digits
+    # that ran into the kernel name's length prefix ("..._369bc8cf17compact_kv_kernel"), in another not
+    hashes = ("9d33226a_18_compact_kv_cuda_cu_369bc8cf", "0b924095_15_move_kv_cuda_cu_2f6a1c3e")
+    mangled = [
+        f"_ZN7specdec{len('_GLOBAL__N__' + h)}_GLOBAL__N__{h}17compact_kv_kernelI5uint4EEvPT_NS_8IndexPtrES5_S5_lllll"
+        for h in hashes
+    ] + ["_ZN7specdec12_GLOBAL__N__020move_kv_slots_kernelIhEEvNS_11MoveBuffersEllll"]
+    parsed = [gs._kernel_name_and_vector(d) for d in gs.demangle(mangled)]
+    assert parsed == [("compact_kv_kernel", "uint4")] * 2 + [("move_kv_slots_kernel", "unsigned char")]
+    assert gs._VEC_BYTES["uint4"] == 16
+
+
 def test_occupancy_follows_the_cuda_limits():
     h100, a100 = gs.ARCHS["sm_90"], gs.ARCHS["sm_80"]
     assert gs.occupancy(32, 0, 8, h100)[0] == 8  # 2048 threads per SM (registers allow the same)
