@@ -18,6 +18,9 @@ from specdec_kernels.benchmarking import machine_description
 # SmolLM2 on chat_mixed (bench/results/e2e_smollm2_rerun.md): prompt lookup from 2-gram matches 1.44x
 # (transformers' prompt lookup 1.35x), the EAGLE-head hybrid 1.16x, the head's chains <= 0.85x.
 DEMO_DEFAULTS = {"smollm2": ("eagle", "lookup:8:1:first:2"), "tiny": ("model", "heuristic")}
+# Compiled forwards by default only where they win end to end with their compile time counted
+# (bench/results/fast_path_cpu.md).
+DEMO_COMPILE = False
 
 
 def _load(args):
@@ -31,16 +34,16 @@ def _load(args):
         if not (args.target and args.draft):
             sys.exit("--target and --draft go together")
         print("loading models ...", file=sys.stderr)
-        target = AutoModelForCausalLM.from_pretrained(args.target).eval()
-        draft = AutoModelForCausalLM.from_pretrained(args.draft).eval()
+        target = AutoModelForCausalLM.from_pretrained(args.target, dtype=args.dtype).eval()
+        draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=args.dtype).eval()
         return target, draft, None, AutoTokenizer.from_pretrained(args.target), False, "heldout_code", args.target
     if args.pair == "smollm2":  # a real pretrained target: its EAGLE head, its distilled draft, prompt lookup
         print("loading SmolLM2-135M-Instruct, its EAGLE head and its distilled draft ...", file=sys.stderr)
-        target, tok = load_smollm2()
+        target, tok = load_smollm2(dtype=args.dtype)
         draft, head = load_smollm2_draft(target), load_head(target, head_dir("smollm2"))
         return target, draft, head, tok, True, "chat_mixed", "SmolLM2-135M-Instruct"
     print("loading the bundled pair ...", file=sys.stderr)
-    target, draft, tok = load_default_pair()
+    target, draft, tok = load_default_pair(dtype=args.dtype)
     return target, draft, load_head(target, head_dir("default")), tok, False, "heldout_code", "bundled pair"
 
 
@@ -49,11 +52,15 @@ class _Printer:
 
     def __init__(self, tokenizer, prompt_ids):
         self.tok, self.ids = tokenizer, prompt_ids.tolist()
-        self.shown = len(tokenizer.decode(self.ids))  # the prompt is printed by the caller
+        self.shown = len(self._text())  # the prompt is printed by the caller
+
+    def _text(self) -> str:
+        # special tokens (the chat template's <|im_end|>, EOS) are markup, not text
+        return self.tok.decode(self.ids, skip_special_tokens=True)
 
     def __call__(self, tokens: list[int]) -> None:
         self.ids += tokens
-        text = self.tok.decode(self.ids)
+        text = self._text()
         sys.stdout.write(text[self.shown :])
         sys.stdout.flush()
         self.shown = len(text)
@@ -61,6 +68,7 @@ class _Printer:
 
 def demo(args) -> None:
     import specdec
+    from specdec.compiled import compile_stats as compiled_stats
     from specdec.bench import _strategy, encode, load_prompts
 
     pair = "tiny" if args.pair == "default" else args.pair
@@ -73,11 +81,22 @@ def demo(args) -> None:
     prompts = load_prompts(args.prompt_set or prompt_set)[: args.prompts]
     needs = strategy == "auto" or strategy.needs_drafter
     how = ("its EAGLE head" if kind == "eagle" else "the draft model") if needs else "prompt lookup (no draft model)"
-    print(f"{label}, drafting with {how}, strategy {name}", file=sys.stderr)
-    # Warm-up (first-call allocations, kernel set-up) so that neither side's timing carries it.
+    regime = f"{str(args.dtype).removeprefix('torch.')}, {'compiled' if args.compile else 'eager'}"
+    print(f"{label} ({regime}), drafting with {how}, strategy {name}", file=sys.stderr)
+    # Warm-up (first-call allocations, kernel set-up, compiles) so that neither side's timing carries it;
+    # what compiling cost is said, not hidden.
     warm = encode(tok, prompts[0], chat)
     target.generate(warm, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    specdec.generate(target, drafter, warm, max_new_tokens=8, strategy=strategy)
+    t0 = time.perf_counter()
+    warm_tokens = args.max_new_tokens if args.compile else 8  # compiled: meet every width the prompts will use
+    specdec.generate(target, drafter, warm, max_new_tokens=warm_tokens, strategy=strategy, compile=args.compile)
+    if args.compile:
+        c = compiled_stats()
+        print(
+            f"compiled {c['graphs']} graphs (one per bucket width used) in {c['compile_s']:.0f} s, once per "
+            f"process (inductor's disk cache shortens the next one); warm-up {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+        )
     total_new = total_plain = total_spec = 0.0
     exact_all = True
     taus = []
@@ -100,6 +119,7 @@ def demo(args) -> None:
             seed=args.seed,
             eos_token_id=tok.eos_token_id,
             streamer=_Printer(tok, ids[0]),
+            compile=args.compile,
         )
         t_spec = out.stats["wall_s"]
         exact = torch.equal(out.sequences, plain) if args.temperature == 0 else None
@@ -120,7 +140,8 @@ def demo(args) -> None:
         f"mean tau {sum(taus) / len(taus):.2f}"
         + ("" if args.temperature else f", all outputs identical to target-only: {'yes' if exact_all else 'NO'}")
     )
-    if args.temperature == 0 and not exact_all:
+    # fp32 greedy output must be identical; bf16 may part at near-ties (docs/performance.md, "Exactness")
+    if args.temperature == 0 and not exact_all and args.dtype == torch.float32:
         sys.exit(1)
 
 
@@ -280,6 +301,19 @@ def main(argv=None) -> None:
     )
     d.add_argument("--drafter", choices=["eagle", "model"], help="draft with the EAGLE head or the draft model")
     d.add_argument("--temperature", type=_temperature, default=0.0)
+    d.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="auto: bfloat16 where the CPU/GPU multiplies bf16 natively (AVX512-BF16, AMX, Ampere+), else "
+        "float32; greedy output is exact in float32",
+    )
+    d.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=DEMO_COMPILE,
+        help="run the models' forwards compiled (specdec.compiled); each bucket width compiles once",
+    )
     d.add_argument("--seed", type=int, default=0)
     bb = sub.choices["bench"]
     bb.add_argument("--configs", help="comma-separated configurations (default: all)")
@@ -288,6 +322,12 @@ def main(argv=None) -> None:
     bb.add_argument("--no-cost-model", action="store_true", help="skip the cost model's predictions")
     args = p.parse_args(argv)
     _check_strategy_names(p, args)
+    if args.cmd == "demo":
+        from specdec.compiled import fast_dtype
+
+        args.dtype = fast_dtype() if args.dtype == "auto" else getattr(torch, args.dtype)
+    else:
+        args.dtype = torch.float32
     {"demo": demo, "bench": bench}[args.cmd](args)
 
 

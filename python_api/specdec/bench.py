@@ -143,6 +143,17 @@ def _strategy(name: str):
     raise ValueError(f"unknown strategy spec {name!r}")
 
 
+def first_divergence(a: torch.Tensor, b: torch.Tensor, start: int = 0) -> int | None:
+    """The first position >= ``start`` where two 1-D token sequences differ (a length difference counts
+    at the shorter one's end); None when they are identical."""
+    n = min(a.numel(), b.numel())
+    diff = (a[:n] != b[:n]).nonzero()
+    diff = diff[diff >= start]
+    if diff.numel():
+        return int(diff[0])
+    return None if a.numel() == b.numel() else n
+
+
 def encode(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
     """[1, T] token ids; instruct models get their chat template around the prompt."""
     if chat:

@@ -38,6 +38,11 @@ def next_capacity(capacity: int, needed: int, max_len: int) -> int:
     return min(max_len, max(needed, 2 * capacity))
 
 
+def power_of_two_at_least(n: int, floor: int = 256) -> int:
+    """The smallest power of two >= max(n, floor): the capacities a compiled forward sees (few graphs)."""
+    return max(floor, 1 << (max(n, 1) - 1).bit_length())
+
+
 class _BufferLayer(CacheLayerMixin):
     """Per-layer view of the shared buffer; writes at the positions set by ``SpecCache.begin_forward``."""
 
@@ -52,6 +57,7 @@ class _BufferLayer(CacheLayerMixin):
 
     def point(self, layer: int) -> None:
         """(Re)bind to the owner's buffer, after it was allocated, grown or batch-selected."""
+        self.layer = layer
         self.keys = self.owner.buffer[layer, 0]
         self.values = self.owner.buffer[layer, 1]
 
@@ -60,6 +66,13 @@ class _BufferLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         # key_states: [B, H, n, D] for the n tokens of this forward
+        if self.owner.write_pos is not None:  # fixed shapes (compiled): the buffer is the graph's one input
+            B, H, n, D = key_states.shape
+            index = self.owner.write_pos.view(B, 1, n, 1).expand(B, H, n, D)
+            keys, values = self.owner.buffer[self.layer, 0], self.owner.buffer[self.layer, 1]
+            keys.scatter_(2, index, key_states)
+            values.scatter_(2, index, value_states)
+            return keys, values
         start, index = self.owner.write_start, self.owner.write_index
         if index is None:  # every sequence writes at the same offset: a plain slice copy
             n = key_states.shape[2]
@@ -111,11 +124,20 @@ class SpecCache(Cache):
         self.lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.write_start = 0
         self.write_index: torch.Tensor | None = None
+        self.write_pos: torch.Tensor | None = None  # [B, n] write positions, fixed-shape mode only
+        self.fixed = False
         super().__init__(layers=[_BufferLayer(self, layer) for layer in range(self.num_layers)])
 
     @property
     def batch_size(self) -> int:
         return self.buffer.shape[2]
+
+    def fixed_shapes(self) -> None:
+        """Switch to what a compiled forward needs: capacities are powers of two (a long output adds one
+        graph per doubling, not one per prompt length), and every forward writes by a scatter at tensor
+        positions (a slice at a Python offset would be a new graph every step)."""
+        self.fixed = True
+        self._resize(power_of_two_at_least(self.capacity))
 
     def begin_forward(self, n: int, start: torch.Tensor | int | None = None) -> torch.Tensor:
         """Prepare a forward of n tokens per sequence written at ``start[b] + 0..n-1`` (default: ``lens``).
@@ -134,7 +156,9 @@ class SpecCache(Cache):
                 f"{self.max_len}; pass a larger max_len (prompt + max_new_tokens + lookahead)"
             )
         self.reserve(self.max_end)
-        if lo == self.max_end:  # one offset for all: a plain slice copy per layer
+        if self.fixed:
+            self.write_pos = start[:, None] + torch.arange(n, device=start.device)
+        elif lo == self.max_end:  # one offset for all: a plain slice copy per layer
             self.write_start, self.write_index = self.max_end - n, None
         else:
             _, _, B, H, _, D = self.buffer.shape
@@ -146,9 +170,14 @@ class SpecCache(Cache):
         """Make room for positions ``0 .. needed-1`` (at most ``max_len``), doubling the buffer if short."""
         if needed <= self.capacity:
             return
-        self.capacity = next_capacity(self.capacity, needed, self.max_len)
-        self.buffer = grown(self.buffer, 4, self.capacity)
-        self._rebind()
+        capacity = next_capacity(self.capacity, needed, self.max_len)
+        self._resize(power_of_two_at_least(capacity) if self.fixed else capacity)
+
+    def _resize(self, capacity: int) -> None:
+        if capacity != self.capacity:
+            self.capacity = capacity
+            self.buffer = grown(self.buffer, 4, capacity)
+            self._rebind()
 
     def _rebind(self) -> None:
         for layer, cache_layer in enumerate(self.layers):

@@ -27,9 +27,9 @@ class ModelDrafter:
 
     kind = "model"
 
-    def __init__(self, model, batch_size: int, max_len: int, capacity: int | None = None):
+    def __init__(self, model, batch_size: int, max_len: int, capacity: int | None = None, compile: bool = False):
         self.model = model
-        self.runner = ModelRunner(model, batch_size, max_len, capacity=capacity)
+        self.runner = ModelRunner(model, batch_size, max_len, capacity=capacity, compile=compile)
 
     @property
     def calls(self) -> int:
@@ -64,16 +64,19 @@ class ModelDrafter:
         self.runner.select(keep)
 
 
-def make_drafter(draft, target, batch_size: int, max_len: int, capacity: int | None = None):
+def make_drafter(
+    draft, target, batch_size: int, max_len: int, capacity: int | None = None, compile: bool = False
+):
     """The drafter for ``draft``: an :class:`specdec.eagle.EagleHead` or a causal LM (None: no drafter).
-    ``max_len`` bounds its cache positions; ``capacity`` is what is allocated up front (it grows)."""
+    ``max_len`` bounds its cache positions; ``capacity`` is what is allocated up front (it grows);
+    ``compile``: a draft model's forwards are compiled (:mod:`specdec.compiled`)."""
     from specdec.eagle import EagleHead, FeatureTap, HeadDrafter
 
     if draft is None:
         return None
     if isinstance(draft, EagleHead):
         return HeadDrafter(draft, FeatureTap(target, draft.config.feature_layers), batch_size, max_len, capacity)
-    return ModelDrafter(draft, batch_size, max_len, capacity)
+    return ModelDrafter(draft, batch_size, max_len, capacity, compile=compile)
 
 
 __all__ = ["ModelDrafter", "make_drafter"]

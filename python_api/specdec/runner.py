@@ -10,7 +10,7 @@ import weakref
 
 import torch
 
-from specdec import hf_attention
+from specdec import compiled, hf_attention
 from specdec.cache import SpecCache
 from specdec_kernels import trees
 
@@ -66,15 +66,16 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def time_forwards(model, widths, prefix: int, reps: int, pad: bool = True) -> dict[int, float]:
+def time_forwards(model, widths, prefix: int, reps: int, pad: bool = True, compile: bool = False) -> dict[int, float]:
     """Median seconds of one forward over n chain tokens after a random ``prefix``-token prompt, for
     each n in ``widths`` (B = 1). Widths are interleaved within each of the reps + 1 rounds, so drift on a
-    shared machine hits all alike; the first round is warm-up. ``pad``: with this runner's CPU padding."""
+    shared machine hits all alike; the first round is warm-up (and compiles, with ``compile``).
+    ``pad``: with this runner's CPU padding; ``compile``: through the compiled forward (bucket widths)."""
     device = next(model.parameters()).device
     vocab = model.config.vocab_size  # (a draft's head may score only a subset)
     widths = list(widths)
     with tree_attention_enabled(model):
-        r = ModelRunner(model, 1, prefix + max(widths) + 1, pad=pad)
+        r = ModelRunner(model, 1, prefix + max(widths) + 1, pad=pad, compile=compile)
         ids = torch.randint(0, vocab, (1, prefix), device=device)
         r.prefill(ids, torch.ones_like(ids))
         return median_forward_seconds(r.forward, vocab, device, widths, prefix, reps)
@@ -114,13 +115,30 @@ def _pad_forward(tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch
 
 
 class ModelRunner:
-    """Runs one model over trees of tokens; ``cache.lens`` holds each sequence's committed length."""
+    """Runs one model over trees of tokens; ``cache.lens`` holds each sequence's committed length.
 
-    def __init__(self, model, batch_size: int, max_len: int, pad: bool = True, capacity: int | None = None):
+    ``compile=True``: every forward goes through the model's compiled forward
+    (:mod:`specdec.compiled`), padded to a bucket width, over a fixed-shape cache."""
+
+    def __init__(
+        self,
+        model,
+        batch_size: int,
+        max_len: int,
+        pad: bool = True,
+        capacity: int | None = None,
+        compile: bool = False,
+    ):
         self.model = model
         p = next(model.parameters())
-        self.pad = cpu_pad_map(model) if pad and CPU_PADDING and p.device.type == "cpu" else {}
+        self.compiled = compiled.compiled_forward(model) if compile else None
+        eager_cpu = pad and CPU_PADDING and p.device.type == "cpu" and not compile
+        self.pad = cpu_pad_map(model) if eager_cpu else {}
+        # compiled: filler nodes of the widest bucket may land past the last real position
+        max_len += compiled.WIDTHS[-1] if compile else 0
         self.cache = SpecCache(model.config, batch_size, max_len, dtype=p.dtype, device=p.device, capacity=capacity)
+        if compile:
+            self.cache.fixed_shapes()
         self.calls = 0
         self.tokens = 0  # tokens fed per row, summed over forwards (prefill included)
         self.tap = None  # a specdec.eagle.FeatureTap on ``model``: prefill then keeps its features
@@ -141,6 +159,8 @@ class ModelRunner:
         Does not move ``lens``: the caller commits what was accepted.
         """
         n = tokens.shape[1]
+        if self.compiled is not None:
+            return self._compiled_forward(tokens, positions, tree_mask, start)
         width = self.pad.get(n)  # (CPU only: there a read-back costs nothing)
         if width and _max_start(self.cache.lens if start is None else start) + width <= self.cache.max_len:
             tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, width)
@@ -164,6 +184,27 @@ class ModelRunner:
         self.tokens += tokens.shape[1]
         return out.logits[:, :n].float()
 
+    def _compiled_forward(self, tokens, positions, tree_mask, start) -> torch.Tensor:
+        B, n = tokens.shape
+        width = compiled.bucket(n)
+        if width > n:
+            tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, width)
+        kv_lens = self.cache.begin_forward(width, start)
+        mask = compiled.dense_batch_mask(tree_mask, B)
+        # copies made here (inference mode) are inference tensors, whoever made the originals: a graph
+        # input's dispatch keys are guarded, so a mix would compile the same shape twice
+        tokens, positions, mask = tokens.clone(), positions.clone(), mask.clone()
+        out = self.compiled(self.cache, tokens, positions, mask, kv_lens)
+        self.calls += 1
+        self.tokens += width
+        return out[:, :n].float()
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Prompt tokens per prefill forward: the widest compiled bucket when compiled (no graph of its
+        own), else PREFILL_CHUNK."""
+        return compiled.WIDTHS[-1] if self.compiled is not None else PREFILL_CHUNK
+
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run left-padded prompts; afterwards sequence b's real tokens sit at positions 0..len_b-1.
 
@@ -178,8 +219,9 @@ class ModelRunner:
         ids, lens = left_aligned(input_ids, attention_mask)
         last = lens - 1  # position of each row's last real token
         out, feats = None, []
-        for start in range(0, T, PREFILL_CHUNK):
-            n = min(PREFILL_CHUNK, T - start)
+        chunk = self.prefill_chunk
+        for start in range(0, T, chunk):
+            n = min(chunk, T - start)
             pos = torch.arange(start, start + n, device=ids.device).expand(B, n)
             logits = self.forward(ids[:, start : start + n], pos, chain_mask(n, ids.device), start=start)
             if self.tap is not None:
