@@ -87,7 +87,8 @@ def test_fixed_shape_cache_capacities_are_powers_of_two():
     # a compiled forward is a graph per cache capacity: capacities must come from a small set
     from specdec.cache import SpecCache
 
-    cache = SpecCache(tiny_model("llama", 1, 32, seed=0).config, 1, 5000, dtype=torch.float32, device="cpu", capacity=300)
+    config = tiny_model("llama", 1, 32, seed=0).config
+    cache = SpecCache(config, 1, 5000, dtype=torch.float32, device="cpu", capacity=300)
     cache.fixed_shapes()
     seen = [cache.capacity]
     for needed in (400, 513, 1500, 4999):

@@ -68,8 +68,8 @@ class _Printer:
 
 def demo(args) -> None:
     import specdec
-    from specdec.compiled import compile_stats as compiled_stats
     from specdec.bench import _strategy, encode, load_prompts
+    from specdec.compiled import compile_stats as compiled_stats
 
     pair = "tiny" if args.pair == "default" else args.pair
     target, draft, head, tok, chat, prompt_set, label = _load(args)

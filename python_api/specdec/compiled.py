@@ -171,4 +171,14 @@ def dense_batch_mask(tree_mask: torch.Tensor, batch: int) -> torch.Tensor:
     return tree_mask.expand(batch, -1, -1).contiguous()
 
 
-__all__ = ["WIDTHS", "bucket", "compile_stats", "reset", "native_bf16", "fast_dtype", "compiled_forward", "CompiledForward", "dense_batch_mask"]
+__all__ = [
+    "WIDTHS",
+    "bucket",
+    "compile_stats",
+    "reset",
+    "native_bf16",
+    "fast_dtype",
+    "compiled_forward",
+    "CompiledForward",
+    "dense_batch_mask",
+]

@@ -64,9 +64,7 @@ class ModelDrafter:
         self.runner.select(keep)
 
 
-def make_drafter(
-    draft, target, batch_size: int, max_len: int, capacity: int | None = None, compile: bool = False
-):
+def make_drafter(draft, target, batch_size: int, max_len: int, capacity: int | None = None, compile: bool = False):
     """The drafter for ``draft``: an :class:`specdec.eagle.EagleHead` or a causal LM (None: no drafter).
     ``max_len`` bounds its cache positions; ``capacity`` is what is allocated up front (it grows);
     ``compile``: a draft model's forwards are compiled (:mod:`specdec.compiled`)."""
