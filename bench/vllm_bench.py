@@ -65,11 +65,12 @@ def export_smollm2_head(out: str) -> None:
 
     target, _ = specdec.load_smollm2()
     head = load_head(target, _HEADS["smollm2"])
-    if not head.exportable:
+    trained = head.exportable
+    if not trained:
         subset = load_file(str(_ASSETS.parent / "smollm2_draft" / "model.safetensors"))["lm_head.token_ids"]
         head = new_head(target, subset=subset)
     export(head, out, runtime="vllm")
-    log(f"wrote {type(head).__name__} ({'trained' if head.exportable else 'untrained'}) to {out}")
+    log(f"wrote an {'' if trained else 'un'}trained EAGLE-3 head for SmolLM2 to {out}")
 
 
 def log(*a) -> None:

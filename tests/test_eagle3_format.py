@@ -200,13 +200,10 @@ def test_export_refuses_what_the_loaders_would_fill_silently(target_and_subset_h
         new_head(target, (1, 2, 5))
 
 
-def _speculators_layout(src, dst):
-    """The same head as speculators / SpecForge write it: ``layers.0.`` names, the target's embedding
-    included, no t2d; config nested (speculators) with the ids at the top."""
-    dst.mkdir()
+def _renamed_tensors(src):
+    """The exported tensors as speculators / SpecForge name them: ``layers.0.`` for ``midlayer.``, no t2d."""
     t = load_file(str(src / "model.safetensors"))
-    out = {k.replace("midlayer.", "layers.0."): v for k, v in t.items() if k != "t2d"}
-    return out
+    return {k.replace("midlayer.", "layers.0."): v for k, v in t.items() if k != "t2d"}
 
 
 @pytest.mark.parametrize("layout", ["speculators", "specforge-sglang"])
@@ -215,7 +212,8 @@ def test_heads_trained_elsewhere_import_and_stay_exact(target_and_subset_head, l
     export(head, tmp_path / "src", runtime="vllm")
     cfg = json.loads((tmp_path / "src" / "config.json").read_text())
     del cfg["specdec"]
-    tensors = _speculators_layout(tmp_path / "src", tmp_path / "dst")
+    (tmp_path / "dst").mkdir()
+    tensors = _renamed_tensors(tmp_path / "src")
     tensors["embed_tokens.weight"] = target.get_input_embeddings().weight.detach().clone()
     if layout == "speculators":
         layer_keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
@@ -242,9 +240,9 @@ def test_heads_trained_elsewhere_import_and_stay_exact(target_and_subset_head, l
     for k, v in head.trained_state().items():
         torch.testing.assert_close(loaded.trained_state()[k], v, atol=0, rtol=0)
     ids, mask = ragged_batch(V, [6, 11], seed=8)
-    expected = plain_greedy(target, ids, mask, 12)
+    expected = plain_greedy(target, ids, mask, 10)
     for name, make in POLICIES.items():
-        out = specdec.generate(target, loaded, ids, attention_mask=mask, max_new_tokens=12, strategy=make())
+        out = specdec.generate(target, loaded, ids, attention_mask=mask, max_new_tokens=10, strategy=make())
         assert torch.equal(out.sequences, expected), name
 
 
