@@ -204,7 +204,7 @@ def test_smollm2_pair_loads_offline_and_speculates_exactly(monkeypatch):
 # ----------------------------------------------------------------------------------- EAGLE heads
 # tau of Chain(3) with the trained head on the first three held-out snippets (first 48 tokens as the
 # prompt, 48 new tokens): measured TINY_HEAD_TAU_MEASURED; an untrained head (new_head) gives ~1.0.
-TINY_HEAD_TAU_MEASURED = 1.48  # the distilled draft model on the same prompts: 1.88
+TINY_HEAD_TAU_MEASURED = 1.68  # EAGLE-3 layout (the earlier layout: 1.48); the distilled draft model: 1.88
 TINY_HEAD_TAU_FLOOR = 1.3
 
 
