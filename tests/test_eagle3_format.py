@@ -264,13 +264,18 @@ def test_foreign_heads_specdec_cannot_run_are_refused(target_and_subset_head, tm
         load_head(target, tmp_path / "h")
 
 
-def test_the_legacy_head_loads_but_does_not_export(tmp_path):
-    """The shipped SmolLM2 head predates EAGLE-3's layout: it loads as LegacyEagleHead (checked on the
-    layout's own file, without SmolLM2), and export refuses it."""
+def test_the_legacy_head_is_recognised_and_does_not_export(target_and_subset_head, tmp_path):
+    """The shipped SmolLM2 head predates EAGLE-3's layout: its file is told apart by its fields (it loads
+    as LegacyEagleHead, see test_models), and export refuses that layout."""
+    from specdec.eagle import EagleConfig
     from specdec.eagle_legacy import LegacyEagleHead
 
     raw = json.loads((specdec.models._HEADS["smollm2"] / "config.json").read_text())
     assert "feature_layers" in raw and "architectures" not in raw  # the earlier layout's marker
-    head = LegacyEagleHead.__new__(LegacyEagleHead)
+    target, _ = target_and_subset_head
+    config = EagleConfig.for_target(target, (1, 2, 4))
+    head = LegacyEagleHead(config, target.get_input_embeddings(), target.get_output_embeddings())
     with pytest.raises(TypeError, match="not in EAGLE-3's layout"):
         export(head, tmp_path / "x")
+    with pytest.raises(TypeError, match="load-only"):
+        head.save(tmp_path / "y")

@@ -273,8 +273,9 @@ class EagleHead(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("rotary.")}
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None, **meta) -> None:
-        """:func:`export` for vLLM (also what :func:`load_head` reads back), ``meta`` kept in config.json."""
-        export(self, path, runtime="vllm", dtype=dtype, **meta)
+        """The files of :func:`export` for vLLM (what :func:`load_head` reads back), ``meta`` kept in
+        config.json; unlike :func:`export`, any number of feature layers."""
+        write_checkpoint(self, path, "vllm", dtype, **meta)
 
 
 def shift(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -510,6 +511,18 @@ def export(head: EagleHead, path: str | Path, runtime: str = "vllm", dtype: torc
     model.safetensors (``fc``, ``midlayer.*``, ``norm``, ``lm_head`` over the draft vocabulary, ``d2t``
     int64, ``t2d`` bool; floats in ``dtype``, default the head's). Serve it with vLLM as
     ``speculative_config={"method": "eagle3", "model": path, ...}``; :func:`load_head` reads it back."""
+    c = head.config
+    if len(c.feature_layers) != AUX_LAYERS:
+        raise ValueError(
+            f"vLLM and SGLang read exactly {AUX_LAYERS} aux layers; this head reads {list(c.feature_layers)} "
+            f"(a target of {c.target_layers} layers): build it with {AUX_LAYERS} feature_layers to export it"
+        )
+    return write_checkpoint(head, path, runtime, dtype, **meta)
+
+
+def write_checkpoint(head: EagleHead, path, runtime: str, dtype: torch.dtype | None, **meta) -> Path:
+    """The files of :func:`export` for any number of feature layers (:meth:`EagleHead.save`: a head of
+    a shallow target reads fewer than the 3 serving engines take; specdec loads it all the same)."""
     from safetensors.torch import save_file
 
     if not getattr(head, "exportable", False):
@@ -518,20 +531,16 @@ def export(head: EagleHead, path: str | Path, runtime: str = "vllm", dtype: torc
             "(bench/models/train_eagle_head.py) or build one with specdec.eagle.new_head"
         )
     c = head.config
-    if len(c.feature_layers) != AUX_LAYERS:
-        raise ValueError(
-            f"vLLM and SGLang read exactly {AUX_LAYERS} aux layers; this head reads {list(c.feature_layers)} "
-            f"(a target of {c.target_layers} layers): build it with {AUX_LAYERS} feature_layers to export it"
-        )
     dtype = dtype or next(head.parameters()).dtype
     state = {
         k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
         for k, v in head.trained_state().items()
     }
     check_tensors(state, c, "export")
+    cfg = export_config(c, runtime, dtype, **meta)  # checks runtime before anything is written
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(export_config(c, runtime, dtype, **meta), indent=1) + "\n")
+    (path / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     save_file(state, str(path / "model.safetensors"))
     return path
 
