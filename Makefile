@@ -54,10 +54,13 @@ $(VLLM_VENV)/.installed: setup.py $(wildcard csrc/*)
 	$(VLLM_PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# Greedy output of vLLM with specdec's proposer == vLLM alone (3 prompts), and its acceptance.
+# Greedy output of vLLM with specdec's proposer, and with an EAGLE-3 head exported by specdec (vLLM's
+# "eagle3" method), == vLLM alone (3 prompts), and their acceptance.
+EAGLE3_HEAD ?= $(SPECDEC_CACHE)/smollm2_eagle3_vllm
 vllm-check: vllm-setup
 	$(PY) -c "import specdec; specdec.load_smollm2()"  # converts the checkpoint once
-	$(VLLM_RUN) bench/vllm_bench.py --check
+	$(PY) bench/vllm_bench.py --export-head $(EAGLE3_HEAD)
+	$(VLLM_RUN) bench/vllm_bench.py --check --eagle-head $(EAGLE3_HEAD)
 
 vllm-bench: vllm-setup
 	$(PY) -c "import specdec; specdec.load_smollm2()"

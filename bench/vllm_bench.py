@@ -1,5 +1,6 @@
 """vLLM (CPU build) serving SmolLM2-135M-Instruct: target alone, with vLLM's n-gram proposer, with
-specdec's proposer (:mod:`specdec.integrations.vllm`), and specdec's own loop, on the same chat prompts.
+specdec's proposer (:mod:`specdec.integrations.vllm`), with an EAGLE-3 head exported by specdec
+(vLLM's own "eagle3" method), and specdec's own loop, on the same chat prompts.
 
 Runs under the vLLM virtual environment (``make vllm-setup`` builds it); specdec's own loop runs in the
 project's environment, as a subprocess (``--specdec-python``), in the same run::
@@ -7,6 +8,11 @@ project's environment, as a subprocess (``--specdec-python``), in the same run::
     LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py \\
         --specdec-python .venv/bin/python --out bench/results/vllm_cpu.md
     ... bench/vllm_bench.py --check          # CI: greedy output identical to vLLM alone, acceptance
+
+The EAGLE-3 leg serves the head in ``--eagle-head`` (a directory written by specdec.eagle.export); the
+project's python writes one for SmolLM2 with ``python bench/vllm_bench.py --export-head DIR`` (the
+shipped SmolLM2 head predates EAGLE-3's layout, so until one is trained this is an untrained head in
+that layout: vLLM must load and run it, and greedy output must stay identical; its acceptance is low).
 
 Greedy (temperature 0), one request at a time and a batch of 4; tokens/s = generated tokens / wall time.
 Every speculative mode must produce exactly the target-only output (checked, the run fails otherwise).
@@ -24,9 +30,10 @@ import time
 DTYPE = "float32"  # --dtype sets it: vLLM's and specdec's loop's
 
 
-def speculative_configs(k: int) -> dict:
-    """Configuration name -> speculative_config (None: target alone), with ``k`` draft tokens at most."""
-    return {
+def speculative_configs(k: int, eagle_head: str | None = None) -> dict:
+    """Configuration name -> speculative_config (None: target alone), with ``k`` draft tokens at most;
+    ``eagle_head``: an exported EAGLE-3 head directory for vLLM's "eagle3" method."""
+    configs = {
         "vLLM target only": None,
         f"vLLM n-gram (k={k})": {
             "method": "ngram",
@@ -39,6 +46,33 @@ def speculative_configs(k: int) -> dict:
             "num_speculative_tokens": k,
         },
     }
+    if eagle_head:
+        configs[f"vLLM eagle3, specdec-exported head (k={k})"] = {
+            "method": "eagle3",
+            "model": str(eagle_head),
+            "num_speculative_tokens": k,
+        }
+    return configs
+
+
+def export_smollm2_head(out: str) -> None:
+    """In the project's environment: an EAGLE-3 head for SmolLM2 in vLLM's format at ``out`` (the
+    trained one once it exists in the new layout, else an untrained one over the distilled draft's
+    8192-token vocabulary, so the draft-to-target id map is exercised)."""
+    from safetensors.torch import load_file
+
+    import specdec
+    from specdec.eagle import export, load_head, new_head
+    from specdec.models import _ASSETS, _HEADS
+
+    target, _ = specdec.load_smollm2()
+    head = load_head(target, _HEADS["smollm2"])
+    trained = head.exportable
+    if not trained:
+        subset = load_file(str(_ASSETS.parent / "smollm2_draft" / "model.safetensors"))["lm_head.token_ids"]
+        head = new_head(target, subset=subset)
+    export(head, out, runtime="vllm")
+    log(f"wrote an {'' if trained else 'un'}trained EAGLE-3 head for SmolLM2 to {out}")
 
 
 def log(*a) -> None:
@@ -255,24 +289,31 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--specdec-python", help="the project's python, to time specdec's own loop in the same run")
-    p.add_argument("--check", action="store_true", help="CI: 3 prompts, target vs specdec proposer, batch 1")
-    p.add_argument("--spec-tokens", type=int, default=4, help="num_speculative_tokens of both proposers")
+    p.add_argument(
+        "--check", action="store_true", help="CI: 3 prompts, target vs specdec proposer (and eagle3), batch 1"
+    )
+    p.add_argument("--spec-tokens", type=int, default=4, help="num_speculative_tokens of every proposer")
+    p.add_argument("--eagle-head", help="an EAGLE-3 head exported by specdec.eagle.export: adds the eagle3 leg")
+    p.add_argument("--export-head", metavar="DIR", help="(project python) export SmolLM2's EAGLE-3 head to DIR, exit")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--loop-legs", help="comma-separated names of LOOP_LEGS to run (default: all)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     global DTYPE
     DTYPE = args.dtype
+    if args.export_head:
+        export_smollm2_head(args.export_head)
+        return 0
     import torch
     import vllm
 
     args.vllm_version, args.torch_version = vllm.__version__, torch.__version__
-    configs = speculative_configs(args.spec_tokens)
+    configs = speculative_configs(args.spec_tokens, args.eagle_head)
     modes = list(configs)
     batches = [1, 4]
     if args.check:
         args.prompts, args.max_tokens, batches = min(args.prompts, 3), min(args.max_tokens, 48), [1]
-        modes = [modes[0], modes[2]]
+        modes = [modes[0], modes[2]] + modes[3:]  # target, specdec proposer, eagle3 when given
     ids = chat_token_ids(args.prompts)
     rows = [run_vllm(m, configs[m], ids, args.max_tokens, batches) for m in modes]
     if args.specdec_python:

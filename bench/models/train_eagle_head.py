@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Train an EAGLE draft head (specdec.eagle.EagleHead) for SmolLM2-135M or the bundled tiny pair, on 2 CPU cores.
+"""Train an EAGLE-3 draft head (specdec.eagle.EagleHead) for SmolLM2-135M or the bundled tiny pair, on 2 CPU cores.
 
-The head drafts from the target's own hidden states: token embedding + the target's features of the
-previous position (EAGLE-3: a low, a middle and a high layer fused by one linear layer; EAGLE-1: the
-final hidden state), one Llama decoder layer initialised from the target's last layer, the target's
-final norm, and the target's LM head shared (SmolLM2: the 8192-token subset head of the distilled draft).
+The head is in EAGLE-3's exact layout (what vLLM and SGLang serve as LlamaForCausalLMEagle3): the token
+embedding (the target's, shared) and the target's hidden states of the previous position after a low, a
+middle and a high layer (aux ids as vLLM taps them), fused by ``fc``, enter one decoder layer
+(``midlayer``, initialised from the target's last layer), then the final norm and the head's ``lm_head``
+over its draft vocabulary (rows of the target's LM head, kept frozen: SmolLM2 the 8192-token subset of
+the distilled draft, tiny the whole vocabulary).
 
 Phases (resumable through the work directory; each under a wall-clock budget):
   1. collect: the target answers training-split chat prompts in batches (3/4 greedy, 1/4 sampled at
@@ -16,15 +18,17 @@ Phases (resumable through the work directory; each under a wall-clock budget):
      step s feeds the head its own hidden state of step s-1 and attends to the true-feature entries up to
      the anchor plus its own earlier steps, exactly the cache a chain draft sees at depth s+1. Soft
      cross-entropy against the target's distribution (over the head's vocabulary), step weights 0.8^s.
+     Resumable: the head, the optimiser and the clock are saved to the work directory every
+     ``--checkpoint-every`` seconds, and a new run continues from there (``--fresh`` starts over).
   3. evaluate: held-out greedy answers, acceptance per draft depth (the head's argmax at depth j equals
      the target's greedy token, given depths 1..j-1 were right), expected accepted length for k = 4.
 
 Usage:
   python bench/models/train_eagle_head.py --target smollm2            # ~75 min on 2 cores
   python bench/models/train_eagle_head.py --target tiny               # a few minutes
-  python bench/models/train_eagle_head.py --target smollm2 --phase train --train-minutes 5 --features final
-Writes python_api/specdec/assets/{smollm2_eagle,default_pair_eagle}/{config.json,model.safetensors,training.json}
-(the EAGLE-1 ablation, --features final, to smollm2_eagle1 / default_pair_eagle1).
+  python bench/models/train_eagle_head.py --target smollm2 --phase train --train-minutes 5 --ttt 5
+Writes python_api/specdec/assets/{smollm2_eagle,default_pair_eagle}/{config.json,model.safetensors,training.json}:
+an EAGLE-3 checkpoint in vLLM's format (specdec.eagle.export; serve it with vLLM's "eagle3" method).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from specdec.eagle import FeatureTap, eagle3_layers, new_head, unrolled_forward
 REPO = Path(__file__).resolve().parents[2]
 
 ASSETS = REPO / "python_api" / "specdec" / "assets"
-OUT_NAMES = {"smollm2": "smollm2_eagle", "tiny": "default_pair_eagle"}  # the EAGLE-1 ablation adds "1"
+OUT_NAMES = {"smollm2": "smollm2_eagle", "tiny": "default_pair_eagle"}
 
 
 def log(msg: str) -> None:
@@ -71,7 +75,8 @@ def load_target(name: str):
 
 
 def tap_layers(target) -> tuple[int, ...]:
-    """Every hidden_states index a head might read: the EAGLE-3 trio and the final (normed) state."""
+    """Every hidden_states index the script reads: the EAGLE-3 trio (the head's input) and the final
+    (normed) state (the target's distribution, the training signal)."""
     L = target.config.num_hidden_layers
     return tuple(sorted(set(eagle3_layers(L)) | {L}))
 
@@ -276,7 +281,7 @@ def chain_acceptance(ok: torch.Tensor, n_prompt: int, stats: dict, depths: int =
     draft made at position p (anchor p - s) is the target's greedy token. Every answer position is an
     anchor; depth s+1 is reached when depths 1..s were right."""
     T = ok.shape[1]
-    for a in range(max(n_prompt - 1, 0), T):  # anchors in the answer
+    for a in range(max(n_prompt - 1, 1), T):  # anchors in the answer (token 0 has no head entry)
         for s in range(min(depths, T - a)):
             stats["reach"][s] += 1
             if not bool(ok[s, a + s]):
@@ -339,20 +344,16 @@ def compare(target, tok, args) -> None:
     tapped = json.loads((args.work / "layers.json").read_text())
     final_col = tapped.index(target.config.num_hidden_layers)
     rows = []
-    for name in (OUT_NAMES[args.target], OUT_NAMES[args.target] + "1"):
-        path = ASSETS / name if (ASSETS / name).exists() else args.ablation_dir / name
-        if not (path / "model.safetensors").exists():
-            continue
-        head = load_head(target, path).float()
-        info = json.loads((path / "training.json").read_text())
-        rows.append(
-            (
-                f"EAGLE head, features {list(head.config.feature_layers)} "
-                f"({'EAGLE-1' if len(head.config.feature_layers) == 1 else 'EAGLE-3'}), "
-                f"{info['train_minutes']} min, {info['tokens_seen']} tokens seen",
-                evaluate(head, target, held, tapped, head.config.feature_layers, final_col),
-            )
+    path = args.out or ASSETS / OUT_NAMES[args.target]
+    head = load_head(target, path).float()
+    info = json.loads((path / "training.json").read_text())
+    rows.append(
+        (
+            f"EAGLE-3 head ({type(head).__name__}), features {list(head.config.feature_layers)}, "
+            f"{info['train_minutes']} min, {info['tokens_seen']} tokens seen",
+            evaluate(head, target, held, tapped, head.config.feature_layers, final_col),
         )
+    )
     import specdec
 
     draft = specdec.load_smollm2_pair()[1] if args.target == "smollm2" else specdec.load_default_pair()[1]
@@ -382,6 +383,14 @@ def load_records(work: Path):
     return held, gen, raw
 
 
+def save_checkpoint(work: Path, head, opt, state: dict) -> None:
+    """The head, the optimiser and the loop's counters (resumed by the next run); written then renamed,
+    so an interrupted write leaves the previous checkpoint."""
+    tmp = work / "train_state.pt.tmp"
+    torch.save(dict(head=head.trained_state(), opt=opt.state_dict(), **state), tmp)
+    tmp.replace(work / "train_state.pt")
+
+
 def train(target, tok, args) -> dict:
     work = args.work
     tapped = json.loads((work / "layers.json").read_text())
@@ -390,10 +399,11 @@ def train(target, tok, args) -> dict:
     n_tokens = sum(len(r["features"]) for r in records)
     log(f"training data: {len(gen)} answers + {len(raw)} windows = {n_tokens} positions with features")
     L = target.config.num_hidden_layers
-    layers = (L,) if args.features == "final" else eagle3_layers(L)
+    layers = eagle3_layers(L)
     final_col = tapped.index(L)
     subset = head_vocab(target, args, records)
     head = new_head(target, layers, subset)
+    head.lm_head.requires_grad_(False)  # the target's own rows: p_t below is over the same vocabulary
     d = head.config.hidden_size
     params = [p for p in head.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
@@ -401,22 +411,36 @@ def train(target, tok, args) -> dict:
         f"head: features {layers}, {n_params / 1e6:.2f}M trained parameters, vocabulary "
         f"{head_weight(head).shape[0]}, ttt steps {args.ttt}"
     )
-    before = evaluate(head, target, held[: args.eval_answers], tapped, layers, final_col)
-    log(f"held-out before training: {before}")
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    rng = random.Random(args.seed)
-    t0, budget, step, seen, epoch = time.time(), args.train_minutes * 60, 0, 0, 0
-    history, next_eval, ema = [], args.eval_every, None
+    ckpt = work / "train_state.pt"
+    st = dict(step=0, seen=0, epoch=0, elapsed=0.0, history=[], before=None, ttt=args.ttt)
+    if ckpt.exists() and not args.fresh:
+        saved = torch.load(ckpt)
+        if saved["ttt"] != args.ttt:
+            raise SystemExit(f"{ckpt} was trained with --ttt {saved['ttt']}; pass it again or --fresh")
+        head.load_state_dict(saved.pop("head"), strict=False)
+        opt.load_state_dict(saved.pop("opt"))
+        st.update(saved)
+        log(f"resumed from {ckpt}: {st['elapsed'] / 60:.1f} min, step {st['step']}, {st['seen']} tokens")
+    if st["before"] is None:
+        st["before"] = evaluate(head, target, held[: args.eval_answers], tapped, layers, final_col)
+        log(f"held-out before training: {st['before']}")
+    rng = random.Random(args.seed + st["step"])
+    budget = args.train_minutes * 60
+    t0 = time.time() - st["elapsed"]  # the clock continues where the last run stopped
+    next_eval = (int(st["elapsed"] // args.eval_every) + 1) * args.eval_every
+    next_ckpt = st["elapsed"] + args.checkpoint_every
+    ema = None
     weights = [0.8**s for s in range(args.ttt)]
     W = head_weight(head)
-    bar = tqdm(total=int(budget), desc="training (s)", unit="s")
+    bar = tqdm(total=int(budget), desc="training (s)", unit="s", initial=int(st["elapsed"]))
     while time.time() - t0 < budget:
-        epoch += 1
+        st["epoch"] += 1
         for batch in make_batches(records, args.max_len, args.tokens_per_batch, rng):
             frac = (time.time() - t0) / budget
             if frac >= 1:
                 break
-            lr = schedule(args.lr, step, args.warmup, frac, floor=0.05)
+            lr = schedule(args.lr, st["step"], args.warmup, frac, floor=0.05)
             x, feats, final, mask = collate(batch, args.max_len, tapped, layers, final_col, d)
             with torch.no_grad():
                 p_t = F.softmax(final @ W.T, -1)  # the target's distribution over the head's vocabulary
@@ -424,46 +448,50 @@ def train(target, tok, args) -> dict:
             loss = 0.0
             T = x.shape[1]
             for s, h in enumerate(hs):
-                valid = mask * (torch.arange(T) >= s)[None]
-                logq = F.log_softmax(head.norm(h) @ W.T, -1)
+                valid = mask * (torch.arange(T) >= s + 1)[None]  # step s has entries from token s + 1 on
+                logq = F.log_softmax(head.draft_logits(h), -1)
                 loss = loss + weights[s] * (-(p_t * logq).sum(-1) * valid).sum() / valid.sum().clamp(min=1)
             optimizer_step(opt, params, loss, lr)
-            step += 1
-            seen += int(mask.sum())
+            st["step"] += 1
+            st["seen"] += int(mask.sum())
             ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
-            elapsed = time.time() - t0
+            elapsed = st["elapsed"] = time.time() - t0
             bar.n = min(int(elapsed), int(budget))
-            bar.set_postfix(epoch=epoch, step=step, loss=f"{ema:.3f}", tok_s=f"{seen / elapsed:.0f}")
+            bar.set_postfix(epoch=st["epoch"], step=st["step"], loss=f"{ema:.3f}", tok_s=f"{st['seen'] / elapsed:.0f}")
             bar.refresh()
             if elapsed >= next_eval:
                 ev = evaluate(head, target, held[: args.eval_answers], tapped, layers, final_col)
-                history.append(dict(minutes=round(elapsed / 60, 1), tokens=seen, loss=round(ema, 4), **ev))
-                log(f"held-out after {elapsed / 60:.1f} min, {seen} tokens: {ev}")
+                st["history"].append(dict(minutes=round(elapsed / 60, 1), tokens=st["seen"], loss=round(ema, 4), **ev))
+                log(f"held-out after {elapsed / 60:.1f} min, {st['seen']} tokens: {ev}")
                 next_eval += args.eval_every
+            if elapsed >= next_ckpt:
+                save_checkpoint(work, head, opt, st)
+                next_ckpt += args.checkpoint_every
     bar.close()
+    save_checkpoint(work, head, opt, st)
     final_eval = evaluate(head, target, held, tapped, layers, final_col)
     log(f"held-out (all {len(held)} answers): {final_eval}")
-    out = args.out or ASSETS / f"{OUT_NAMES[args.target]}{'1' if args.features == 'final' else ''}"
+    out = args.out or ASSETS / OUT_NAMES[args.target]
     info = dict(
         target=args.target,
-        features=args.features,
+        layout="EAGLE-3 (LlamaForCausalLMEagle3)",
         feature_layers=list(layers),
         ttt_steps=args.ttt,
         trained_parameters=n_params,
         positions=n_tokens,
         answers=len(gen),
         windows=len(raw),
-        tokens_seen=seen,
-        steps=step,
-        epochs=epoch,
+        tokens_seen=st["seen"],
+        steps=st["step"],
+        epochs=st["epoch"],
         train_minutes=args.train_minutes,
-        before=before,
+        before=st["before"],
         heldout=final_eval,
         heldout_answers=len(held),
-        history=history,
+        history=st["history"],
         command="python bench/models/train_eagle_head.py " + " ".join(sys.argv[1:]),
     )
-    head.save(out, training=dict(target=args.target, tokens_seen=seen))
+    head.save(out, dtype=torch.bfloat16, training=dict(target=args.target, tokens_seen=st["seen"]))
     (out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"wrote {out}")
     return info
@@ -501,12 +529,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", choices=sorted(PRESETS), default="smollm2")
     ap.add_argument("--phase", choices=["all", "collect", "train", "compare"], default="all")
-    ap.add_argument(
-        "--features",
-        choices=["eagle3", "final"],
-        default="eagle3",
-        help="eagle3: low/middle/high layers fused; final: the last hidden state only (EAGLE-1)",
-    )
     ap.add_argument("--gen-minutes", type=float)
     ap.add_argument("--window-minutes", type=float)
     ap.add_argument("--train-minutes", type=float)
@@ -516,7 +538,9 @@ def main() -> None:
     ap.add_argument("--window-batch", type=int)
     ap.add_argument("--heldout-prompts", type=int)
     ap.add_argument("--lr", type=float)
-    ap.add_argument("--ttt", type=int, default=3, help="draft steps unrolled per batch (training-time test)")
+    ap.add_argument("--ttt", type=int, default=4, help="draft steps unrolled per batch (training-time test)")
+    ap.add_argument("--checkpoint-every", type=float, default=120, help="seconds between training checkpoints")
+    ap.add_argument("--fresh", action="store_true", help="train from scratch, ignoring a saved checkpoint")
     ap.add_argument("--max-len", type=int, default=384)
     ap.add_argument("--tokens-per-batch", type=int, default=1024)
     ap.add_argument("--warmup", type=int, default=30)
@@ -526,12 +550,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path)
     ap.add_argument("--out", type=Path)
-    ap.add_argument(
-        "--ablation-dir",
-        type=Path,
-        default=Path("/tmp/specdec_ablation"),
-        help="compare: where an ablation head (<name>1) not committed to the assets lives",
-    )
     args = ap.parse_args()
     for k, v in PRESETS[args.target].items():
         if getattr(args, k, None) is None:

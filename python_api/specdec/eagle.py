@@ -1,19 +1,24 @@
-"""EAGLE draft heads: draft from the target's own hidden states at the cost of one decoder layer.
+"""EAGLE-3 draft heads: draft from the target's own hidden states at the cost of one decoder layer.
 
-A head (Li et al., EAGLE 2024; EAGLE-3 2025) predicts the token after position p from the embedding
-of token x_p and a feature of position p-1:
+A head (Li et al., EAGLE 2024; EAGLE-3 2025) predicts the token after position p+1 from token x_{p+1}
+and a feature of position p, in EAGLE-3's exact layout (the one vLLM and SGLang serve as
+``LlamaForCausalLMEagle3``, the one SpecForge and speculators train):
 
-* from the target (``feature_layers``): the target's hidden states of position p-1 at a few layers,
-  concatenated and projected to the model width by ``fc`` (EAGLE-3 fuses a low, a middle and a high
-  layer; EAGLE-1 is the one-layer case with the final, normed hidden state);
-* from the head itself, when drafting past the root: the head's own output hidden state at the parent
-  node (the target has not run the drafted tokens yet).
+* the feature is ``fc(cat(aux_1, aux_2, aux_3))``: the target's hidden states at position p after a low,
+  a middle and a high decoder layer (``feature_layers``: id k = the residual stream entering the
+  target's 0-indexed layer k, i.e. ``output_hidden_states[k]``, before the final norm), projected to the
+  head's width; past the root it is the head's own pre-norm output at the parent node instead (the
+  target has not run the drafted tokens yet);
+* ``midlayer``: q/k/v read ``cat(input_layernorm(embed(x_{p+1})), hidden_norm(feature))`` (width
+  2 * hidden); the residual stream starts from the feature itself (``norm_before_residual=False``; True:
+  from ``hidden_norm(feature)``), then o_proj, the post-attention norm and the MLP add to it;
+* ``norm`` and the head's own ``lm_head`` over ``draft_vocab_size`` target tokens (draft id i is target
+  id ``i + d2t[i]``); the pre-norm hidden state is what the next draft step reads.
 
-``fuse(cat(embedding, feature))`` enters one Llama decoder layer (the target's architecture, its own
-small KV cache), then the final norm and the target's LM head, shared and never copied (or a
-:class:`specdec.models.SubsetLMHead` over the target's embedding rows). The module is plain torch; its
-forward takes token ids, positions, features and a KV buffer and returns logits and its hidden state,
-so a serving engine that hands a proposer the target's hidden states can run it without this loop.
+The entry for (x_{p+1}, feature of p) sits at rotary position p, as in vLLM (token 0 has no entry: no
+feature precedes it). The module is plain torch; its forward takes token ids, positions, features and
+a KV buffer and returns logits and its hidden state. :func:`export` writes a head in vLLM's or SGLang's
+format, :func:`load_head` reads either (and heads trained elsewhere).
 
 :class:`HeadDrafter` runs a head inside :func:`specdec.generate`. Its cache holds, for every committed
 position, the entry computed from the target's true feature: each step first *catches up* over the
@@ -36,11 +41,14 @@ import specdec_kernels as sk
 from specdec.cache import grown, next_capacity
 
 CATCH_UP_CHUNK = 512  # tokens per catch-up forward (the tree-attention kernel takes up to 1024 nodes)
+ARCHITECTURE = "LlamaForCausalLMEagle3"  # what vLLM and SGLang map to their EAGLE-3 Llama draft model
+RUNTIMES = ("vllm", "sglang")
+OUTSIDE = -1.0e4  # logit of target tokens outside the draft vocabulary (as specdec.models.SubsetLMHead)
 
 
 @dataclasses.dataclass
 class EagleConfig:
-    """What a head needs to know about its target, saved next to the weights as ``config.json``."""
+    """A head's shape and what it reads from its target (the fields of an EAGLE-3 ``config.json``)."""
 
     hidden_size: int
     intermediate_size: int
@@ -49,22 +57,21 @@ class EagleConfig:
     head_dim: int
     rms_norm_eps: float
     rope_parameters: dict
-    vocab_size: int
-    target_layers: int  # the target's decoder layer count (feature indices refer to it)
-    feature_layers: (
-        tuple  # indices into the target's hidden_states: 0 = embeddings, i = layer i's output, L = final norm
-    )
-    subset_size: int = 0  # 0: the target's full LM head; else a SubsetLMHead over this many token ids
+    vocab_size: int  # the target's vocabulary
+    target_layers: int  # the target's decoder layer count
+    feature_layers: tuple  # aux ids, sorted: k = output_hidden_states[k] of the target (0 < k < target_layers)
+    draft_vocab_size: int = 0  # rows of the head's lm_head (0: vocab_size)
     max_position_embeddings: int = 8192
+    norm_before_residual: bool = False
+
+    def __post_init__(self):
+        self.feature_layers = tuple(int(i) for i in self.feature_layers)
+        self.draft_vocab_size = int(self.draft_vocab_size or self.vocab_size)
 
     @classmethod
-    def for_target(cls, target, feature_layers, subset_size: int = 0) -> EagleConfig:
+    def for_target(cls, target, feature_layers, draft_vocab_size: int = 0) -> EagleConfig:
         c = target.config.get_text_config()
         heads = c.num_attention_heads
-        rope = dict(
-            getattr(c, "rope_parameters", None)
-            or {"rope_type": "default", "rope_theta": getattr(c, "rope_theta", 10000.0)}
-        )
         return cls(
             c.hidden_size,
             c.intermediate_size,
@@ -72,11 +79,11 @@ class EagleConfig:
             getattr(c, "num_key_value_heads", None) or heads,
             getattr(c, "head_dim", None) or c.hidden_size // heads,
             c.rms_norm_eps,
-            rope,
+            _rope_parameters(c),
             c.vocab_size,
             c.num_hidden_layers,
-            tuple(int(i) for i in feature_layers),
-            subset_size,
+            tuple(feature_layers),
+            draft_vocab_size,
             getattr(c, "max_position_embeddings", 8192),
         )
 
@@ -94,67 +101,141 @@ class EagleConfig:
             vocab_size=self.vocab_size,
             num_hidden_layers=1,
             max_position_embeddings=self.max_position_embeddings,
+            hidden_act="silu",
         )
 
 
+def _rope_parameters(c) -> dict:
+    """A transformers config's RoPE settings as a ``rope_parameters`` dict (transformers 5 keeps them
+    there; older configs have ``rope_theta`` and ``rope_scaling``)."""
+    rope = getattr(c, "rope_parameters", None) if not isinstance(c, dict) else c.get("rope_parameters")
+    if rope:
+        return dict(rope)
+    get = c.get if isinstance(c, dict) else lambda k, d=None: getattr(c, k, d)
+    scaling = dict(get("rope_scaling") or {})
+    rope_type = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+    return {"rope_type": rope_type, "rope_theta": float(get("rope_theta", 10000.0)), **scaling}
+
+
 def eagle3_layers(num_layers: int) -> tuple[int, ...]:
-    """Low, middle and high feature layers (hidden_states indices: i = output of decoder layer i) in
-    EAGLE-3's proportions; fewer for targets too shallow to have three distinct ones."""
+    """Low, middle and high aux layer ids: vLLM's and SGLang's default (2, L // 2, L - 3) for targets
+    deep enough to have three distinct ones, else as many distinct ids in 1 .. L - 1 as fit."""
     L = num_layers
-    if L > 4:
-        return (3, L // 2 + 1, L - 3)
-    return tuple(sorted({1, max(1, L // 2), max(1, L - 1)}))
+    if L >= 8:
+        return (2, L // 2, L - 3)
+    ids = tuple(sorted({1, L // 2, L - 1} & set(range(1, L))))
+    if not ids:
+        raise ValueError(f"an EAGLE-3 head needs a target with at least 2 decoder layers, got {L}")
+    return ids
+
+
+def check_feature_layers(layers, target_layers: int) -> None:
+    """ValueError unless ``layers`` are sorted, distinct aux ids a serving engine can tap (1 .. L - 1:
+    id 0 is the embedding and L the final-normed state, which vLLM's decoder loop never hands over)."""
+    layers = tuple(layers)
+    if not layers or list(layers) != sorted(set(layers)) or layers[0] < 1 or layers[-1] > target_layers - 1:
+        raise ValueError(
+            f"feature_layers must be sorted distinct aux layer ids in 1..{target_layers - 1} "
+            f"(the target has {target_layers} decoder layers), got {list(layers)}"
+        )
+
+
+class Eagle3Attention(nn.Module):
+    """q/k/v over the 2 * hidden concatenation, o_proj back to hidden (no biases)."""
+
+    def __init__(self, c: EagleConfig):
+        super().__init__()
+        d, D = c.hidden_size, c.head_dim
+        self.q_proj = nn.Linear(2 * d, c.num_attention_heads * D, bias=False)
+        self.k_proj = nn.Linear(2 * d, c.num_key_value_heads * D, bias=False)
+        self.v_proj = nn.Linear(2 * d, c.num_key_value_heads * D, bias=False)
+        self.o_proj = nn.Linear(c.num_attention_heads * D, d, bias=False)
+
+
+class Eagle3Layer(nn.Module):
+    """EAGLE-3's one decoder layer (``midlayer``): its parameters; :class:`EagleHead` runs them."""
+
+    def __init__(self, c: EagleConfig):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+        d = c.hidden_size
+        self.input_layernorm = LlamaRMSNorm(d, eps=c.rms_norm_eps)  # on the token embedding
+        self.hidden_norm = LlamaRMSNorm(d, eps=c.rms_norm_eps)  # on the feature
+        self.self_attn = Eagle3Attention(c)
+        self.post_attention_layernorm = LlamaRMSNorm(d, eps=c.rms_norm_eps)
+        self.mlp = LlamaMLP(c.llama_config())
 
 
 class EagleHead(nn.Module):
-    """An EAGLE draft head around a target's embedding and LM head (shared modules, not copies)."""
+    """An EAGLE-3 draft head. The token embedding is the target's (shared, not copied) unless the
+    checkpoint brought its own; everything else is the head's, named as in the EAGLE-3 format, so
+    :meth:`trained_state` is exactly what :func:`export` writes."""
 
-    def __init__(self, config: EagleConfig, embed_tokens: nn.Module, lm_head: nn.Module):
+    exportable = True
+
+    def __init__(self, config: EagleConfig, embed_tokens: nn.Module, own_embedding: bool = False):
         super().__init__()
-        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
 
-        self.config = config
-        d = config.hidden_size
-        lc = config.llama_config()
-        self.fc = nn.Linear(len(config.feature_layers) * d, d, bias=False)  # target features -> width d
-        self.fuse = nn.Linear(2 * d, d, bias=False)  # [token embedding, feature] -> the layer's input
-        self.layer = LlamaDecoderLayer(lc, layer_idx=0)  # parameters only: forward below runs its pieces
-        self.norm = LlamaRMSNorm(d, eps=config.rms_norm_eps)
-        self.rotary = LlamaRotaryEmbedding(lc)
-        # Shared with the target: kept out of this module's parameters and state_dict.
-        object.__setattr__(self, "embed_tokens", embed_tokens)
-        object.__setattr__(self, "lm_head", lm_head)
+        c = self.config = config
+        d = c.hidden_size
+        self.fc = nn.Linear(len(c.feature_layers) * d, d, bias=False)  # target features -> width d
+        self.midlayer = Eagle3Layer(c)
+        self.norm = LlamaRMSNorm(d, eps=c.rms_norm_eps)
+        self.lm_head = nn.Linear(d, c.draft_vocab_size, bias=False)
+        # target id of draft id i = i + d2t[i]; t2d[t]: target token t is in the draft vocabulary
+        self.register_buffer("d2t", torch.zeros(c.draft_vocab_size, dtype=torch.int64))
+        self.register_buffer("t2d", torch.ones(c.vocab_size, dtype=torch.bool))
+        self.rotary = LlamaRotaryEmbedding(c.llama_config())
+        self.own_embedding = own_embedding
+        if own_embedding:
+            self.embed_tokens = embed_tokens
+        else:  # shared with the target: kept out of this module's parameters and state_dict
+            object.__setattr__(self, "embed_tokens", embed_tokens)
 
-    # -- pieces (the training script runs them with its own attention) -------------------------------
+    # -- pieces (unrolled_forward runs them with its own attention) ------------------------------------
     def project_features(self, features: torch.Tensor) -> torch.Tensor:
         """Target features [..., len(feature_layers) * d] -> the head's feature space [..., d]."""
         return self.fc(features)
 
-    def layer_input(self, tokens: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([self.embed_tokens(tokens).to(feature.dtype), feature], -1))
-
-    def qkv(self, x: torch.Tensor, positions: torch.Tensor):
-        """Normed layer input [B, N, d] -> q [B, Hq, N, D], k, v [B, Hkv, N, D], RoPE applied."""
+    def attention_inputs(self, tokens: torch.Tensor, feature: torch.Tensor, positions: torch.Tensor):
+        """Tokens [B, N], feature [B, N, d], positions [B, N] -> q [B, Hq, N, D], k, v [B, Hkv, N, D]
+        (RoPE applied) and the residual stream [B, N, d] the attention output is added to."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        attn, c = self.layer.self_attn, self.config
-        h = self.layer.input_layernorm(x)
-        B, N, _ = h.shape
-        q = attn.q_proj(h).view(B, N, c.num_attention_heads, c.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(B, N, c.num_key_value_heads, c.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(B, N, c.num_key_value_heads, c.head_dim).transpose(1, 2)
-        cos, sin = self.rotary(h, positions)
+        layer, c = self.midlayer, self.config
+        emb = layer.input_layernorm(self.embed_tokens(tokens).to(feature.dtype))
+        normed = layer.hidden_norm(feature)
+        residual = normed if c.norm_before_residual else feature
+        x = torch.cat([emb, normed], -1)
+        B, N, _ = x.shape
+        attn = layer.self_attn
+        q = attn.q_proj(x).view(B, N, c.num_attention_heads, c.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(B, N, c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(B, N, c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        cos, sin = self.rotary(x, positions)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        return q, k, v
+        return q, k, v, residual
 
-    def finish(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """Residual stream after attention ([B, Hq, N, D] output) and the MLP: the head's hidden [B, N, d]."""
+    def finish(self, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Residual stream after attention ([B, Hq, N, D] output) and the MLP: the pre-norm hidden [B, N, d]."""
+        layer = self.midlayer
         B, _, N, _ = attn_out.shape
-        x = x + self.layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(B, N, -1))
-        return x + self.layer.mlp(self.layer.post_attention_layernorm(x))
+        x = residual + layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(B, N, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the draft vocabulary [..., draft_vocab_size]."""
+        return self.lm_head(self.norm(hidden))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(hidden))
+        """Logits over the target's vocabulary [..., V]: the draft vocabulary's at their target ids,
+        ``OUTSIDE`` elsewhere (the head never proposes those; its q there is exactly 0)."""
+        sub = self.draft_logits(hidden)
+        ids = torch.arange(sub.shape[-1], device=sub.device) + self.d2t
+        out = sub.new_full((*sub.shape[:-1], self.config.vocab_size), OUTSIDE)
+        return out.index_copy_(-1, ids, sub)
 
     # -- inference ------------------------------------------------------------------------------------
     def forward(
@@ -177,39 +258,24 @@ class EagleHead(nn.Module):
         max_kv_len: ``max(start) + N`` when the caller knows it (attention then reads no further).
         Returns (logits [B, N, V] fp32 or None, hidden [B, N, d]).
         """
-        x = self.layer_input(tokens, feature)
-        q, k, v = self.qkv(x, positions)
+        q, k, v, residual = self.attention_inputs(tokens, feature, positions)
         B, H, N, D = k.shape
         index = (start[:, None] + torch.arange(N, device=start.device)).view(B, 1, N, 1).expand(B, H, N, D)
         k_cache.scatter_(2, index, k)
         v_cache.scatter_(2, index, v)
         out = sk.tree_attention(q, k_cache, v_cache, start + N, tree_mask, check=False, max_kv_len=max_kv_len)
-        hidden = self.finish(x, out)
+        hidden = self.finish(residual, out)
         return (self.logits(hidden).float() if logits else None), hidden
 
     # -- persistence ----------------------------------------------------------------------------------
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """The head's own weights (shared embedding / LM head excluded; the rotary buffers are derived)."""
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("rotary.")}
-        if getattr(self.lm_head, "token_ids", None) is not None:
-            state["lm_head.token_ids"] = self.lm_head.token_ids
-        return state
+        """The head's tensors under their EAGLE-3 names (the rotary buffers are derived, never saved)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("rotary.")}
 
-    def save(self, path: str | Path, **meta) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        cfg = dataclasses.asdict(self.config)
-        cfg["feature_layers"] = list(cfg["feature_layers"])
-        (path / "config.json").write_text(json.dumps({**cfg, **meta}, indent=1) + "\n")
-        save_file(
-            {
-                k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).contiguous()
-                for k, v in self.trained_state().items()
-            },
-            str(path / "model.safetensors"),
-        )
+    def save(self, path: str | Path, dtype: torch.dtype | None = None, **meta) -> None:
+        """The files of :func:`export` for vLLM (what :func:`load_head` reads back), ``meta`` kept in
+        config.json; unlike :func:`export`, any number of feature layers."""
+        write_checkpoint(self, path, "vllm", dtype, **meta)
 
 
 def shift(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -223,11 +289,12 @@ def unrolled_forward(head: EagleHead, tokens: torch.Tensor, g: torch.Tensor, ste
     """Training-time test (EAGLE-3 / HASS) over whole sequences: the head's hidden states [B, T, d] of
     draft steps 0..steps-1, with ``g`` [B, T, d] = ``project_features`` of the target's features.
 
-    Step s at position p drafts from anchor a = p - s: its input is token p with the head's step s-1 hidden
-    state at p-1 (step 0: the target's feature of p-1); it attends to step-0 keys at positions <= a (the
-    true-feature cache) and to steps 1..s at positions a+1..p (its own draft entries): exactly what
-    :class:`HeadDrafter` computes when it drafts a chain from root a with the target's tokens as drafts
-    (the property the tests check), so what is trained is what runs.
+    Index p of step s is the head's output after reading token p, drafting from anchor a = p - s: step 0
+    reads the target's feature of p - 1, step s the head's step s-1 output at p - 1; it attends to step-0
+    entries of tokens 1..a (the true-feature cache) and to steps 1..s at tokens a+1..p (its own draft
+    entries). Token 0 has no entry (no feature precedes it), so index p of step s exists for p >= s + 1;
+    the others are zeros. Exactly what :class:`HeadDrafter` computes when it drafts a chain from root a
+    with the target's tokens as drafts (the property the tests check), so what is trained is what runs.
     """
     from transformers.models.llama.modeling_llama import repeat_kv
 
@@ -235,28 +302,29 @@ def unrolled_forward(head: EagleHead, tokens: torch.Tensor, g: torch.Tensor, ste
     c = head.config
     rep = c.num_attention_heads // c.num_key_value_heads
     scale = c.head_dim**-0.5
-    pos = torch.arange(T)[None].expand(B, T)
-    idx = torch.arange(T)
-    prev = shift(g, 1)  # step 0 reads the target's feature of p-1
+    E = T - 1  # entries: token e + 1 with the feature of e, at rotary position e
+    toks = tokens[:, 1:]
+    pos = torch.arange(E, device=tokens.device)[None].expand(B, E)
+    idx = torch.arange(E, device=tokens.device)
+    prev = g[:, :-1]
     keys, vals, outs = [], [], []
     for s in range(steps):
-        x = head.layer_input(tokens, prev)
-        q, k, v = head.qkv(x, pos)
+        q, k, v, residual = head.attention_inputs(toks, prev, pos)
         k, v = repeat_kv(k, rep), repeat_kv(v, rep)
         keys.append(k)
         vals.append(v)
-        s0 = (q @ keys[0].transpose(-1, -2)) * scale  # [B, H, T, T]
+        s0 = (q @ keys[0].transpose(-1, -2)) * scale  # [B, H, E, E]
         s0 = s0.masked_fill(idx[None, :] > (idx[:, None] - s), float("-inf"))
         diag = [
             ((q * shift(keys[j].transpose(1, 2), s - j).transpose(1, 2)).sum(-1) * scale)[..., None]
             for j in range(1, s + 1)
-        ]  # [B, H, T, 1] each
+        ]  # [B, H, E, 1] each
         w = torch.softmax(torch.cat([s0] + diag, -1).float(), -1).to(q.dtype)
-        out = w[..., :T] @ vals[0]
+        out = w[..., :E] @ vals[0]
         for j in range(1, s + 1):
-            out = out + w[..., T + j - 1 : T + j] * shift(vals[j].transpose(1, 2), s - j).transpose(1, 2)
-        h = head.finish(x, out)
-        outs.append(h)
+            out = out + w[..., E + j - 1 : E + j] * shift(vals[j].transpose(1, 2), s - j).transpose(1, 2)
+        h = head.finish(residual, out)
+        outs.append(torch.cat([torch.zeros_like(h[:, :1]), h], 1))
         prev = shift(h, 1)
     return outs
 
@@ -267,28 +335,38 @@ def _decoder(model):
 
 
 def new_head(target, feature_layers=None, subset: torch.Tensor | None = None) -> EagleHead:
-    """An untrained head for ``target``: its decoder layer a copy of the target's top layer, its norm the
-    target's final norm, ``fc`` picking the highest feature layer and ``fuse`` adding embedding and
-    feature (a sensible start for training). ``feature_layers`` default to EAGLE-3's low/middle/high;
-    ``subset``: token ids for a :class:`specdec.models.SubsetLMHead` (default: the target's LM head)."""
-    import copy
-
-    from specdec.models import SubsetLMHead
-
+    """An untrained head for ``target``: its layer initialised from the target's top layer (q/k/v read
+    both halves of the concatenation with half the target's weights), its norm the target's final norm,
+    ``fc`` picking the highest feature layer, ``lm_head`` the target's LM head rows of ``subset`` (token
+    ids, default: the whole vocabulary). ``feature_layers`` default to :func:`eagle3_layers`."""
     L = target.config.get_text_config().num_hidden_layers
-    feature_layers = tuple(feature_layers) if feature_layers is not None else eagle3_layers(L)
-    emb = target.get_input_embeddings()
-    lm_head = SubsetLMHead(emb.weight, subset) if subset is not None else target.get_output_embeddings()
-    config = EagleConfig.for_target(target, feature_layers, 0 if subset is None else len(subset))
-    head = EagleHead(config, emb, lm_head)
+    layers = tuple(feature_layers) if feature_layers is not None else eagle3_layers(L)
+    check_feature_layers(layers, L)
+    V = target.config.get_text_config().vocab_size
+    ids = torch.arange(V) if subset is None else torch.unique(subset.long().cpu())  # sorted, distinct
+    if ids.numel() == 0 or int(ids[0]) < 0 or int(ids[-1]) >= V:
+        raise ValueError(f"subset must hold token ids in 0..{V - 1}, got {ids.numel()} ids")
+    config = EagleConfig.for_target(target, layers, ids.numel())
+    head = EagleHead(config, target.get_input_embeddings())
     inner = _decoder(target)
-    head.layer.load_state_dict(copy.deepcopy(inner.layers[L - 1].state_dict()), strict=False)
-    head.norm.load_state_dict(inner.norm.state_dict())
-    d, n = config.hidden_size, len(feature_layers)
+    top, m = inner.layers[L - 1], head.midlayer
+    d, n = config.hidden_size, len(layers)
     with torch.no_grad():
+        m.input_layernorm.weight.copy_(top.input_layernorm.weight)
+        m.hidden_norm.weight.copy_(top.input_layernorm.weight)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            w = getattr(top.self_attn, name).weight
+            getattr(m.self_attn, name).weight.copy_(0.5 * torch.cat([w, w], 1))
+        m.self_attn.o_proj.weight.copy_(top.self_attn.o_proj.weight)
+        m.post_attention_layernorm.weight.copy_(top.post_attention_layernorm.weight)
+        m.mlp.load_state_dict({k: v for k, v in top.mlp.state_dict().items() if k.endswith("weight")}, strict=False)
+        head.norm.weight.copy_(inner.norm.weight)
+        head.lm_head.weight.copy_(target.get_output_embeddings().weight[ids.to(head.lm_head.weight.device)])
+        head.d2t.copy_(ids - torch.arange(ids.numel()))
+        head.t2d.zero_()
+        head.t2d[ids] = True
         head.fc.weight.zero_()
         head.fc.weight[:, (n - 1) * d :] = torch.eye(d)
-        head.fuse.weight.copy_(torch.cat([torch.eye(d), torch.eye(d)], 1))
     p = next(target.parameters())
     return head.to(device=p.device, dtype=p.dtype)
 
@@ -310,49 +388,283 @@ def check_head_fits(head, target) -> None:
     """ValueError unless ``head`` was built for a target of ``target``'s shape."""
     if not isinstance(head, EagleHead):
         raise TypeError(f"expected an EagleHead, got {type(head).__name__}")
-    c, t = head.config, target.config.get_text_config()
+    c = head.config
     why = _shape_mismatch(c, target)
     if why:
         raise ValueError(f"the EAGLE head does not fit the target: {why}")
-    if max(c.feature_layers) > t.num_hidden_layers or min(c.feature_layers) < 0:
-        raise ValueError(f"the EAGLE head reads target layers {c.feature_layers}, the target has {t.num_hidden_layers}")
-    if head.embed_tokens is not target.get_input_embeddings():
+    check_feature_layers(c.feature_layers, c.target_layers)
+    if not head.own_embedding and head.embed_tokens is not target.get_input_embeddings():
         raise ValueError(
             "the EAGLE head was built around another model's embeddings: load it with this target "
             "(specdec.eagle.load_head(target, path))"
         )
 
 
-def load_head(target, path: str | Path) -> EagleHead:
-    """Load a head saved with :meth:`EagleHead.save` around ``target``'s embedding and LM head."""
+# -- the EAGLE-3 checkpoint format (vLLM / SGLang / SpecForge / speculators) ---------------------------
+AUX_LAYERS = 3  # vLLM's and SGLang's EAGLE-3 Llama models size fc for exactly 3 aux hidden states
+
+
+def required_tensors(c: EagleConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+    """Every tensor vLLM's EAGLE-3 Llama loader fills, with its shape (dtype None: any float type).
+
+    The loader leaves a parameter that the file lacks at its initial value without a word, so the
+    exporter and the importer both check a checkpoint against this list, exactly."""
+    d, D, Hq, Hkv, inter = c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size
+    n = len(c.feature_layers)
+    return {
+        "fc.weight": ((d, n * d), None),
+        "midlayer.input_layernorm.weight": ((d,), None),
+        "midlayer.hidden_norm.weight": ((d,), None),
+        "midlayer.self_attn.q_proj.weight": ((Hq * D, 2 * d), None),
+        "midlayer.self_attn.k_proj.weight": ((Hkv * D, 2 * d), None),
+        "midlayer.self_attn.v_proj.weight": ((Hkv * D, 2 * d), None),
+        "midlayer.self_attn.o_proj.weight": ((d, Hq * D), None),
+        "midlayer.post_attention_layernorm.weight": ((d,), None),
+        "midlayer.mlp.gate_proj.weight": ((inter, d), None),
+        "midlayer.mlp.up_proj.weight": ((inter, d), None),
+        "midlayer.mlp.down_proj.weight": ((d, inter), None),
+        "norm.weight": ((d,), None),
+        "lm_head.weight": ((c.draft_vocab_size, d), None),
+        "d2t": ((c.draft_vocab_size,), torch.int64),
+        "t2d": ((c.vocab_size,), torch.bool),
+    }
+
+
+def check_tensors(state: dict[str, torch.Tensor], c: EagleConfig, where: str) -> None:
+    """ValueError unless ``state`` holds exactly :func:`required_tensors` (an optional
+    ``embed_tokens.weight`` of [vocab, hidden] aside), with those shapes and a consistent vocabulary map."""
+    need = required_tensors(c)
+    if "embed_tokens.weight" in state:
+        need["embed_tokens.weight"] = ((c.vocab_size, c.hidden_size), None)
+    missing = sorted(set(need) - set(state))
+    unexpected = sorted(set(state) - set(need))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} {state[k].dtype} (want {shape}{'' if dt is None else f' {dt}'})"
+        for k, (shape, dt) in need.items()
+        if k in state
+        and (
+            tuple(state[k].shape) != shape
+            or (dt is not None and state[k].dtype != dt)
+            or (dt is None and not state[k].is_floating_point())
+        )
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{where}: not the EAGLE-3 tensors this config needs: missing {missing}, unexpected {unexpected}, "
+            f"wrong shape/dtype {wrong}"
+        )
+    ids = torch.arange(c.draft_vocab_size) + state["d2t"].cpu()
+    if int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size or ids.unique().numel() != ids.numel():
+        raise ValueError(f"{where}: d2t maps draft ids outside 0..{c.vocab_size - 1} or twice onto one target id")
+    t2d = state["t2d"].cpu()
+    if int(t2d.sum()) != c.draft_vocab_size or not bool(t2d[ids].all()):
+        raise ValueError(f"{where}: t2d does not mark exactly the target ids that d2t maps to")
+
+
+def export_config(c: EagleConfig, runtime: str, dtype: torch.dtype, **meta) -> dict:
+    """config.json of an EAGLE-3 head for ``runtime``: vLLM reads aux id k as the residual stream
+    entering the target's 0-indexed layer k (= ``output_hidden_states[k]``); SGLang adds one to explicit
+    ids (it captures before layer id + 1), so its file says k - 1 for the same layer."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    ids = list(c.feature_layers) if runtime == "vllm" else [k - 1 for k in c.feature_layers]
+    rope = dict(c.rope_parameters)
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    cfg = {
+        "architectures": [ARCHITECTURE],
+        "model_type": "llama",
+        "hidden_size": c.hidden_size,
+        "target_hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "num_hidden_layers": 1,
+        "hidden_act": "silu",
+        "rms_norm_eps": c.rms_norm_eps,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rope_theta": rope.get("rope_theta", 10000.0),
+        "rope_scaling": None if scaling.get("rope_type", "default") == "default" else scaling,
+        "rope_parameters": rope,
+        "vocab_size": c.vocab_size,
+        "draft_vocab_size": c.draft_vocab_size,
+        "tie_word_embeddings": False,
+        "norm_before_residual": c.norm_before_residual,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "eagle_config": {"eagle_aux_hidden_state_layer_ids": ids, "use_aux_hidden_state": True},
+    }
+    if runtime == "vllm":  # vLLM reads the top-level field first
+        cfg["eagle_aux_hidden_state_layer_ids"] = ids
+    cfg["specdec"] = {
+        "runtime": runtime,
+        "feature_layers": list(c.feature_layers),
+        "target_layers": c.target_layers,
+        **meta,
+    }
+    return cfg
+
+
+def export(head: EagleHead, path: str | Path, runtime: str = "vllm", dtype: torch.dtype | None = None, **meta) -> Path:
+    """Write ``head`` as an EAGLE-3 checkpoint for ``runtime`` ("vllm" or "sglang"): config.json and
+    model.safetensors (``fc``, ``midlayer.*``, ``norm``, ``lm_head`` over the draft vocabulary, ``d2t``
+    int64, ``t2d`` bool; floats in ``dtype``, default the head's). Serve it with vLLM as
+    ``speculative_config={"method": "eagle3", "model": path, ...}``; :func:`load_head` reads it back."""
+    c = head.config
+    if len(c.feature_layers) != AUX_LAYERS:
+        raise ValueError(
+            f"vLLM and SGLang read exactly {AUX_LAYERS} aux layers; this head reads {list(c.feature_layers)} "
+            f"(a target of {c.target_layers} layers): build it with {AUX_LAYERS} feature_layers to export it"
+        )
+    return write_checkpoint(head, path, runtime, dtype, **meta)
+
+
+def write_checkpoint(head: EagleHead, path, runtime: str, dtype: torch.dtype | None, **meta) -> Path:
+    """The files of :func:`export` for any number of feature layers (:meth:`EagleHead.save`: a head of
+    a shallow target reads fewer than the 3 serving engines take; specdec loads it all the same)."""
+    from safetensors.torch import save_file
+
+    if not getattr(head, "exportable", False):
+        raise TypeError(
+            f"{type(head).__name__} is not in EAGLE-3's layout and cannot be exported: train a head "
+            "(bench/models/train_eagle_head.py) or build one with specdec.eagle.new_head"
+        )
+    c = head.config
+    dtype = dtype or next(head.parameters()).dtype
+    state = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
+        for k, v in head.trained_state().items()
+    }
+    check_tensors(state, c, "export")
+    cfg = export_config(c, runtime, dtype, **meta)  # checks runtime before anything is written
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    save_file(state, str(path / "model.safetensors"))
+    return path
+
+
+def _flat_config(raw: dict) -> dict:
+    """One flat dict of an EAGLE-3 config.json: speculators nests the layer's sizes in
+    ``transformer_layer_config``; vLLM's and SpecForge's layout is flat already."""
+    inner = raw.get("transformer_layer_config")
+    return {**inner, **{k: v for k, v in raw.items() if k != "transformer_layer_config"}} if inner else dict(raw)
+
+
+def _aux_layer_ids(flat: dict, runtime: str, target_layers: int) -> tuple[int, ...]:
+    """The head's feature layers in vLLM's numbering, from whatever the file says."""
+    mine = (flat.get("specdec") or {}).get("feature_layers")
+    if mine is not None:  # written by export: already in this numbering
+        return tuple(mine)
+    if flat.get("eagle_aux_hidden_state_layer_ids"):  # vLLM's and speculators' top-level field
+        return tuple(flat["eagle_aux_hidden_state_layer_ids"])
+    ids = (flat.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    if ids:
+        return tuple(int(k) + (runtime == "sglang") for k in ids)
+    L = target_layers
+    return (2, L // 2, L - 3)  # what vLLM and SGLang tap when the file names no layers
+
+
+def read_config(raw: dict, target, runtime: str = "vllm", where: str = "config.json") -> EagleConfig:
+    """EagleConfig of an EAGLE-3 config.json (vLLM / SGLang / SpecForge or speculators layout) for
+    ``target``. ``runtime`` says how to read ids found only in ``eagle_config`` ("sglang": SGLang's
+    numbering, one less; SpecForge writes those) when the file is not one of :func:`export`'s."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    flat = _flat_config(raw)
+    archs = list(flat.get("architectures") or [])
+    if ARCHITECTURE not in archs and "Eagle3Speculator" not in archs and flat.get("speculators_model_type") != "eagle3":
+        raise ValueError(f"{where} is not an EAGLE-3 Llama head: architectures {archs}")
+    unsupported = {
+        "num_hidden_layers": (flat.get("num_hidden_layers", 1), 1),
+        "hidden_act": (flat.get("hidden_act", "silu"), "silu"),
+        "attention_bias": (bool(flat.get("attention_bias", False)), False),
+        "mlp_bias": (bool(flat.get("mlp_bias", False)), False),
+    }
+    bad = {k: have for k, (have, want) in unsupported.items() if have != want}
+    if bad:
+        raise ValueError(f"{where}: specdec runs one-layer silu EAGLE-3 heads without biases, this one has {bad}")
+    t = target.config.get_text_config()
+    d = flat["hidden_size"]
+    if flat.get("target_hidden_size", d) != d:
+        wide = flat["target_hidden_size"]
+        raise ValueError(f"{where}: a head of width {d} over target width {wide} is not supported")
+    heads = flat["num_attention_heads"]
+    return EagleConfig(
+        hidden_size=d,
+        intermediate_size=flat["intermediate_size"],
+        num_attention_heads=heads,
+        num_key_value_heads=flat.get("num_key_value_heads") or heads,
+        head_dim=flat.get("head_dim") or d // heads,
+        rms_norm_eps=flat.get("rms_norm_eps", 1e-6),
+        rope_parameters=_rope_parameters(flat),
+        vocab_size=flat.get("vocab_size") or t.vocab_size,
+        target_layers=t.num_hidden_layers,
+        feature_layers=_aux_layer_ids(flat, runtime, t.num_hidden_layers),
+        draft_vocab_size=flat.get("draft_vocab_size") or 0,
+        max_position_embeddings=flat.get("max_position_embeddings", 8192),
+        norm_before_residual=bool(flat.get("norm_before_residual", False)),
+    )
+
+
+def _canonical_name(name: str) -> str:
+    """A tensor name in the exported form: SpecForge / speculators / vLLM's module names differ only in
+    the prefix (``model.``) and the layer's (``layers.0.`` for ``midlayer.``)."""
+    name = name.removeprefix("model.")
+    return "midlayer." + name.removeprefix("layers.0.") if name.startswith("layers.0.") else name
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from specdec.models import SubsetLMHead
+    files = sorted(path.glob("*.safetensors"))
+    state = {}
+    for f in files:
+        state.update({_canonical_name(k): v for k, v in load_file(str(f)).items()})
+    return state
 
+
+def load_head(target, path: str | Path, runtime: str = "vllm") -> EagleHead:
+    """Load an EAGLE-3 head around ``target``: one written by :func:`export` (either runtime) or
+    :meth:`EagleHead.save`, or one trained elsewhere in vLLM / SGLang / SpecForge / speculators layout
+    (``runtime``: how to read ids given only in ``eagle_config``, see :func:`read_config`). The
+    embedding is the target's unless the file brings a different one. Heads in specdec's earlier fused
+    layout load as :class:`specdec.eagle_legacy.LegacyEagleHead`."""
     path = Path(path)
-    if not (path / "model.safetensors").is_file():
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         raise FileNotFoundError(
-            f"{path / 'model.safetensors'} is missing; train a head with `python bench/models/train_eagle_head.py`"
+            f"{path} holds no config.json and *.safetensors; train a head with "
+            "`python bench/models/train_eagle_head.py` or export one with specdec.eagle.export"
         )
     raw = json.loads((path / "config.json").read_text())
-    fields = {f.name for f in dataclasses.fields(EagleConfig)}
-    config = EagleConfig(**{k: v for k, v in raw.items() if k in fields})
-    config.feature_layers = tuple(config.feature_layers)
+    if "feature_layers" in raw and "architectures" not in raw:
+        from specdec.eagle_legacy import load_legacy_head
+
+        return load_legacy_head(target, path, raw)
+    config = read_config(raw, target, runtime, where=str(path / "config.json"))
     why = _shape_mismatch(config, target)
     if why:
         raise ValueError(f"the EAGLE head at {path} was trained for another target: {why}")
-    state = load_file(str(path / "model.safetensors"))
+    check_feature_layers(config.feature_layers, config.target_layers)
+    state = _read_tensors(path)
+    if "d2t" not in state and config.draft_vocab_size == config.vocab_size:  # a full-vocabulary head
+        state["d2t"] = torch.zeros(config.vocab_size, dtype=torch.int64)
+    if "t2d" not in state and "d2t" in state:
+        t2d = torch.zeros(config.vocab_size, dtype=torch.bool)
+        t2d[torch.arange(config.draft_vocab_size) + state["d2t"]] = True
+        state["t2d"] = t2d
+    check_tensors(state, config, str(path))
     emb = target.get_input_embeddings()
-    token_ids = state.pop("lm_head.token_ids", None)
-    lm_head = SubsetLMHead(emb.weight, token_ids) if token_ids is not None else target.get_output_embeddings()
     p = next(target.parameters())
-    head = EagleHead(config, emb, lm_head)
-    missing, unexpected = head.load_state_dict({k: v.to(p.dtype) for k, v in state.items()}, strict=False)
-    missing = [k for k in missing if not k.startswith("rotary.")]
-    if missing or unexpected:
-        raise ValueError(
-            f"EAGLE head checkpoint {path} does not match its config: missing {missing}, unexpected {unexpected}"
-        )
+    own = state.pop("embed_tokens.weight", None)
+    if own is not None and torch.equal(own.float(), emb.weight.detach().to(own.dtype).float().cpu()):
+        own = None  # the target's own embedding, copied into the checkpoint: share it instead
+    if own is None:
+        head = EagleHead(config, emb)
+    else:
+        head = EagleHead(config, nn.Embedding.from_pretrained(own.to(p.dtype), freeze=True), own_embedding=True)
+    head.load_state_dict({k: v.to(p.dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     return head.to(device=p.device, dtype=p.dtype).eval()
 
 
@@ -401,8 +713,10 @@ class HeadDrafter:
     """Runs an :class:`EagleHead` for :func:`specdec.generate`: its KV cache, the projected target
     features per committed position, its own hidden state per cache slot.
 
-    Per sequence: ``tok[p]`` / ``feat[p]`` hold committed token p and fc(target features of position p);
-    ``hlen`` entries of the cache were computed from true features (token p with ``feat[p-1]``).
+    Per sequence: ``tok[p]`` / ``feat[p]`` hold committed token p and fc(target features of position p).
+    Cache entry e holds token e + 1 read with the feature of e, at rotary position e (as vLLM lays it
+    out; token 0 has none), so the node at position P sits at slot P - 1; ``hlen`` entries were computed
+    from true features.
     """
 
     kind = "head"
@@ -434,17 +748,16 @@ class HeadDrafter:
             setattr(self, name, grown(getattr(self, name), dim, self.capacity))
 
     @torch.inference_mode()
-    def _run(self, tokens, positions, feature, start, tree_mask, logits: bool = True):
-        """One head forward; keeps each node's hidden state at its slot. Returns (logits or None, hidden)."""
+    def _run(self, tokens, slots, feature, start, tree_mask, logits: bool = True):
+        """One head forward over entries ``start[b] + 0..N-1`` (rotary position = slot); keeps each
+        node's hidden state at its slot. Returns (logits or None, hidden)."""
         end = int(start.max()) + tokens.shape[1]
         self._reserve(end)
         self.calls += 1
         self.tokens += tokens.shape[1]
-        out, hidden = self.head(
-            tokens, positions, feature, self.k, self.v, start, tree_mask, logits=logits, max_kv_len=end
-        )
-        slots = (start[:, None] + torch.arange(tokens.shape[1], device=start.device)).clamp(max=self.capacity - 1)
-        self.hid.scatter_(1, slots[..., None].expand_as(hidden), hidden)
+        out, hidden = self.head(tokens, slots, feature, self.k, self.v, start, tree_mask, logits=logits, max_kv_len=end)
+        at = (start[:, None] + torch.arange(tokens.shape[1], device=start.device)).clamp(max=self.capacity - 1)
+        self.hid.scatter_(1, at[..., None].expand_as(hidden), hidden)
         return out, hidden
 
     @torch.inference_mode()
@@ -476,10 +789,10 @@ class HeadDrafter:
 
     def begin(self, rows) -> torch.Tensor:
         """Catch up over the committed tokens not yet run with true features (through the root at
-        ``ctx - 1``); returns the root's next-token logits [B, V]."""
+        position ``ctx - 1``, entry ``ctx - 2``); returns the root's next-token logits [B, V]."""
         from specdec.runner import chain_mask
 
-        end = rows.ctx  # entries 0 .. ctx-1 once caught up
+        end = rows.ctx - 1  # entries 0 .. ctx-2 once caught up
         out = None
         while True:
             todo = end - self.hlen
@@ -487,13 +800,11 @@ class HeadDrafter:
             if W <= 0:
                 break
             W = min(W, CATCH_UP_CHUNK)
-            pos = (self.hlen[:, None] + torch.arange(W, device=end.device)).clamp(max=self.capacity - 1)
-            toks = self.tok.gather(1, pos)
-            fpos = (pos - 1).clamp(min=0)
-            feat = self.feat.gather(1, fpos[..., None].expand(-1, -1, self.feat.shape[-1]))
-            feat = torch.where((pos > 0)[..., None], feat, torch.zeros_like(feat))  # nothing precedes token 0
+            slots = (self.hlen[:, None] + torch.arange(W, device=end.device)).clamp(max=self.capacity - 2)
+            toks = self.tok.gather(1, slots + 1)
+            feat = self.feat.gather(1, slots[..., None].expand(-1, -1, self.feat.shape[-1]))
             # Only the root's logits are needed: the head's output layer runs on that one row per sequence.
-            _, hidden = self._run(toks, pos, feat, self.hlen, chain_mask(W, end.device), logits=False)
+            _, hidden = self._run(toks, slots, feat, self.hlen, chain_mask(W, end.device), logits=False)
             last = (todo - 1).clamp(0, W - 1)
             here = (todo > 0) & (todo <= W)  # rows whose root is in this chunk
             picked = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1]))
@@ -505,13 +816,15 @@ class HeadDrafter:
             return self.head.logits(out)[:, 0].float()
 
     def forward(self, tokens, positions, tree_mask, start) -> torch.Tensor:
-        """Draft nodes past the root: each node's feature is the head's hidden state at its parent (the
-        deepest ancestor in this forward, else the entry just before ``start``). Logits [B, N, V]."""
+        """Draft nodes past the root (positions ``start[b] + ...``, so entries from ``start - 1``): each
+        node's feature is the head's hidden state at its parent (the deepest ancestor in this forward,
+        else the entry just before). Logits [B, N, V]."""
         B = tokens.shape[0]
+        first = start - 1
         anc = _deepest_ancestor(tree_mask, B)
-        parent_slot = torch.where(anc >= 0, start[:, None] + anc, start[:, None] - 1)
+        parent_slot = torch.where(anc >= 0, first[:, None] + anc, first[:, None] - 1)
         feat = self.hid.gather(1, parent_slot[..., None].expand(-1, -1, self.hid.shape[-1]))
-        return self._run(tokens, positions, feat, start, tree_mask)[0]
+        return self._run(tokens, positions - 1, feat, first, tree_mask)[0]
 
     def accept(self, rows, tree, res, target_features: torch.Tensor | None = None) -> None:
         """After verification: the emitted tokens (positions ctx ..) and the target's features of the
