@@ -140,3 +140,14 @@ def test_bf16_runs_part_from_plain_decoding_only_at_near_ties(pair):
         gap = float((logits[plain[0, pos]] - logits[spec[0, pos]]).abs())
         ties.append((seed, pos, gap, float(logits.abs().max())))
     assert all(gap < scale / 8 for _, _, gap, scale in ties), ties
+
+
+def test_compiled_target_feeds_an_eagle_head(eager_backend):
+    # the head reads the target's features through forward hooks on its layers: they must fire inside
+    # the compiled forward exactly as in the eager one
+    target, head, tok = specdec.load_default_pair(draft="eagle")
+    ids = tok("def fibonacci(n):\n", return_tensors="pt").input_ids
+    for strategy in ("chain", "eagle2"):
+        out = specdec.generate(target, head, ids, max_new_tokens=40, strategy=strategy, compile=True)
+        assert torch.equal(out.sequences, _plain(target, ids, 40))
+        assert out.stats["tau"] > 1.2  # the head's drafts are accepted: its features are the target's
