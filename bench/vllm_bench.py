@@ -158,7 +158,7 @@ LOOP_LEGS = (
 
 _LOOP_CODE = r"""
 import json, sys, time, torch, specdec
-from transformers import CompileConfig
+from transformers import CompileConfig, StaticCache
 from specdec import compiled
 from specdec.bench import _strategy, first_divergence
 from specdec.eagle import load_head
@@ -173,11 +173,11 @@ def runner(how):
     if how == "hf":
         return lambda x: target.generate(x, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos,
                                          pad_token_id=eos)[0, x.shape[1]:]
-    if how == "hf-static":
+    if how == "hf-static":  # a static cache of one fixed length, so the decode graph is one shape
         cfg = CompileConfig(fullgraph=False, mode="default", dynamic=False)
         cfg._compile_all_devices = True
         return lambda x: target.generate(x, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos,
-                                         pad_token_id=eos, cache_implementation="static",
+                                         pad_token_id=eos, past_key_values=StaticCache(target.config, 1024),
                                          compile_config=cfg)[0, x.shape[1]:]
     global head
     name, _, mode = how.partition("@")
