@@ -81,11 +81,10 @@ def _scores(q, k, qk_scale, cap_scale, SOFTCAP: tl.constexpr, IEEE: tl.constexpr
 
 
 @triton.jit
-def _window_first_tile(lo, row_ok, prefix, num_full, BLOCK_N: tl.constexpr):
-    # First full prefix tile any row of the program can see (lo: [BLOCK_M] first visible prefix entry of
-    # each row), so tiles entirely before every row's window are never loaded. At most num_full.
-    lo_min = tl.min(tl.where(row_ok, lo, prefix), 0)
-    return tl.minimum(tl.maximum(lo_min, 0) // BLOCK_N, num_full)
+def _window_start(lo, row_ok, prefix):
+    # First prefix entry any row of the program can see (lo: [BLOCK_M] first visible entry of each row),
+    # in [0, prefix]: the prefix loops start there, so entries before every row's window are never loaded.
+    return tl.maximum(tl.min(tl.where(row_ok, lo, prefix), 0), 0)
 
 
 @triton.jit
@@ -235,12 +234,14 @@ def _tree_attention_fwd_kernel(
 
     num_full = prefix // BLOCK_N
     t_first = 0
+    lo_min = 0
     if WINDOW:
         # Row at logical position prefix + depth sees prefix entries s >= lo = prefix + depth - window + 1.
         depth_base = DEPTH + b64 * stride_db
         depth = tl.load(depth_base + node, mask=row_ok, other=0)
         lo = prefix + depth - window + 1
-        t_first = _window_first_tile(lo, row_ok, prefix, num_full, BLOCK_N)
+        lo_min = _window_start(lo, row_ok, prefix)
+        t_first = tl.minimum(lo_min // BLOCK_N, num_full)
 
     # 1. Full prefix tiles (from the first one any row's window reaches); split-K divides them among the
     #    programs of axis 2. No mask unless a window cuts them.
@@ -259,7 +260,7 @@ def _tree_attention_fwd_kernel(
     if pid_s == num_splits - 1:
         # 2. The prefix's ragged tail: fewer than BLOCK_N entries, bounds-masked.
         tail_start = num_full * BLOCK_N
-        if tail_start < prefix:
+        if (tail_start < prefix) & (lo_min < prefix):  # (a window may exclude the whole tail)
             cols = tail_start + offs_n
             col_ok = cols < prefix
             k = _load_tile(k_base + cols.to(tl.int64)[:, None] * stride_ks, col_ok, d_ok, EVEN_D)
