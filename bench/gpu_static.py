@@ -133,10 +133,11 @@ class AttnCase:
     hq: int = 32
     hkv: int = 8
     d: int = 128
+    features: bool = False  # sliding window 4096, softcap 50 and sinks (Gemma 2 / gpt-oss layers)
 
     @property
     def label(self) -> str:
-        return f"attn {self.dtype} N={self.n} prefix={self.prefix}"
+        return f"attn {self.dtype} N={self.n} prefix={self.prefix}" + (" window+softcap+sinks" if self.features else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,10 +195,12 @@ class PagedAttnCase:
     hkv: int = 8
     d: int = 128
     page_size: int = 16
+    features: bool = False  # sliding window 4096, softcap 50 and sinks
 
     @property
     def label(self) -> str:
-        return f"paged {self.dtype} B={self.b} n_b={self.n} prefix={self.prefix}"
+        extra = " window+softcap+sinks" if self.features else ""
+        return f"paged {self.dtype} B={self.b} n_b={self.n} prefix={self.prefix}{extra}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +301,11 @@ def quick_cases() -> list:
         PagedAttnCase(1, 8192, "bf16"),  # split-K (small n_b: few programs) -> also the combine kernel
         PagedAttnCase(64, 8192, "fp16"),  # the largest tile
         RaggedVerifyCase("chain", 32, 8, "sampled", False),
+        # The window/softcap/sinks specialisation (WINDOW, SOFTCAP, SINKS_ON constexprs): smallest tile
+        # (split-K, so the combine kernel with sinks too) and largest tile, dense and paged.
+        AttnCase(1, 8192, "bf16", features=True),
+        AttnCase(64, 8192, "bf16", features=True),
+        PagedAttnCase(64, 8192, "fp16", features=True),
     ]
 
 
@@ -369,12 +377,25 @@ def record_attention(case: AttnCase, arch: Arch):
     kv_lens = torch.empty(case.b, dtype=torch.int64, device=dev)
     packed = torch.empty(case.n, (case.n + 31) // 32, dtype=torch.int32, device=dev)
     out = torch.empty_like(q)
+    feats = _features(case, dt, dev, 1)
     return _record(
         ta,
         ("_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
         arch,
-        lambda: ta._tree_attention_triton(q, k, v, kv_lens, packed, case.d**-0.5, out, s, None),
+        lambda: ta._tree_attention_triton(q, k, v, kv_lens, packed, case.d**-0.5, out, s, None, feats),
     )
+
+
+def _features(case, dt, dev, depth_rows: int):
+    """The AttentionFeatures a case with ``features`` launches with (meta tensors), else None."""
+    import torch
+
+    if not case.features:
+        return None
+    ta = importlib.import_module("specdec_kernels.tree_attention")
+    sinks = torch.empty(case.hq, dtype=dt, device=dev)
+    depth = torch.empty(depth_rows, case.n, dtype=torch.int32, device=dev)
+    return ta.AttentionFeatures(window=4096, softcap=50.0, sinks=sinks, depth=depth)
 
 
 def record_paged_attention(case: PagedAttnCase, arch: Arch):
@@ -400,7 +421,19 @@ def record_paged_attention(case: PagedAttnCase, arch: Arch):
         ("_paged_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
         arch,
         lambda: pta._paged_tree_attention_triton(
-            q, k_cache, v_cache, cu, seq_lens, block_table, packed, case.d**-0.5, out, case.n, s, None
+            q,
+            k_cache,
+            v_cache,
+            cu,
+            seq_lens,
+            block_table,
+            packed,
+            case.d**-0.5,
+            out,
+            case.n,
+            s,
+            None,
+            _features(case, dt, dev, case.b),
         ),
         sms_module=ta,
     )
@@ -610,6 +643,9 @@ _CONFIG_KEYS = (
     "BLOCK_S",
     "BLOCK_V",
     "SPLIT",
+    "WINDOW",
+    "SOFTCAP",
+    "SINKS_ON",
     "MODE",
     "LOGITS",
     "IS_CHAIN",

@@ -48,7 +48,7 @@ from specdec_kernels.tree_attention import (
     _window_start,
     check_features,
     tree_attention_reference,
-    tree_depths,
+    windowed_tree_mask,
 )
 
 _NAME = "paged_tree_attention"
@@ -77,7 +77,7 @@ def _paged_tree_attention_fwd_kernel(
     CU_Q,  # [B + 1] int32/int64
     SEQ_LENS,  # [B] int32/int64, valid cache positions per request, tree included
     BLOCK_TABLE,  # [B, max_blocks] int32/int64
-    MASK,  # [B or 1, Nmax, W] int32 packed ancestor mask; stride_mb = 0 when shared
+    MASK,  # [B or 1, Nmax, W] int32 packed ancestor mask (window applied); stride_mb = 0 when shared
     DEPTH,  # [B or 1, Nmax] int32 tree depth of each node (read when WINDOW); stride_db = 0 when shared
     SINKS,  # [Hq] any float dtype, sink logit per query head (read when SINKS_ON and not SPLIT)
     OUT,  # [T, Hq, D] any strides (written when SPLIT is False)
@@ -168,11 +168,10 @@ def _paged_tree_attention_fwd_kernel(
     t_first = 0
     lo_min = 0
     if WINDOW:
-        # Row at logical position prefix + depth sees prefix positions >= lo = prefix + depth - window + 1.
-        depth_base = DEPTH + b64 * stride_db
-        depth = tl.load(depth_base + node, mask=row_ok, other=0)
-        lo = prefix + depth - window + 1
-        lo_min = _window_start(lo, row_ok, prefix)
+        # Row at logical position prefix + depth sees prefix positions p >= prefix + depth - window + 1,
+        # i.e. p - prefix + window - 1 >= depth (so only the depths stay live, not a second row vector).
+        depth = tl.load(DEPTH + b * stride_db + node, mask=row_ok, other=0)
+        lo_min = _window_start(prefix + depth - window + 1, row_ok, prefix)
         t_first = tl.minimum(lo_min // BLOCK_N, num_full)
 
     # 1. Full prefix tiles (from the first one any row's window reaches); split-K divides them among the
@@ -187,7 +186,7 @@ def _paged_tree_attention_fwd_kernel(
         v = _load_full_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], d_ok, EVEN_D)
         qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
         if WINDOW:
-            qk = tl.where(pos[None, :] >= lo[:, None], qk, float("-inf"))
+            qk = tl.where((pos - prefix + window - 1)[None, :] >= depth[:, None], qk, float("-inf"))
         m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, WINDOW, IEEE, UPCAST)
 
     if pid_s == num_splits - 1:
@@ -202,11 +201,12 @@ def _paged_tree_attention_fwd_kernel(
             qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
             visible = pos_ok[None, :]
             if WINDOW:
-                visible = visible & (pos[None, :] >= lo[:, None])
+                visible = visible & ((pos - prefix + window - 1)[None, :] >= depth[:, None])
             qk = tl.where(visible, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
         # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
+        #    (A window's limit on ancestors is already in the mask: see windowed_tree_mask.)
         last_node = tl.where(live, tl.minimum(n - 1, (pid_m * BLOCK_M + BLOCK_M - 1) // GROUP), -1)
         mask_rows = MASK + b64 * stride_mb + node.to(tl.int64)[:, None] * stride_mi
         for j0 in range(0, last_node + 1, BLOCK_N):
@@ -217,9 +217,6 @@ def _paged_tree_attention_fwd_kernel(
             v = _load_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], j_ok, d_ok, EVEN_D)
             qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
             allowed = _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
-            if WINDOW:  # an ancestor is depth_i - depth_j tokens back
-                depth_j = tl.load(depth_base + j, mask=j_ok, other=0)
-                allowed = allowed & ((depth[:, None] - depth_j[None, :]) < window)
             qk = tl.where(allowed, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
@@ -607,13 +604,17 @@ def _paged_tree_attention_impl(
             softcap=softcap,
             sinks=sinks,
         )
-    packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
+    depth = None
+    if window is not None:  # the window's ancestor limit folded into the mask, depths for the prefix
+        packed, depth = windowed_tree_mask(tree_mask, n_max, window)
+    else:
+        packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     capacity = block_table.shape[1] * k_cache.shape[1]
     max_q = n_max if max_seqlen_q is None else min(max_seqlen_q, n_max)
     max_k = capacity if max_seqlen_k is None else min(max_seqlen_k, capacity)
-    features = AttentionFeatures(window, softcap, sinks, tree_depths(tree_mask, n_max) if window is not None else None)
+    features = AttentionFeatures(window, softcap, sinks, depth)
     return _paged_tree_attention_triton(
         q,
         k_cache,

@@ -150,7 +150,7 @@ def _tree_attention_fwd_kernel(
     K,  # [B, Hkv, S, D] any strides
     V,  # [B, Hkv, S, D] any strides
     KV_LENS,  # [B] int32/int64, valid entries per sequence, tree included
-    MASK,  # [B or 1, N, W] int32 packed ancestor mask, W = ceil(N / 32); stride_mb = 0 when shared
+    MASK,  # [B or 1, N, W] int32 packed ancestor mask (window applied), W = ceil(N / 32); stride_mb 0: shared
     DEPTH,  # [B or 1, N] int32 tree depth of each node (read when WINDOW); stride_db = 0 when shared
     SINKS,  # [Hq] any float dtype, sink logit per query head (read when SINKS_ON and not SPLIT)
     OUT,  # [B, Hq, N, D] any strides (written when SPLIT is False)
@@ -236,11 +236,10 @@ def _tree_attention_fwd_kernel(
     t_first = 0
     lo_min = 0
     if WINDOW:
-        # Row at logical position prefix + depth sees prefix entries s >= lo = prefix + depth - window + 1.
-        depth_base = DEPTH + b64 * stride_db
-        depth = tl.load(depth_base + node, mask=row_ok, other=0)
-        lo = prefix + depth - window + 1
-        lo_min = _window_start(lo, row_ok, prefix)
+        # Row at logical position prefix + depth sees prefix entries s >= prefix + depth - window + 1,
+        # i.e. s - prefix + window - 1 >= depth (so only the depths stay live, not a second row vector).
+        depth = tl.load(DEPTH + b64 * stride_db + node, mask=row_ok, other=0)
+        lo_min = _window_start(prefix + depth - window + 1, row_ok, prefix)
         t_first = tl.minimum(lo_min // BLOCK_N, num_full)
 
     # 1. Full prefix tiles (from the first one any row's window reaches); split-K divides them among the
@@ -254,7 +253,7 @@ def _tree_attention_fwd_kernel(
         v = _load_full_tile(v_base + cols[:, None] * stride_vs, d_ok, EVEN_D)
         qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
         if WINDOW:
-            qk = tl.where((t * BLOCK_N + offs_n)[None, :] >= lo[:, None], qk, float("-inf"))
+            qk = tl.where((t * BLOCK_N + offs_n - prefix + window - 1)[None, :] >= depth[:, None], qk, float("-inf"))
         m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, WINDOW, IEEE, UPCAST)
 
     if pid_s == num_splits - 1:
@@ -268,11 +267,12 @@ def _tree_attention_fwd_kernel(
             qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
             visible = col_ok[None, :]
             if WINDOW:
-                visible = visible & (cols[None, :] >= lo[:, None])
+                visible = visible & ((cols - prefix + window - 1)[None, :] >= depth[:, None])
             qk = tl.where(visible, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
         # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
+        #    (A window's limit on ancestors is already in the mask: see windowed_tree_mask.)
         last_node = tl.minimum(N - 1, (pid_m * BLOCK_M + BLOCK_M - 1) // GROUP)
         mask_rows = MASK + b64 * stride_mb + node.to(tl.int64)[:, None] * stride_mi
         for j0 in range(0, last_node + 1, BLOCK_N):
@@ -283,9 +283,6 @@ def _tree_attention_fwd_kernel(
             v = _load_tile(v_base + cols[:, None] * stride_vs, j_ok, d_ok, EVEN_D)
             qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
             allowed = _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
-            if WINDOW:  # an ancestor is depth_i - depth_j tokens back
-                depth_j = tl.load(depth_base + j, mask=j_ok, other=0)
-                allowed = allowed & ((depth[:, None] - depth_j[None, :]) < window)
             qk = tl.where(allowed, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
@@ -413,7 +410,7 @@ class AttentionFeatures:
         self.window = window
         self.softcap = None if softcap is None else float(softcap)
         self.sinks = sinks
-        self.depth = depth  # tree_depths(...) when window is set (built by the caller, maybe memoised)
+        self.depth = depth  # [B or 1, N] int32 tree depths when window is set (windowed_tree_mask)
 
     def depth_arg(self, dummy: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(DEPTH pointer, its batch stride): the depths, or any tensor the kernel never reads."""
@@ -431,15 +428,29 @@ class AttentionFeatures:
         return sm_scale / self.softcap, self.softcap * _LOG2E
 
 
-def memo_depths(tree_mask: torch.Tensor, n: int, mask_memo: dict | None) -> torch.Tensor:
-    """tree_depths, built once per model forward when the caller passes its ``mask_memo`` dict."""
-    key = ("depth", n)
-    depth = mask_memo.get(key) if mask_memo is not None else None
-    if depth is None:
-        depth = tree_depths(tree_mask, n)
+def windowed_tree_mask(tree_mask: torch.Tensor, n: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed int32 mask with the window's ancestor limit ``depth_i - depth_j < window`` applied, depths).
+
+    The limit depends on the tree alone (not on the prefix), so the kernels get it folded into the mask
+    once per call and only the prefix part of the window costs them anything (one depth per row).
+    """
+    dense = _dense_tree_mask(tree_mask, n)
+    depth = dense.sum(-1) - 1  # [B or 1, N]
+    dense = dense & (depth.unsqueeze(-1) - depth.unsqueeze(-2) < window)
+    packed = trees.pack_mask(dense if tree_mask.dim() == 3 else dense[0])  # a shared tree stays shared
+    return packed, depth.to(torch.int32)
+
+
+def memo_windowed_tree_mask(tree_mask, n: int, window: int, mask_memo: dict | None):
+    """windowed_tree_mask, built once per model forward and window when the caller passes its
+    ``mask_memo`` dict (the layers of one forward share the tree; sliding and full layers alternate)."""
+    key = ("window", n, window)
+    got = mask_memo.get(key) if mask_memo is not None else None
+    if got is None:
+        got = windowed_tree_mask(tree_mask, n, window)
         if mask_memo is not None:
-            mask_memo[key] = depth
-    return depth
+            mask_memo[key] = got
+    return got
 
 
 # --------------------------------------------------------------------------------------------------
@@ -898,10 +909,13 @@ def tree_attention(
             softcap=softcap,
             sinks=sinks,
         )
-    packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
+    depth = None
+    if window is not None:
+        packed, depth = memo_windowed_tree_mask(tree_mask, N, window, mask_memo)
+    else:
+        packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    depth = memo_depths(tree_mask, N, mask_memo) if window is not None else None
     features = AttentionFeatures(window, softcap, sinks, depth)
     return _tree_attention_triton(
         q, k, v, kv_lens, packed, scale, out, S if max_kv_len is None else int(max_kv_len), num_splits, features

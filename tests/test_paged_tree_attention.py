@@ -214,7 +214,7 @@ def test_window_skips_prefix_pages(num_splits):
     ns, prefixes, window = (4, 1), (200, 150), 5
     paged, padded = make_case(ns, prefixes, g=2, page=16, seed=3)
     expect = paged_tree_attention(**paged, backend="reference", window=window)
-    for b, (n, prefix) in enumerate(zip(ns, prefixes)):
+    for b, prefix in enumerate(prefixes):
         pos = torch.arange((prefix - 4) // 64 * 64)
         blocks, slots = paged["block_table"][b, pos // 16], pos % 16
         paged["k_cache"][blocks, slots] = float("nan")
