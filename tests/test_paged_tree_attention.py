@@ -296,6 +296,19 @@ def test_torch_op_opcheck():
     )
 
 
+def test_torch_op_opcheck_with_window_softcap_sinks():
+    paged, _ = make_case((3, 2), (9, 0), g=2, page=5, seed=12)
+    args = tuple(paged.values())
+    feat = dict(window=3, softcap=2.0, sinks=torch.randn(paged["q"].shape[1]))
+    torch.library.opcheck(torch.ops.specdec.paged_tree_attention.default, args, feat)
+    out = torch.empty_like(paged["q"])
+    out_op = torch.ops.specdec.paged_tree_attention_out.default
+    torch.library.opcheck(out_op, args + (out,), dict(feat, backend="triton"))
+    want = paged_tree_attention(**paged, **feat)
+    assert not torch.equal(want, paged_tree_attention(**paged))  # the features reach the op
+    torch.testing.assert_close(torch.ops.specdec.paged_tree_attention(*args, **feat), want, atol=0, rtol=0)
+
+
 def test_torch_compile_routes_through_the_ops():
     # Under torch.compile the function calls the registered ops: one graph (fullgraph), same numbers,
     # out written in place.
