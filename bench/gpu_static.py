@@ -262,6 +262,13 @@ def paged_attention_cases(dtypes=("bf16", "fp16"), ns=PAGED_N, prefixes=ATTN_PRE
     return [PagedAttnCase(n, p, dt) for dt in dtypes for n in ns for p in prefixes]
 
 
+def feature_cases() -> list:
+    """The window/softcap/sinks specialisation (Gemma 2 / gpt-oss layers) at the benchmark shapes: every
+    tree size and both layouts, prefix 32k (the prefix only changes the split count)."""
+    dense = [AttnCase(n, 32768, dt, features=True) for dt in ("bf16", "fp16") for n in ATTN_N]
+    return dense + [PagedAttnCase(n, 32768, dt, features=True) for dt in ("bf16", "fp16") for n in PAGED_N]
+
+
 def verify_cases() -> list[VerifyCase]:
     """The rejection-sampling benchmark's cases plus greedy (chain B=32 K=8, trees of 64 nodes, V=128256)."""
     out = [
@@ -964,7 +971,9 @@ def static_markdown(rows: list[dict], command: str) -> str:
         "Each row is one distinct kernel configuration that the launchers pick at the benchmark shapes (tree "
         "attention N in {1, 8, 16, 64, 128, 256}, prefix {1k, 8k, 32k}, B=1, GQA 32/8, d=128, bf16/fp16; verify chain "
         "paged tree attention B=8 requests of n_b in {1, 8, 64} nodes, same prefixes, page_size 16, int32 "
-        "indices; verify chain B=32 K=8 and trees of 64 nodes with B in {1, 32}, V=128256; compaction L=32 B=8 "
+        "indices; both again with a sliding window of 4096, softcap 50 and sinks at prefix 32k "
+        "(WINDOW/SOFTCAP/SINKS_ON=1, labelled window+softcap+sinks); verify chain B=32 K=8 and trees of 64 "
+        "nodes with B in {1, 32}, V=128256; compaction L=32 B=8 "
         "H=8 keep 64; move_kv_slots L=32 K+V caches, rows of 8 x 128 bf16), "
         "compiled from the launchers' own arguments with Triton's runtime specialisation. Occupancy: resident "
         "programs per SM (H100: 65536 registers, 228 KB shared memory, 64 warps; A100: 65536, 164 KB, 64) "
@@ -1193,7 +1202,7 @@ def main(argv=None) -> int:
     cases = (
         quick_cases()
         if a.quick
-        else attention_cases() + paged_attention_cases() + verify_cases() + ragged_verify_cases()
+        else attention_cases() + paged_attention_cases() + feature_cases() + verify_cases() + ragged_verify_cases()
     )
     rows = compile_report(cases, jobs=a.jobs)
     if nvcc_path():

@@ -15,6 +15,12 @@ attended without any mask in full BLOCK_N tiles (divided among the splits); the 
 the N x N tree block are handled by the last split, the tree block masked from the bit-packed mask (one
 int32 word per 32 nodes, loaded once per tile). With several splits every split writes its normalised
 partial output and log-sum-exp, and a small combine kernel merges them.
+
+Score modifications (constexpr-specialised, free when off): a sliding ``window`` (node i at position
+``prefix + depth_i`` sees prefix entries ``s > prefix + depth_i - window``; the prefix loop starts at the
+first tile any row of the program can see, and the limit on ancestors is folded into the packed mask on
+the host), ``softcap`` (``softcap * tanh(score / softcap)`` after scaling) and per-head ``sinks`` (one
+more logit in the softmax denominator; with splits the combine kernel adds it once).
 """
 
 from __future__ import annotations
