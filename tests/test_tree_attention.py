@@ -387,6 +387,16 @@ def test_sinks_any_dtype_and_empty_rows():
         assert torch.isfinite(a).all() and (a[:, :, 3] == 0).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_features_on_cuda(dtype):
+    # Long prefixes (split-K by the heuristic), a window shorter than one of them, all three features.
+    q, k, v, kv_lens, tmask, dense, sinks = feature_case(64, "random", 4, dtype, (4000, 37), 1000, per_seq=True)
+    args = (t.cuda() for t in (q, k, v, kv_lens, tmask))
+    out = sk.tree_attention(*args, sm_scale=0.25, window=1000, softcap=5.0, sinks=sinks.cuda())
+    assert_features_within_tolerance(out.cpu(), q, k, v, dense, 0.25, "cuda", softcap=5.0, sinks=sinks)
+
+
 def test_tree_depths_of_packed_and_dense_masks():
     gen = torch.Generator().manual_seed(9)
     parents = torch.stack([make_parents(37, "random", gen) for _ in range(2)])
