@@ -133,10 +133,11 @@ class AttnCase:
     hq: int = 32
     hkv: int = 8
     d: int = 128
+    features: bool = False  # sliding window 4096, softcap 50 and sinks (Gemma 2 / gpt-oss layers)
 
     @property
     def label(self) -> str:
-        return f"attn {self.dtype} N={self.n} prefix={self.prefix}"
+        return f"attn {self.dtype} N={self.n} prefix={self.prefix}" + (" window+softcap+sinks" if self.features else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,10 +195,12 @@ class PagedAttnCase:
     hkv: int = 8
     d: int = 128
     page_size: int = 16
+    features: bool = False  # sliding window 4096, softcap 50 and sinks
 
     @property
     def label(self) -> str:
-        return f"paged {self.dtype} B={self.b} n_b={self.n} prefix={self.prefix}"
+        extra = " window+softcap+sinks" if self.features else ""
+        return f"paged {self.dtype} B={self.b} n_b={self.n} prefix={self.prefix}{extra}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +262,13 @@ def paged_attention_cases(dtypes=("bf16", "fp16"), ns=PAGED_N, prefixes=ATTN_PRE
     return [PagedAttnCase(n, p, dt) for dt in dtypes for n in ns for p in prefixes]
 
 
+def feature_cases() -> list:
+    """The window/softcap/sinks specialisation (Gemma 2 / gpt-oss layers) at the benchmark shapes: every
+    tree size and both layouts, prefix 32k (the prefix only changes the split count)."""
+    dense = [AttnCase(n, 32768, dt, features=True) for dt in ("bf16", "fp16") for n in ATTN_N]
+    return dense + [PagedAttnCase(n, 32768, dt, features=True) for dt in ("bf16", "fp16") for n in PAGED_N]
+
+
 def verify_cases() -> list[VerifyCase]:
     """The rejection-sampling benchmark's cases plus greedy (chain B=32 K=8, trees of 64 nodes, V=128256)."""
     out = [
@@ -298,6 +308,11 @@ def quick_cases() -> list:
         PagedAttnCase(1, 8192, "bf16"),  # split-K (small n_b: few programs) -> also the combine kernel
         PagedAttnCase(64, 8192, "fp16"),  # the largest tile
         RaggedVerifyCase("chain", 32, 8, "sampled", False),
+        # The window/softcap/sinks specialisation (WINDOW, SOFTCAP, SINKS_ON constexprs): smallest tile
+        # (split-K, so the combine kernel with sinks too) and largest tile, dense and paged.
+        AttnCase(1, 8192, "bf16", features=True),
+        AttnCase(64, 8192, "bf16", features=True),
+        PagedAttnCase(64, 8192, "fp16", features=True),
     ]
 
 
@@ -369,12 +384,25 @@ def record_attention(case: AttnCase, arch: Arch):
     kv_lens = torch.empty(case.b, dtype=torch.int64, device=dev)
     packed = torch.empty(case.n, (case.n + 31) // 32, dtype=torch.int32, device=dev)
     out = torch.empty_like(q)
+    feats = _features(case, dt, dev, 1)
     return _record(
         ta,
         ("_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
         arch,
-        lambda: ta._tree_attention_triton(q, k, v, kv_lens, packed, case.d**-0.5, out, s, None),
+        lambda: ta._tree_attention_triton(q, k, v, kv_lens, packed, case.d**-0.5, out, s, None, feats),
     )
+
+
+def _features(case, dt, dev, depth_rows: int):
+    """The AttentionFeatures a case with ``features`` launches with (meta tensors), else None."""
+    import torch
+
+    if not case.features:
+        return None
+    ta = importlib.import_module("specdec_kernels.tree_attention")
+    sinks = torch.empty(case.hq, dtype=dt, device=dev)
+    depth = torch.empty(depth_rows, case.n, dtype=torch.int32, device=dev)
+    return ta.AttentionFeatures(window=4096, softcap=50.0, sinks=sinks, depth=depth)
 
 
 def record_paged_attention(case: PagedAttnCase, arch: Arch):
@@ -400,7 +428,19 @@ def record_paged_attention(case: PagedAttnCase, arch: Arch):
         ("_paged_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
         arch,
         lambda: pta._paged_tree_attention_triton(
-            q, k_cache, v_cache, cu, seq_lens, block_table, packed, case.d**-0.5, out, case.n, s, None
+            q,
+            k_cache,
+            v_cache,
+            cu,
+            seq_lens,
+            block_table,
+            packed,
+            case.d**-0.5,
+            out,
+            case.n,
+            s,
+            None,
+            _features(case, dt, dev, case.b),
         ),
         sms_module=ta,
     )
@@ -610,6 +650,9 @@ _CONFIG_KEYS = (
     "BLOCK_S",
     "BLOCK_V",
     "SPLIT",
+    "WINDOW",
+    "SOFTCAP",
+    "SINKS_ON",
     "MODE",
     "LOGITS",
     "IS_CHAIN",
@@ -928,7 +971,9 @@ def static_markdown(rows: list[dict], command: str) -> str:
         "Each row is one distinct kernel configuration that the launchers pick at the benchmark shapes (tree "
         "attention N in {1, 8, 16, 64, 128, 256}, prefix {1k, 8k, 32k}, B=1, GQA 32/8, d=128, bf16/fp16; verify chain "
         "paged tree attention B=8 requests of n_b in {1, 8, 64} nodes, same prefixes, page_size 16, int32 "
-        "indices; verify chain B=32 K=8 and trees of 64 nodes with B in {1, 32}, V=128256; compaction L=32 B=8 "
+        "indices; both again with a sliding window of 4096, softcap 50 and sinks at prefix 32k "
+        "(WINDOW/SOFTCAP/SINKS_ON=1, labelled window+softcap+sinks); verify chain B=32 K=8 and trees of 64 "
+        "nodes with B in {1, 32}, V=128256; compaction L=32 B=8 "
         "H=8 keep 64; move_kv_slots L=32 K+V caches, rows of 8 x 128 bf16), "
         "compiled from the launchers' own arguments with Triton's runtime specialisation. Occupancy: resident "
         "programs per SM (H100: 65536 registers, 228 KB shared memory, 64 warps; A100: 65536, 164 KB, 64) "
@@ -1157,7 +1202,7 @@ def main(argv=None) -> int:
     cases = (
         quick_cases()
         if a.quick
-        else attention_cases() + paged_attention_cases() + verify_cases() + ragged_verify_cases()
+        else attention_cases() + paged_attention_cases() + feature_cases() + verify_cases() + ragged_verify_cases()
     )
     rows = compile_report(cases, jobs=a.jobs)
     if nvcc_path():

@@ -30,21 +30,25 @@ import triton.language as tl
 from specdec_kernels import trees
 from specdec_kernels._backend import interpreter_enabled, resolve_backend
 from specdec_kernels.tree_attention import (
-    _LOG2E,
     MAX_HEAD_DIM,
     MAX_TREE_NODES,
     SUPPORTED_DTYPES,
+    AttentionFeatures,
+    _add_sink,
     _check_sm_scale,
     _dense_tree_mask,
-    _dot,
     _load_full_tile,
     _load_tile,
     _online_softmax_step,
     _pick_config,
     _pick_num_splits,
+    _scores,
     _tree_attention_combine_kernel,
     _tree_mask_tile,
+    _window_start,
+    check_features,
     tree_attention_reference,
+    windowed_tree_mask,
 )
 
 _NAME = "paged_tree_attention"
@@ -65,7 +69,7 @@ def _paged_slots(table_row, pos, ok, stride_btn, num_blocks, PAGE_SIZE: tl.const
     return blk, (pos % PAGE_SIZE).to(tl.int64)
 
 
-@triton.jit(do_not_specialize=["T", "n_max", "num_blocks", "max_blocks", "num_splits"])
+@triton.jit(do_not_specialize=["T", "n_max", "num_blocks", "max_blocks", "num_splits", "window"])
 def _paged_tree_attention_fwd_kernel(
     Q,  # [T, Hq, D] any strides
     K,  # [num_blocks, PAGE_SIZE, Hkv, D] any strides
@@ -73,7 +77,9 @@ def _paged_tree_attention_fwd_kernel(
     CU_Q,  # [B + 1] int32/int64
     SEQ_LENS,  # [B] int32/int64, valid cache positions per request, tree included
     BLOCK_TABLE,  # [B, max_blocks] int32/int64
-    MASK,  # [B or 1, Nmax, W] int32 packed ancestor mask; stride_mb = 0 when shared
+    MASK,  # [B or 1, Nmax, W] int32 packed ancestor mask (window applied); stride_mb = 0 when shared
+    DEPTH,  # [B or 1, Nmax] int32 tree depth of each node (read when WINDOW); stride_db = 0 when shared
+    SINKS,  # [Hq] any float dtype, sink logit per query head (read when SINKS_ON and not SPLIT)
     OUT,  # [T, Hq, D] any strides (written when SPLIT is False)
     MID_O,  # [Hkv, num_splits, T * G, D] fp32 contiguous (written when SPLIT is True)
     MID_LSE,  # [Hkv, num_splits, T * G] fp32 contiguous, log2-sum-exp2 of the split
@@ -93,6 +99,7 @@ def _paged_tree_attention_fwd_kernel(
     stride_mb,
     stride_mi,
     stride_mw,
+    stride_db,
     stride_ot,
     stride_oh,
     stride_od,
@@ -102,7 +109,9 @@ def _paged_tree_attention_fwd_kernel(
     num_blocks,
     max_blocks,
     num_splits,
-    qk_scale,  # qk_scale = sm_scale * log2(e)
+    window,  # sliding window (read when WINDOW)
+    qk_scale,  # sm_scale * log2(e); with SOFTCAP sm_scale / softcap
+    cap_scale,  # softcap * log2(e) (read when SOFTCAP)
     H_KV: tl.constexpr,
     GROUP: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
@@ -111,6 +120,9 @@ def _paged_tree_attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    SINKS_ON: tl.constexpr,
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -152,33 +164,49 @@ def _paged_tree_attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # 1. Full prefix tiles, no score mask; split-K divides them among the programs of axis 2.
     num_full = tl.where(live, prefix // BLOCK_N, 0)
-    per_split = tl.cdiv(num_full, num_splits)
-    t_lo = pid_s * per_split
+    t_first = 0
+    lo_min = 0
+    if WINDOW:
+        # Row at logical position prefix + depth sees prefix positions p >= prefix + depth - window + 1,
+        # i.e. p - prefix + window - 1 >= depth (so only the depths stay live, not a second row vector).
+        depth = tl.load(DEPTH + b * stride_db + node, mask=row_ok, other=0)
+        lo_min = _window_start(prefix + depth - window + 1, row_ok, prefix)
+        t_first = tl.minimum(lo_min // BLOCK_N, num_full)
+
+    # 1. Full prefix tiles (from the first one any row's window reaches); split-K divides them among the
+    #    programs of axis 2. No score mask unless a window cuts them.
+    per_split = tl.cdiv(num_full - t_first, num_splits)
+    t_lo = t_first + pid_s * per_split
     t_hi = tl.minimum(t_lo + per_split, num_full)
     for t in range(t_lo, t_hi):
         pos = t * BLOCK_N + offs_n
         blk, slot = _paged_slots(table_row, pos, pos < prefix, stride_btn, num_blocks, PAGE_SIZE)
         k = _load_full_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], d_ok, EVEN_D)
         v = _load_full_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], d_ok, EVEN_D)
-        qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
-        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, False, IEEE, UPCAST)
+        qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+        if WINDOW:
+            qk = tl.where((pos - prefix + window - 1)[None, :] >= depth[:, None], qk, float("-inf"))
+        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, WINDOW, IEEE, UPCAST)
 
     if pid_s == num_splits - 1:
         # 2. The prefix's ragged tail: fewer than BLOCK_N positions, bounds-masked.
         tail_start = (prefix // BLOCK_N) * BLOCK_N
-        if live & (tail_start < prefix):
+        if live & (tail_start < prefix) & (lo_min < prefix):  # (a window may exclude the whole tail)
             pos = tail_start + offs_n
             pos_ok = pos < prefix
             blk, slot = _paged_slots(table_row, pos, pos_ok, stride_btn, num_blocks, PAGE_SIZE)
             k = _load_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], pos_ok, d_ok, EVEN_D)
             v = _load_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], pos_ok, d_ok, EVEN_D)
-            qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
-            qk = tl.where(pos_ok[None, :], qk, float("-inf"))
+            qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+            visible = pos_ok[None, :]
+            if WINDOW:
+                visible = visible & ((pos - prefix + window - 1)[None, :] >= depth[:, None])
+            qk = tl.where(visible, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
         # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
+        #    (A window's limit on ancestors is already in the mask: see windowed_tree_mask.)
         last_node = tl.where(live, tl.minimum(n - 1, (pid_m * BLOCK_M + BLOCK_M - 1) // GROUP), -1)
         mask_rows = MASK + b64 * stride_mb + node.to(tl.int64)[:, None] * stride_mi
         for j0 in range(0, last_node + 1, BLOCK_N):
@@ -187,11 +215,14 @@ def _paged_tree_attention_fwd_kernel(
             blk, slot = _paged_slots(table_row, prefix + j, j_ok, stride_btn, num_blocks, PAGE_SIZE)
             k = _load_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], j_ok, d_ok, EVEN_D)
             v = _load_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], j_ok, d_ok, EVEN_D)
-            qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
+            qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
             allowed = _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
             qk = tl.where(allowed, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
+    if SINKS_ON and not SPLIT:  # with splits the combine kernel adds the sink, once
+        sink = tl.load(SINKS + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+        l_i, acc = _add_sink(m_i, l_i, acc, sink)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # a row with nothing to attend to outputs zeros
     out = acc / l_safe[:, None]
     if SPLIT:
@@ -223,6 +254,7 @@ def _paged_tree_attention_triton(
     max_seqlen_q: int,
     max_seqlen_k: int,
     num_splits: int | None,
+    features: AttentionFeatures | None = None,
 ) -> torch.Tensor:
     """Launch the kernel (and the padded kernel's split combine). max_seqlen_q/k: upper bounds of n_b and
     seq_lens_k (they size the grid and the split heuristic, nothing is read back)."""
@@ -232,6 +264,7 @@ def _paged_tree_attention_triton(
     G = Hq // Hkv
     if B == 0 or T == 0:
         return out
+    features = features or AttentionFeatures()
     block_m, block_n, num_warps, num_stages = _pick_config(max_seqlen_q * G, D, q.dtype)
     block_d = max(16, triton.next_power_of_2(D))
     m_tiles = triton.cdiv(max_seqlen_q * G, block_m)
@@ -245,6 +278,8 @@ def _paged_tree_attention_triton(
     else:
         mid_o = mid_lse = out  # unused
     stride_mb = packed.stride(0) if packed.dim() == 3 else 0
+    depth, stride_db = features.depth_arg(packed)
+    qk_scale, cap_scale = features.score_scales(sm_scale)
     _paged_tree_attention_fwd_kernel[(B * Hkv, m_tiles, num_splits)](
         q,
         k_cache,
@@ -253,6 +288,8 @@ def _paged_tree_attention_triton(
         seq_lens_k,
         block_table,
         packed,
+        depth,
+        features.sinks_arg(packed),
         out,
         mid_o,
         mid_lse,
@@ -263,6 +300,7 @@ def _paged_tree_attention_triton(
         stride_mb,
         packed.stride(-2),
         packed.stride(-1),
+        stride_db,
         *out.stride(),
         T,
         packed.shape[-2],
@@ -270,7 +308,9 @@ def _paged_tree_attention_triton(
         num_blocks,
         block_table.shape[1],
         num_splits,
-        sm_scale * _LOG2E,
+        features.window or 0,
+        qk_scale,
+        cap_scale,
         H_KV=Hkv,
         GROUP=G,
         PAGE_SIZE=page_size,
@@ -279,6 +319,9 @@ def _paged_tree_attention_triton(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         SPLIT=split,
+        WINDOW=features.window is not None,
+        SOFTCAP=features.softcap is not None,
+        SINKS_ON=features.sinks is not None,
         IEEE=q.dtype == torch.float32,
         UPCAST=q.dtype == torch.bfloat16 and interpreter_enabled(),
         num_warps=num_warps,
@@ -288,6 +331,7 @@ def _paged_tree_attention_triton(
         _tree_attention_combine_kernel[(Hkv * T * G,)](
             mid_o,
             mid_lse,
+            features.sinks_arg(out),
             out,
             0,
             out.stride(1),
@@ -300,6 +344,7 @@ def _paged_tree_attention_triton(
             HEAD_DIM=D,
             BLOCK_D=block_d,
             BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+            SINKS_ON=features.sinks is not None,
             num_warps=1 if D <= 64 else 2,
         )
     return out
@@ -330,6 +375,9 @@ def paged_tree_attention_reference(
     *,
     sm_scale: float | None = None,
     out: torch.Tensor | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch paged tree attention; same arguments and result as :func:`paged_tree_attention`.
 
@@ -339,6 +387,7 @@ def paged_tree_attention_reference(
     always checks them (shapes are the caller's business: :func:`paged_tree_attention` checks them).
     """
     n_max = tree_mask.shape[-2]
+    check_features(window, softcap, sinks, q.shape[1], q.device, f"{_NAME}_reference")
     _check_values(q, k_cache, cu_seqlens_q, seq_lens_k, block_table, n_max, None, None)
     dense = _dense_tree_mask(tree_mask, n_max)  # [B or 1, Nmax, Nmax], bits above the diagonal cleared
     result = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
@@ -352,7 +401,17 @@ def paged_tree_attention_reference(
         v = gather_pages(v_cache, block_table[b], s).unsqueeze(0)
         mask = dense[b if dense.shape[0] > 1 else 0, : hi - lo, : hi - lo]
         kv_len = torch.tensor([s], device=q.device)
-        o = tree_attention_reference(q[lo:hi].transpose(0, 1).unsqueeze(0), k, v, kv_len, mask, sm_scale=sm_scale)
+        o = tree_attention_reference(
+            q[lo:hi].transpose(0, 1).unsqueeze(0),
+            k,
+            v,
+            kv_len,
+            mask,
+            sm_scale=sm_scale,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
+        )
         result[lo:hi] = o[0].transpose(0, 1)
     if out is None:
         return result
@@ -510,8 +569,12 @@ def _paged_tree_attention_impl(
     max_seqlen_q,
     max_seqlen_k,
     num_splits,
+    window=None,
+    softcap=None,
+    sinks=None,
 ) -> torch.Tensor:
     _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, out)
+    check_features(window, softcap, sinks, q.shape[1], q.device, _NAME)
     impl = resolve_backend(backend, q.device, _NAME)
     _check_hint("max_seqlen_q", max_seqlen_q)
     _check_hint("max_seqlen_k", max_seqlen_k)
@@ -528,16 +591,44 @@ def _paged_tree_attention_impl(
     scale = 1.0 / math.sqrt(q.shape[2]) if sm_scale is None else float(sm_scale)
     if impl == "reference":
         return paged_tree_attention_reference(
-            q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale=scale, out=out
+            q,
+            k_cache,
+            v_cache,
+            cu_seqlens_q,
+            seq_lens_k,
+            block_table,
+            tree_mask,
+            sm_scale=scale,
+            out=out,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
         )
-    packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
+    depth = None
+    if window is not None:  # the window's ancestor limit folded into the mask, depths for the prefix
+        packed, depth = windowed_tree_mask(tree_mask, n_max, window)
+    else:
+        packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     capacity = block_table.shape[1] * k_cache.shape[1]
     max_q = n_max if max_seqlen_q is None else min(max_seqlen_q, n_max)
     max_k = capacity if max_seqlen_k is None else min(max_seqlen_k, capacity)
+    features = AttentionFeatures(window, softcap, sinks, depth)
     return _paged_tree_attention_triton(
-        q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, packed, scale, out, max_q, max_k, num_splits
+        q,
+        k_cache,
+        v_cache,
+        cu_seqlens_q,
+        seq_lens_k,
+        block_table,
+        packed,
+        scale,
+        out,
+        max_q,
+        max_k,
+        num_splits,
+        features,
     )
 
 
@@ -557,6 +648,9 @@ def paged_tree_attention(
     max_seqlen_q: int | None = None,
     max_seqlen_k: int | None = None,
     num_splits: int | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Tree attention of a ragged batch of token trees against a paged KV cache.
 
@@ -599,6 +693,9 @@ def paged_tree_attention(
         request's last rows unwritten (with check they raise instead).
     num_splits : int, optional
         Force the number of KV splits of the Triton kernel (tuning and tests).
+    window, softcap, sinks : optional
+        Sliding window, logit soft-capping and attention sinks exactly as in
+        :func:`specdec_kernels.tree_attention` (node i of request b at position ``prefix_b + depth_i``).
 
     Returns
     -------
@@ -624,12 +721,17 @@ def paged_tree_attention(
             max_seqlen_q=max_seqlen_q,
             max_seqlen_k=max_seqlen_k,
             num_splits=num_splits,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
         )
         if out is None:
             return torch.ops.specdec.paged_tree_attention(*args, **opts)
         torch.ops.specdec.paged_tree_attention_out(*args, out, **opts)
         return out
-    return _paged_tree_attention_impl(*args, sm_scale, out, backend, check, max_seqlen_q, max_seqlen_k, num_splits)
+    return _paged_tree_attention_impl(
+        *args, sm_scale, out, backend, check, max_seqlen_q, max_seqlen_k, num_splits, window, softcap, sinks
+    )
 
 
 @torch.library.custom_op("specdec::paged_tree_attention", mutates_args=())
@@ -647,6 +749,9 @@ def _paged_tree_attention_op(
     max_seqlen_q: int | None = None,
     max_seqlen_k: int | None = None,
     num_splits: int | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     return _paged_tree_attention_impl(
         q,
@@ -663,6 +768,9 @@ def _paged_tree_attention_op(
         max_seqlen_q,
         max_seqlen_k,
         num_splits,
+        window,
+        softcap,
+        sinks,
     )
 
 
@@ -681,8 +789,12 @@ def _paged_tree_attention_fake(
     max_seqlen_q=None,
     max_seqlen_k=None,
     num_splits=None,
+    window=None,
+    softcap=None,
+    sinks=None,
 ):
     _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, None)
+    check_features(window, softcap, sinks, q.shape[1], q.device, _NAME)
     return q.new_empty(q.shape)
 
 
@@ -702,6 +814,9 @@ def _paged_tree_attention_out_op(
     max_seqlen_q: int | None = None,
     max_seqlen_k: int | None = None,
     num_splits: int | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> None:
     _paged_tree_attention_impl(
         q,
@@ -718,6 +833,9 @@ def _paged_tree_attention_out_op(
         max_seqlen_q,
         max_seqlen_k,
         num_splits,
+        window,
+        softcap,
+        sinks,
     )
 
 
@@ -737,8 +855,12 @@ def _paged_tree_attention_out_fake(
     max_seqlen_q=None,
     max_seqlen_k=None,
     num_splits=None,
+    window=None,
+    softcap=None,
+    sinks=None,
 ):
     _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, out)
+    check_features(window, softcap, sinks, q.shape[1], q.device, _NAME)
     return None
 
 

@@ -15,6 +15,12 @@ attended without any mask in full BLOCK_N tiles (divided among the splits); the 
 the N x N tree block are handled by the last split, the tree block masked from the bit-packed mask (one
 int32 word per 32 nodes, loaded once per tile). With several splits every split writes its normalised
 partial output and log-sum-exp, and a small combine kernel merges them.
+
+Score modifications (constexpr-specialised, free when off): a sliding ``window`` (node i at position
+``prefix + depth_i`` sees prefix entries ``s > prefix + depth_i - window``; the prefix loop starts at the
+first tile any row of the program can see, and the limit on ancestors is folded into the packed mask on
+the host), ``softcap`` (``softcap * tanh(score / softcap)`` after scaling) and per-head ``sinks`` (one
+more logit in the softmax denominator; with splits the combine kernel adds it once).
 """
 
 from __future__ import annotations
@@ -55,6 +61,46 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@triton.jit
+def _tanh(x):
+    # tanh from exp2 (libdevice.tanh has no interpreter implementation). (1 - e) / (1 + e) with
+    # e = exp(-2|x|) never overflows; near 0 it loses absolute accuracy to cancellation, so small |x|
+    # takes the odd Taylor series (next term 62/2835 x^9 < 2e-10 at |x| = 0.125).
+    a = tl.abs(x)
+    e = tl.math.exp2(a * -2.8853900817779268)  # exp(-2|x|) = exp2(-2 log2(e) |x|)
+    t = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    small = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
+    return tl.where(a < 0.125, small, tl.where(x < 0, -t, t))
+
+
+@triton.jit
+def _scores(q, k, qk_scale, cap_scale, SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    # [BLOCK_M, BLOCK_N] scores in log2 units. Without SOFTCAP qk_scale = sm_scale * log2(e); with it
+    # (Gemma 2's order: scale, then cap) qk_scale = sm_scale / softcap and cap_scale = softcap * log2(e).
+    s = _dot(q, tl.trans(k), IEEE, UPCAST)
+    if SOFTCAP:
+        return _tanh(s * qk_scale) * cap_scale
+    return s * qk_scale
+
+
+@triton.jit
+def _window_start(lo, row_ok, prefix):
+    # First prefix entry any row of the program can see (lo: [BLOCK_M] first visible entry of each row),
+    # in [0, prefix]: the prefix loops start there, so entries before every row's window are never loaded.
+    return tl.maximum(tl.min(tl.where(row_ok, lo, prefix), 0), 0)
+
+
+@triton.jit
+def _add_sink(m_i, l_i, acc, sink):
+    # Fold the per-row sink logit (log2 units) into the softmax denominator only: l += exp2(sink - m),
+    # rescaled to the new running maximum. A row with nothing visible then outputs acc / l = 0.
+    m_f = tl.maximum(m_i, sink)
+    m_sub = tl.where(m_f == float("-inf"), 0.0, m_f)
+    alpha = tl.math.exp2(m_i - m_sub)
+    return l_i * alpha + tl.math.exp2(sink - m_sub), acc * alpha[:, None]
 
 
 @triton.jit
@@ -104,13 +150,15 @@ def _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M: 
     return allowed & ((j0 + offs_n)[None, :] <= node[:, None])  # topological order: ancestors precede
 
 
-@triton.jit(do_not_specialize=["N", "S", "num_splits"])
+@triton.jit(do_not_specialize=["N", "S", "num_splits", "window"])
 def _tree_attention_fwd_kernel(
     Q,  # [B, Hq, N, D] any strides
     K,  # [B, Hkv, S, D] any strides
     V,  # [B, Hkv, S, D] any strides
     KV_LENS,  # [B] int32/int64, valid entries per sequence, tree included
-    MASK,  # [B or 1, N, W] int32 packed ancestor mask, W = ceil(N / 32); stride_mb = 0 when shared
+    MASK,  # [B or 1, N, W] int32 packed ancestor mask (window applied), W = ceil(N / 32); stride_mb 0: shared
+    DEPTH,  # [B or 1, N] int32 tree depth of each node (read when WINDOW); stride_db = 0 when shared
+    SINKS,  # [Hq] any float dtype, sink logit per query head (read when SINKS_ON and not SPLIT)
     OUT,  # [B, Hq, N, D] any strides (written when SPLIT is False)
     MID_O,  # [B * Hkv, num_splits, G * N, D] fp32 contiguous (written when SPLIT is True)
     MID_LSE,  # [B * Hkv, num_splits, G * N] fp32 contiguous, log2-sum-exp2 of the split
@@ -129,6 +177,7 @@ def _tree_attention_fwd_kernel(
     stride_mb,
     stride_mi,
     stride_mw,
+    stride_db,
     stride_ob,
     stride_oh,
     stride_on,
@@ -137,7 +186,9 @@ def _tree_attention_fwd_kernel(
     S,
     num_words,
     num_splits,
-    qk_scale,  # qk_scale = sm_scale * log2(e)
+    window,  # sliding window (read when WINDOW)
+    qk_scale,  # sm_scale * log2(e); with SOFTCAP sm_scale / softcap
+    cap_scale,  # softcap * log2(e) (read when SOFTCAP)
     H_KV: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -145,6 +196,9 @@ def _tree_attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    SINKS_ON: tl.constexpr,
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -184,31 +238,47 @@ def _tree_attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # 1. Full prefix tiles, no mask at all; split-K divides them among the programs of axis 2.
     num_full = prefix // BLOCK_N
-    per_split = tl.cdiv(num_full, num_splits)
-    t_lo = pid_s * per_split
+    t_first = 0
+    lo_min = 0
+    if WINDOW:
+        # Row at logical position prefix + depth sees prefix entries s >= prefix + depth - window + 1,
+        # i.e. s - prefix + window - 1 >= depth (so only the depths stay live, not a second row vector).
+        depth = tl.load(DEPTH + b64 * stride_db + node, mask=row_ok, other=0)
+        lo_min = _window_start(prefix + depth - window + 1, row_ok, prefix)
+        t_first = tl.minimum(lo_min // BLOCK_N, num_full)
+
+    # 1. Full prefix tiles (from the first one any row's window reaches); split-K divides them among the
+    #    programs of axis 2. No mask unless a window cuts them.
+    per_split = tl.cdiv(num_full - t_first, num_splits)
+    t_lo = t_first + pid_s * per_split
     t_hi = tl.minimum(t_lo + per_split, num_full)
     for t in range(t_lo, t_hi):
         cols = (t * BLOCK_N + offs_n).to(tl.int64)
         k = _load_full_tile(k_base + cols[:, None] * stride_ks, d_ok, EVEN_D)
         v = _load_full_tile(v_base + cols[:, None] * stride_vs, d_ok, EVEN_D)
-        qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
-        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, False, IEEE, UPCAST)
+        qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+        if WINDOW:
+            qk = tl.where((t * BLOCK_N + offs_n - prefix + window - 1)[None, :] >= depth[:, None], qk, float("-inf"))
+        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, WINDOW, IEEE, UPCAST)
 
     if pid_s == num_splits - 1:
         # 2. The prefix's ragged tail: fewer than BLOCK_N entries, bounds-masked.
         tail_start = num_full * BLOCK_N
-        if tail_start < prefix:
+        if (tail_start < prefix) & (lo_min < prefix):  # (a window may exclude the whole tail)
             cols = tail_start + offs_n
             col_ok = cols < prefix
             k = _load_tile(k_base + cols.to(tl.int64)[:, None] * stride_ks, col_ok, d_ok, EVEN_D)
             v = _load_tile(v_base + cols.to(tl.int64)[:, None] * stride_vs, col_ok, d_ok, EVEN_D)
-            qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
-            qk = tl.where(col_ok[None, :], qk, float("-inf"))
+            qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+            visible = col_ok[None, :]
+            if WINDOW:
+                visible = visible & ((cols - prefix + window - 1)[None, :] >= depth[:, None])
+            qk = tl.where(visible, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
         # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
+        #    (A window's limit on ancestors is already in the mask: see windowed_tree_mask.)
         last_node = tl.minimum(N - 1, (pid_m * BLOCK_M + BLOCK_M - 1) // GROUP)
         mask_rows = MASK + b64 * stride_mb + node.to(tl.int64)[:, None] * stride_mi
         for j0 in range(0, last_node + 1, BLOCK_N):
@@ -217,11 +287,14 @@ def _tree_attention_fwd_kernel(
             cols = (prefix + j).to(tl.int64)
             k = _load_tile(k_base + cols[:, None] * stride_ks, j_ok, d_ok, EVEN_D)
             v = _load_tile(v_base + cols[:, None] * stride_vs, j_ok, d_ok, EVEN_D)
-            qk = _dot(q, tl.trans(k), IEEE, UPCAST) * qk_scale
+            qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
             allowed = _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
             qk = tl.where(allowed, qk, float("-inf"))
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
+    if SINKS_ON and not SPLIT:  # with splits the combine kernel adds the sink, once
+        sink = tl.load(SINKS + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+        l_i, acc = _add_sink(m_i, l_i, acc, sink)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # a row with nothing to attend to outputs zeros
     out = acc / l_safe[:, None]
     if SPLIT:
@@ -245,6 +318,7 @@ def _tree_attention_fwd_kernel(
 def _tree_attention_combine_kernel(
     MID_O,  # [B * Hkv, num_splits, G * N, D] fp32 contiguous
     MID_LSE,  # [B * Hkv, num_splits, G * N] fp32 contiguous
+    SINKS,  # [Hq] any float dtype (read when SINKS_ON)
     OUT,  # [B, Hq, N, D] any strides
     stride_ob,
     stride_oh,
@@ -257,6 +331,7 @@ def _tree_attention_combine_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    SINKS_ON: tl.constexpr,
 ):
     pid = tl.program_id(0)  # one query row of one (batch, kv head)
     num_rows = N * GROUP
@@ -273,10 +348,15 @@ def _tree_attention_combine_kernel(
     mid_row = (pid_bh * num_splits + offs_s).to(tl.int64) * num_rows + row  # [BLOCK_S]
     lse = tl.load(MID_LSE + mid_row, mask=s_ok, other=float("-inf"))
     m = tl.max(lse, 0)
+    if SINKS_ON:  # the sink joins the denominator once, here (log2 units like lse)
+        sink = tl.load(SINKS + head).to(tl.float32) * 1.4426950408889634
+        m = tl.maximum(m, sink)
     m = tl.where(m == float("-inf"), 0.0, m)
     w = tl.math.exp2(lse - m)  # 0 for empty splits
     o = tl.load(MID_O + mid_row[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
     den = tl.sum(w, 0)
+    if SINKS_ON:
+        den += tl.math.exp2(sink - m)
     den = tl.where(den == 0.0, 1.0, den)
     out = tl.sum(w[:, None] * o, 0) / den
     o_ptrs = (
@@ -287,6 +367,96 @@ def _tree_attention_combine_kernel(
         + offs_d * stride_od
     )
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=d_ok)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sliding windows, logit soft-capping, attention sinks
+# --------------------------------------------------------------------------------------------------
+
+
+def tree_depths(tree_mask: torch.Tensor, n: int) -> torch.Tensor:
+    """int32 ``[B or 1, N]``: depth of every node, ``(number of j <= i with tree_mask[i, j]) - 1`` (the root
+    0; a chain's node i: i). Node i's logical position is ``prefix_b + depth_i``, which the window uses."""
+    return (_dense_tree_mask(tree_mask, n).sum(-1) - 1).to(torch.int32)
+
+
+def check_features(window, softcap, sinks, q_heads: int, device: torch.device, what: str) -> None:
+    """TypeError/ValueError naming ``window``, ``softcap`` or ``sinks`` (shapes and types only: no sync)."""
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int):
+            raise TypeError(f"{what}: window must be an int or None, got {type(window).__name__}")
+        if window < 1:
+            raise ValueError(f"{what}: window must be >= 1 (transformers' sliding_window) or None, got {window}")
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+            raise TypeError(f"{what}: softcap must be a float or None, got {type(softcap).__name__}")
+        if not (math.isfinite(softcap) and softcap > 0):
+            raise ValueError(f"{what}: softcap must be a finite float > 0 or None, got {softcap!r}")
+    if sinks is not None:
+        if not isinstance(sinks, torch.Tensor):
+            raise TypeError(f"{what}: sinks must be a torch.Tensor or None, got {type(sinks).__name__}")
+        if not sinks.is_floating_point():
+            raise TypeError(f"{what}: sinks must be a floating-point tensor, got {sinks.dtype}")
+        if tuple(sinks.shape) != (q_heads,):
+            raise ValueError(f"{what}: sinks must have shape [Hq={q_heads}], got {tuple(sinks.shape)}")
+        if sinks.device != device:
+            raise ValueError(f"{what}: sinks is on {sinks.device} but q is on {device}")
+
+
+class AttentionFeatures:
+    """The optional score modifications of one call, and how the kernels receive them.
+
+    ``window``: node i (position ``prefix + depth_i``) sees prefix entries ``s > prefix + depth_i - window``
+    and ancestors j with ``depth_i - depth_j < window``. ``softcap``: scores ``softcap * tanh(score /
+    softcap)`` after the scaling, before the mask. ``sinks [Hq]``: a logit per query head that joins the
+    softmax denominator only.
+    """
+
+    def __init__(self, window=None, softcap=None, sinks=None, depth=None):
+        self.window = window
+        self.softcap = None if softcap is None else float(softcap)
+        self.sinks = sinks
+        self.depth = depth  # [B or 1, N] int32 tree depths when window is set (windowed_tree_mask)
+
+    def depth_arg(self, dummy: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(DEPTH pointer, its batch stride): the depths, or any tensor the kernel never reads."""
+        if self.window is None:
+            return dummy, 0
+        return self.depth, self.depth.stride(0) if self.depth.shape[0] > 1 else 0
+
+    def sinks_arg(self, dummy: torch.Tensor) -> torch.Tensor:
+        return dummy if self.sinks is None else self.sinks
+
+    def score_scales(self, sm_scale: float) -> tuple[float, float]:
+        """(qk_scale, cap_scale) of the kernels' ``_scores``: scores in log2 units either way."""
+        if self.softcap is None:
+            return sm_scale * _LOG2E, 1.0
+        return sm_scale / self.softcap, self.softcap * _LOG2E
+
+
+def windowed_tree_mask(tree_mask: torch.Tensor, n: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed int32 mask with the window's ancestor limit ``depth_i - depth_j < window`` applied, depths).
+
+    The limit depends on the tree alone (not on the prefix), so the kernels get it folded into the mask
+    once per call and only the prefix part of the window costs them anything (one depth per row).
+    """
+    dense = _dense_tree_mask(tree_mask, n)
+    depth = dense.sum(-1) - 1  # [B or 1, N]
+    dense = dense & (depth.unsqueeze(-1) - depth.unsqueeze(-2) < window)
+    packed = trees.pack_mask(dense if tree_mask.dim() == 3 else dense[0])  # a shared tree stays shared
+    return packed, depth.to(torch.int32)
+
+
+def memo_windowed_tree_mask(tree_mask, n: int, window: int, mask_memo: dict | None):
+    """windowed_tree_mask, built once per model forward and window when the caller passes its
+    ``mask_memo`` dict (the layers of one forward share the tree; sliding and full layers alternate)."""
+    key = ("window", n, window)
+    got = mask_memo.get(key) if mask_memo is not None else None
+    if got is None:
+        got = windowed_tree_mask(tree_mask, n, window)
+        if mask_memo is not None:
+            mask_memo[key] = got
+    return got
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +518,9 @@ def _tree_attention_triton(
     out: torch.Tensor,
     max_kv_len: int,
     num_splits: int | None,
+    features: AttentionFeatures | None = None,
 ) -> torch.Tensor:
+    features = features or AttentionFeatures()
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
@@ -365,6 +537,8 @@ def _tree_attention_triton(
     else:
         mid_o = mid_lse = out  # unused
     stride_mb = packed.stride(0) if packed.dim() == 3 else 0
+    depth, stride_db = features.depth_arg(packed)
+    qk_scale, cap_scale = features.score_scales(sm_scale)
     grid = (m_tiles, B * Hkv, num_splits)
     _tree_attention_fwd_kernel[grid](
         q,
@@ -372,6 +546,8 @@ def _tree_attention_triton(
         v,
         kv_lens,
         packed,
+        depth,
+        features.sinks_arg(packed),
         out,
         mid_o,
         mid_lse,
@@ -381,12 +557,15 @@ def _tree_attention_triton(
         stride_mb,
         packed.stride(-2),
         packed.stride(-1),
+        stride_db,
         *out.stride(),
         N,
         k.shape[2],
         packed.shape[-1],
         num_splits,
-        sm_scale * _LOG2E,
+        features.window or 0,
+        qk_scale,
+        cap_scale,
         H_KV=Hkv,
         GROUP=G,
         HEAD_DIM=D,
@@ -394,6 +573,9 @@ def _tree_attention_triton(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         SPLIT=split,
+        WINDOW=features.window is not None,
+        SOFTCAP=features.softcap is not None,
+        SINKS_ON=features.sinks is not None,
         IEEE=q.dtype == torch.float32,
         UPCAST=q.dtype == torch.bfloat16 and interpreter_enabled(),
         num_warps=num_warps,
@@ -403,6 +585,7 @@ def _tree_attention_triton(
         _tree_attention_combine_kernel[(B * Hkv * num_rows,)](
             mid_o,
             mid_lse,
+            features.sinks_arg(out),
             out,
             *out.stride(),
             N,
@@ -412,6 +595,7 @@ def _tree_attention_triton(
             HEAD_DIM=D,
             BLOCK_D=block_d,
             BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+            SINKS_ON=features.sinks is not None,
             num_warps=1 if D <= 64 else 2,
         )
     return out
@@ -430,12 +614,16 @@ def _dense_tree_mask(tree_mask: torch.Tensor, n: int) -> torch.Tensor:
     return dense & torch.ones(n, n, dtype=torch.bool, device=dense.device).tril()
 
 
-def tree_attention_mask(kv_lens: torch.Tensor, tree_mask: torch.Tensor, n: int, s: int) -> torch.Tensor:
+def tree_attention_mask(
+    kv_lens: torch.Tensor, tree_mask: torch.Tensor, n: int, s: int, window: int | None = None
+) -> torch.Tensor:
     """The dense boolean mask the tree attention applies, ``[B, N, S]``: True where node i sees entry s.
 
     Entry s of sequence b is visible to node i iff ``s < prefix_b`` (the prefix) or it is tree node
-    ``j = s - prefix_b`` with ``0 <= j <= i`` and ``tree_mask[b, i, j]``. For tests and the reference only:
-    the kernel never builds it.
+    ``j = s - prefix_b`` with ``0 <= j <= i`` and ``tree_mask[b, i, j]``. With a ``window``, node i sits at
+    position ``p_i = prefix_b + depth_i`` (:func:`tree_depths`) and additionally needs ``s > p_i - window``
+    for a prefix entry and ``depth_i - depth_j < window`` for a tree node. For tests and the reference
+    only: the kernel never builds it.
     """
     dense = _dense_tree_mask(tree_mask, n)  # [B or 1, N, N]
     b = kv_lens.shape[0]
@@ -445,7 +633,13 @@ def tree_attention_mask(kv_lens: torch.Tensor, tree_mask: torch.Tensor, n: int, 
     in_tree = (j >= 0) & (j < n)
     idx = j.clamp(0, n - 1).unsqueeze(1).expand(b, n, s)
     tree_part = torch.gather(dense.expand(b, n, n), 2, idx) & in_tree.unsqueeze(1)
-    return tree_part | (pos < prefix).unsqueeze(1)
+    prefix_part = (pos < prefix).unsqueeze(1)  # [B, 1, S]
+    if window is not None:
+        depth = (dense.sum(-1) - 1).expand(b, n)  # [B, N]
+        depth_j = torch.gather(depth, 1, j.clamp(0, n - 1))  # [B, S] depth of the tree node at entry s
+        tree_part = tree_part & (depth.unsqueeze(2) - depth_j.unsqueeze(1) < window)
+        prefix_part = prefix_part & (pos.unsqueeze(1) > (prefix + depth - window).unsqueeze(2))
+    return tree_part | prefix_part
 
 
 def tree_attention_reference(
@@ -459,6 +653,9 @@ def tree_attention_reference(
     out: torch.Tensor | None = None,
     mask_memo: dict | None = None,
     max_kv_len: int | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch tree attention, computed in fp32; same arguments and result as :func:`tree_attention`.
 
@@ -471,8 +668,10 @@ def tree_attention_reference(
 
     Vectorised: GQA by viewing q as ``[B, Hkv, G * N, D]`` (no K/V repeat), one dense ``[B, N, S]`` mask
     from ``kv_lens`` and the tree mask, one fused ``scaled_dot_product_attention`` call; the cache is cut
-    at ``max_kv_len`` as above.
+    at ``max_kv_len`` as above. With ``softcap`` or ``sinks`` the softmax is written out (SDPA has
+    neither), like transformers' eager attention of Gemma 2 and gpt-oss.
     """
+    check_features(window, softcap, sinks, q.shape[1], q.device, "tree_attention_reference")
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
@@ -483,10 +682,10 @@ def tree_attention_reference(
         s = min(s, int(kv_lens.max()))
     _check_sm_scale(sm_scale)
     scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
-    key = (N, s, G)
+    key = (N, s, G, window)
     mask = mask_memo.get(key) if mask_memo is not None else None
     if mask is None:
-        mask = tree_attention_mask(kv_lens, tree_mask, N, s)  # [B, N, S]
+        mask = tree_attention_mask(kv_lens, tree_mask, N, s, window)  # [B, N, S]
         mask = mask.unsqueeze(1).unsqueeze(1).expand(B, 1, G, N, s).reshape(B, 1, G * N, s)
         if mask_memo is not None:
             mask_memo[key] = mask
@@ -497,13 +696,37 @@ def tree_attention_reference(
     live = (torch.arange(s, device=k.device)[None, :] < kv_lens.to(k.device, torch.int64)[:, None])[:, None, :, None]
     kf = torch.where(live, k[:, :, :s].float(), 0.0)
     vf = torch.where(live, v[:, :, :s].float(), 0.0)
-    o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale)
+    if softcap is None and sinks is None:
+        o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale)
+    else:
+        o = _explicit_attention(qf, kf, vf, mask, scale, softcap, sinks, N)
     o = torch.where(mask.any(-1, keepdim=True), o, 0.0)  # rows with nothing to attend to: zeros, not NaN
     o = o.reshape(B, Hq, N, D)
     if out is None:
         return o.to(q.dtype)
     out.copy_(o)
     return out
+
+
+def _explicit_attention(qf, kf, vf, mask, scale, softcap, sinks, n) -> torch.Tensor:
+    """fp32 attention written out: scale, soft-cap, mask, softmax with the sink column, PV.
+
+    qf ``[B, Hkv, G * N, D]`` (row g * N + i is head hkv * G + g), kf/vf ``[B, Hkv, S, D]``, mask
+    broadcastable to ``[B, Hkv, G * N, S]``. As transformers' gpt-oss eager attention: the sink logit is
+    appended as one more column, the softmax taken over all, the sink's probability dropped.
+    """
+    scores = (qf @ kf.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    if sinks is not None:
+        b, hkv, rows, _ = scores.shape
+        col = sinks.float().view(hkv, rows // n, 1).expand(hkv, rows // n, n).reshape(1, hkv, rows, 1)
+        scores = torch.cat([scores, col.expand(b, hkv, rows, 1)], dim=-1)
+        p = torch.softmax(scores, dim=-1)[..., :-1]
+    else:
+        p = torch.softmax(scores, dim=-1)
+    return p @ vf
 
 
 # --------------------------------------------------------------------------------------------------
@@ -585,6 +808,9 @@ def tree_attention(
     mask_memo: dict | None = None,
     max_kv_len: int | None = None,
     num_splits: int | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of N token-tree nodes against each sequence's KV cache and their own ancestors.
 
@@ -625,6 +851,17 @@ def tree_attention(
         Default: from the check, else S. Nothing is read back from the device for it.
     num_splits : int, optional
         Force the number of KV splits of the Triton kernel (tuning and tests); default: heuristic.
+    window : int, optional
+        Sliding window (>= 1), transformers' ``sliding_window``: node i at logical position
+        ``p_i = prefix_b + depth_i`` (``depth_i`` = number of tree nodes j <= i with ``tree_mask[i, j]``,
+        minus 1) sees prefix entry s iff ``s > p_i - window`` and ancestor j iff ``depth_i - depth_j <
+        window``; a chain is the model's sliding-window causal attention (FlashInfer's
+        ``window_left = window - 1``). Prefix tiles before every row's window are skipped, not read.
+    softcap : float, optional
+        Logit soft-capping (> 0, finite): scores ``softcap * tanh(q.k * sm_scale / softcap)`` (Gemma 2).
+    sinks : Tensor, optional
+        Attention sinks (gpt-oss ``s_aux``), any float dtype: a logit per query head, in the units of the
+        (capped) scores, that joins the softmax denominator only. Shape: ``[Hq]``.
 
     Returns
     -------
@@ -646,6 +883,7 @@ def tree_attention(
     torch.Size([1, 4, 4, 64])
     """
     _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out)
+    check_features(window, softcap, sinks, q.shape[1], q.device, "tree_attention")
     N = q.shape[2]
     S = k.shape[2]
     impl = resolve_backend(backend, q.device, "tree_attention")
@@ -664,17 +902,33 @@ def tree_attention(
     scale = 1.0 / math.sqrt(q.shape[3]) if sm_scale is None else float(sm_scale)
     if impl == "reference" or q.numel() == 0:
         return tree_attention_reference(
-            q, k, v, kv_lens, tree_mask, sm_scale=scale, out=out, mask_memo=mask_memo, max_kv_len=ref_len
+            q,
+            k,
+            v,
+            kv_lens,
+            tree_mask,
+            sm_scale=scale,
+            out=out,
+            mask_memo=mask_memo,
+            max_kv_len=ref_len,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
         )
-    packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
+    depth = None
+    if window is not None:
+        packed, depth = memo_windowed_tree_mask(tree_mask, N, window, mask_memo)
+    else:
+        packed = tree_mask if tree_mask.dtype == torch.int32 else trees.pack_mask(tree_mask)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    features = AttentionFeatures(window, softcap, sinks, depth)
     return _tree_attention_triton(
-        q, k, v, kv_lens, packed, scale, out, S if max_kv_len is None else int(max_kv_len), num_splits
+        q, k, v, kv_lens, packed, scale, out, S if max_kv_len is None else int(max_kv_len), num_splits, features
     )
 
 
-__all__ = ["tree_attention", "tree_attention_reference", "tree_attention_mask", "MAX_TREE_NODES"]
+__all__ = ["tree_attention", "tree_attention_reference", "tree_attention_mask", "tree_depths", "MAX_TREE_NODES"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -687,55 +941,35 @@ __all__ = ["tree_attention", "tree_attention_reference", "tree_attention_mask", 
 # one allocates the contiguous result, the ``_out`` one writes into ``out`` (marked mutated, any strides,
 # e.g. a transposed ``[B, N, Hq, D]`` buffer) and returns nothing.
 
-_OP_KWARGS = "float? sm_scale=None, bool check=True, int? max_kv_len=None, int? num_splits=None, str? backend=None"
+_OP_KWARGS = (
+    "float? sm_scale=None, bool check=True, int? max_kv_len=None, int? num_splits=None, str? backend=None, "
+    "int? window=None, float? softcap=None, Tensor? sinks=None"
+)
+_OP_DEFAULTS = dict(sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None)
+_FEATURE_DEFAULTS = dict(window=None, softcap=None, sinks=None)
 
 
-def _tree_attention_op(
-    q, k, v, kv_lens, tree_mask, *, sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None
-):
-    return tree_attention(
-        q,
-        k,
-        v,
-        kv_lens,
-        tree_mask,
-        sm_scale=sm_scale,
-        backend=backend,
-        check=check,
-        max_kv_len=max_kv_len,
-        num_splits=num_splits,
-    )
+def _tree_attention_op(q, k, v, kv_lens, tree_mask, **kwargs):
+    return tree_attention(q, k, v, kv_lens, tree_mask, **kwargs)
 
 
-def _tree_attention_fake(
-    q, k, v, kv_lens, tree_mask, *, sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None
-):
-    _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, None)  # shapes, dtypes, devices: no data needed
+def _tree_attention_fake(q, k, v, kv_lens, tree_mask, **kwargs):
+    _check_op_args(q, k, v, kv_lens, tree_mask, None, kwargs)  # shapes, dtypes, devices: no data needed
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-def _tree_attention_out_op(
-    q, k, v, kv_lens, tree_mask, out, *, sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None
-):
-    tree_attention(
-        q,
-        k,
-        v,
-        kv_lens,
-        tree_mask,
-        sm_scale=sm_scale,
-        backend=backend,
-        out=out,
-        check=check,
-        max_kv_len=max_kv_len,
-        num_splits=num_splits,
-    )
+def _tree_attention_out_op(q, k, v, kv_lens, tree_mask, out, **kwargs):
+    tree_attention(q, k, v, kv_lens, tree_mask, out=out, **kwargs)
 
 
-def _tree_attention_out_fake(
-    q, k, v, kv_lens, tree_mask, out, *, sm_scale=None, check=True, max_kv_len=None, num_splits=None, backend=None
-):
-    _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out)
+def _tree_attention_out_fake(q, k, v, kv_lens, tree_mask, out, **kwargs):
+    _check_op_args(q, k, v, kv_lens, tree_mask, out, kwargs)
+
+
+def _check_op_args(q, k, v, kv_lens, tree_mask, out, kwargs) -> None:
+    opts = {**_OP_DEFAULTS, **_FEATURE_DEFAULTS, **kwargs}
+    _check_inputs(q, k, v, kv_lens, tree_mask, opts["sm_scale"], out)
+    check_features(opts["window"], opts["softcap"], opts["sinks"], q.shape[1], q.device, "tree_attention")
 
 
 _ops.define_op(

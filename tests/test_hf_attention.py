@@ -171,3 +171,216 @@ def test_bad_tree_mask_named():
     ids = torch.randint(0, VOCAB, (1, 4))
     with pytest.raises(ValueError, match="tree_mask"):
         model(ids, tree_mask=torch.ones(3, 3, dtype=torch.bool), kv_lens=torch.tensor([4]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sliding windows, soft-capping, sinks: what each model passes reaches the kernel
+# ---------------------------------------------------------------------------------------------------
+
+WINDOW = 5
+WINDOW_FAMILIES = {  # config class name, extra config, what the layers use
+    "mistral": ("MistralConfig", dict(sliding_window=WINDOW), ("window",)),
+    "gemma2": (
+        "Gemma2Config",
+        # Gemma's scaled, tied embeddings settle on one repeated token at std 0.3; at 0.1 (and the cap
+        # well inside the scores' range) the output depends on both the window and the cap.
+        dict(sliding_window=WINDOW, attn_logit_softcapping=1.0, query_pre_attn_scalar=1, initializer_range=0.1),
+        ("window", "softcap"),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"], initializer_range=0.1),
+        ("window",),
+    ),
+    "qwen2": ("Qwen2Config", dict(sliding_window=WINDOW, use_sliding_window=True, max_window_layers=1), ("window",)),
+    "gpt_oss": (
+        "GptOssConfig",
+        dict(sliding_window=WINDOW, num_local_experts=4, num_experts_per_tok=2),
+        ("window", "sinks"),
+    ),
+    # These two pass no sliding_window keyword: the hook reads the module (Qwen2-MoE) or the config (PhiMoE).
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        dict(
+            sliding_window=WINDOW,
+            use_sliding_window=True,
+            max_window_layers=1,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+        ),
+        ("window",),
+    ),
+    "phimoe": ("PhimoeConfig", dict(sliding_window=WINDOW, num_local_experts=4, num_experts_per_tok=2), ("window",)),
+}
+
+
+def window_model(family: str):
+    """Tiny random model of a family with a sliding window (eager attention), head_dim 16 = hidden / heads.
+    Init std 0.3 (Gemma 0.1) so that tokens far back change the logits: the window matters, which
+    test_dropping_a_feature_changes_the_output checks."""
+    cls, extra, _ = WINDOW_FAMILIES[family]
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    config = getattr(transformers, cls)(**{**common, **extra})
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def perturbed(model, scale=0.05, seed=1):
+    """A draft that mostly agrees with the target: its weights plus small noise."""
+    import copy
+
+    draft = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return draft
+
+
+@pytest.fixture(scope="module")
+def window_models():
+    return {}
+
+
+def cached_window_model(cache, family):
+    if family not in cache:
+        cache[family] = window_model(family)
+    return cache[family]
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3", "qwen2", "gpt_oss"])
+def test_window_models_greedy_generate_equals_transformers(family, window_models):
+    # Prompt 9 + 16 new tokens, window 5: a chain, an EAGLE-2 tree with a perturbed draft and prompt lookup
+    # all reproduce transformers' greedy decoding (fp32, the reference kernel on CPU).
+    import specdec
+    from specdec import Chain, DynamicTree, PromptLookup
+
+    target = cached_window_model(window_models, family)
+    draft = perturbed(target)
+    ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(2))
+    expected = target.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0)
+    strategies = {
+        "chain": (Chain(3), draft),
+        "eagle2": (DynamicTree("eagle2", budget=6, top_k=2, depth=3), draft),
+        "lookup": (PromptLookup(k=4), None),
+    }
+    for name, (strategy, d) in strategies.items():
+        out = specdec.generate(target, d, ids, max_new_tokens=16, strategy=strategy)
+        assert torch.equal(out.sequences, expected), f"{family} {name}"
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3", "qwen2", "gpt_oss"])
+def test_dropping_a_feature_changes_the_output(family, window_models, monkeypatch):
+    # The models above depend on what the hook passes: with any one feature dropped before the kernel,
+    # greedy decoding departs from transformers' (so the test above would catch a dropped argument).
+    import specdec
+    from specdec import PromptLookup
+
+    target = cached_window_model(window_models, family)
+    ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(2))
+    expected = target.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    real = hf_attention.tree_attention
+    for feature in WINDOW_FAMILIES[family][2]:
+
+        def dropping(*args, feature=feature, **kwargs):
+            kwargs[feature] = None
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(hf_attention, "tree_attention", dropping)
+        out = specdec.generate(target, None, ids, max_new_tokens=6, strategy=PromptLookup(k=4))
+        assert not torch.equal(out.sequences, expected), f"{family} does not depend on {feature}"
+    monkeypatch.setattr(hf_attention, "tree_attention", real)
+
+
+@pytest.mark.parametrize(
+    "family,backend",
+    [("qwen2_moe", "reference"), ("phimoe", "triton"), ("gemma2", "triton"), ("gpt_oss", "triton")],
+)
+@torch.no_grad()
+def test_window_tree_logits_equal_path_logits(family, backend, window_models):
+    # Prefill 11 tokens through the hook (chain mask), then a random tree of 8 nodes: every node's logits
+    # equal the model's own eager attention over its root-to-node path (window 5 < prompt and < depth).
+    gen = torch.Generator().manual_seed(4)
+    model = cached_window_model(window_models, family)
+    cfg = model.config
+    P, N = 11, 8
+    prompt = torch.randint(0, VOCAB, (1, P), generator=gen)
+    cache = BufferCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, 32, 16)  # head_dim 16
+    model.set_attn_implementation("specdec_tree")
+    try:
+        model(
+            prompt,
+            position_ids=torch.arange(P)[None],
+            past_key_values=cache,
+            use_cache=True,
+            tree_mask=trees.ancestor_mask(trees.chain_parents(P)),
+            kv_lens=torch.tensor([P]),
+            tree_attention_backend=backend,
+        )
+        parents = torch.tensor([-1, 0, 1, 2, 3, 1, 5, 4])  # depth up to 5: past the window inside the tree
+        tokens = torch.randint(0, VOCAB, (1, N), generator=gen)
+        cache.write_pos = torch.tensor([P])
+        out = model(
+            tokens,
+            position_ids=trees.tree_position_ids(parents, torch.tensor([P])),
+            past_key_values=cache,
+            use_cache=True,
+            tree_mask=trees.packed_ancestor_mask(parents),
+            kv_lens=torch.tensor([P + N]),
+            tree_attention_backend=backend,
+        )
+        expect = path_logits(model, prompt[0].tolist(), tokens[0], parents)
+    finally:
+        model.set_attn_implementation("eager")
+    torch.testing.assert_close(out.logits[0], expect, atol=ATOL, rtol=RTOL)
+
+
+def test_window_of_each_layer():
+    # keyword > module attribute > layer_types > config.sliding_window (models without layer types)
+    class Module(torch.nn.Module):
+        def __init__(self, layer_idx, **config):
+            super().__init__()
+            self.layer_idx = layer_idx
+            self.config = type("Config", (), config)()
+
+    types = dict(layer_types=["sliding_attention", "full_attention"], sliding_window=7)
+    assert hf_attention.layer_window(Module(0, **types), {"sliding_window": 3}) == 3
+    assert hf_attention.layer_window(Module(0, **types), {"sliding_window": None}) is None
+    assert hf_attention.layer_window(Module(0, **types), {}) == 7
+    assert hf_attention.layer_window(Module(1, **types), {}) is None
+    assert hf_attention.layer_window(Module(1, sliding_window=9), {}) == 9
+    assert hf_attention.layer_window(Module(1), {}) is None
+    with_attr = Module(1, **types)
+    with_attr.sliding_window = 4
+    assert hf_attention.layer_window(with_attr, {}) == 4
+    chunked = dict(layer_types=["chunked_attention", "full_attention"], attention_chunk_size=8192)
+    with pytest.raises(ValueError, match="chunked attention"):
+        hf_attention.layer_window(Module(0, **chunked), {})
+    assert hf_attention.layer_window(Module(1, **chunked), {}) is None
+
+
+@torch.no_grad()
+def test_unknown_attention_kwargs_are_refused_by_name():
+    model = tiny_model("llama", attn="specdec_tree")
+    ids = torch.randint(0, VOCAB, (1, 4))
+    base = dict(tree_mask=torch.ones(4, 4, dtype=torch.bool).tril(), kv_lens=torch.tensor([4]))
+    model(ids, **base, output_attentions=False)  # harmless
+    for name, value in (("attention_chunk_size", 2), ("is_causal", False), ("output_attentions", True)):
+        with pytest.raises(ValueError, match=f"attention argument {name}="):
+            model(ids, **base, **{name: value})

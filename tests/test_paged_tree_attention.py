@@ -96,7 +96,7 @@ def make_case(
     return paged, padded
 
 
-def padded_result(paged, padded, backend, packed=False, sm_scale=None):
+def padded_result(paged, padded, backend, packed=False, sm_scale=None, **features):
     """Request by request with the padded tree_attention: [T, Hq, D]."""
     q = paged["q"]
     out = torch.zeros_like(q)
@@ -113,6 +113,7 @@ def padded_result(paged, padded, backend, packed=False, sm_scale=None):
             trees.pack_mask(mask) if packed else mask,
             backend=backend,
             sm_scale=sm_scale,
+            **features,
         )
         out[lo : lo + n] = o[0].transpose(0, 1)
     return out
@@ -178,6 +179,48 @@ def test_triton_split_k_matches_no_split():
         torch.testing.assert_close(
             paged_tree_attention(**paged, backend="triton", num_splits=splits), one, atol=2e-6, rtol=2e-6
         )
+
+
+# (page, g, dtype, num_splits, ns, prefixes, window, softcap, use_sinks)
+FEATURE_CASES = [
+    (5, 2, torch.float32, 3, (4, 1, 6), (130, 0, 70), 9, None, False),  # windows < prefix, < a deep tree
+    (16, 4, torch.float16, None, (3, 7), (90, 2), None, 2.0, True),
+    (1, 1, torch.bfloat16, 2, (5, 2, 1), (67, 13, 200), 3, 1.0, True),  # window 3 < tree depth: no prefix
+]
+
+
+@pytest.mark.parametrize("page,g,dtype,num_splits,ns,prefixes,window,softcap,use_sinks", FEATURE_CASES)
+def test_features_match_padded(page, g, dtype, num_splits, ns, prefixes, window, softcap, use_sinks):
+    # Window, soft-capping and sinks: the paged reference equals the padded reference to the last bit,
+    # Triton matches the padded Triton kernel and the paged reference (both tested against fp64 in
+    # test_tree_attention.py).
+    paged, padded = make_case(ns, prefixes, g=g, page=page, dtype=dtype, seed=page + g)
+    sinks = torch.randn(paged["q"].shape[1], generator=torch.Generator().manual_seed(1)) if use_sinks else None
+    feat = dict(window=window, softcap=softcap, sinks=sinks)
+    ref = paged_tree_attention(**paged, backend="reference", **feat)
+    torch.testing.assert_close(ref, padded_result(paged, padded, "reference", **feat), atol=0, rtol=0)
+    got = paged_tree_attention(**paged, backend="triton", num_splits=num_splits, **feat)
+    assert torch.isfinite(got).all(), "read a NaN slot"
+    tol = TOL[dtype]
+    torch.testing.assert_close(got, padded_result(paged, padded, "triton", **feat), atol=tol, rtol=tol)
+    torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_window_skips_prefix_pages(num_splits):
+    # K/V tiles entirely before every row's window are never read: NaN there (in their pages) must not
+    # show up. Every node of request b sees from prefix_b - 4 on (the root), so the BLOCK_N-aligned tiles
+    # below (prefix_b - 4) rounded down to a multiple of 64 (BLOCK_N is 32 or 64) are outside all windows.
+    ns, prefixes, window = (4, 1), (200, 150), 5
+    paged, padded = make_case(ns, prefixes, g=2, page=16, seed=3)
+    expect = paged_tree_attention(**paged, backend="reference", window=window)
+    for b, prefix in enumerate(prefixes):
+        pos = torch.arange((prefix - 4) // 64 * 64)
+        blocks, slots = paged["block_table"][b, pos // 16], pos % 16
+        paged["k_cache"][blocks, slots] = float("nan")
+        paged["v_cache"][blocks, slots] = float("nan")
+    got = paged_tree_attention(**paged, backend="triton", window=window, num_splits=num_splits)
+    torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-6)
 
 
 def test_strided_views_out_buffer_and_sm_scale():
@@ -253,6 +296,19 @@ def test_torch_op_opcheck():
     )
 
 
+def test_torch_op_opcheck_with_window_softcap_sinks():
+    paged, _ = make_case((3, 2), (9, 0), g=2, page=5, seed=12)
+    args = tuple(paged.values())
+    feat = dict(window=3, softcap=2.0, sinks=torch.randn(paged["q"].shape[1]))
+    torch.library.opcheck(torch.ops.specdec.paged_tree_attention.default, args, feat)
+    out = torch.empty_like(paged["q"])
+    out_op = torch.ops.specdec.paged_tree_attention_out.default
+    torch.library.opcheck(out_op, args + (out,), dict(feat, backend="triton"))
+    want = paged_tree_attention(**paged, **feat)
+    assert not torch.equal(want, paged_tree_attention(**paged))  # the features reach the op
+    torch.testing.assert_close(torch.ops.specdec.paged_tree_attention(*args, **feat), want, atol=0, rtol=0)
+
+
 def test_torch_compile_routes_through_the_ops():
     # Under torch.compile the function calls the registered ops: one graph (fullgraph), same numbers,
     # out written in place.
@@ -320,6 +376,9 @@ def _good():
         (lambda a: a.update(sm_scale=float("nan")), ValueError, "sm_scale"),
         (lambda a: a.update(out=torch.empty(5, 4, 31)), ValueError, "out must be"),
         (lambda a: a.update(seq_lens_k=a["seq_lens_k"].to("meta")), ValueError, "seq_lens_k is on meta"),
+        (lambda a: a.update(window=-1), ValueError, "window must be >= 1"),
+        (lambda a: a.update(softcap=-2.0), ValueError, "softcap must be a finite float > 0"),
+        (lambda a: a.update(sinks=torch.zeros(3)), ValueError, "sinks must have shape"),
     ],
 )
 def test_bad_inputs(change, exc, match):
@@ -350,10 +409,11 @@ fn = pta._paged_tree_attention_fwd_kernel
 for dtype, name, page, split in ((torch.bfloat16, "bf16", 16, True), (torch.float16, "fp16", 1, False)):
     bm, bn, nw, ns = pta._pick_config(4 * 64, 128, dtype)
     consts = dict(H_KV=8, GROUP=4, PAGE_SIZE=page, HEAD_DIM=128, BLOCK_D=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT=split,
-                  IEEE=False, UPCAST=False)
+                  WINDOW=split, SOFTCAP=split, SINKS_ON=split, IEEE=False, UPCAST=False)  # features with split
     ptrs = dict(Q=name, K=name, V=name, OUT=name, CU_Q="i32", SEQ_LENS="i64", BLOCK_TABLE="i32", MASK="i32",
-                MID_O="fp32", MID_LSE="fp32")
-    sig = {n: "constexpr" if n in consts else "*" + ptrs[n] if n in ptrs else "fp32" if n == "qk_scale" else "i32"
+                DEPTH="i32", SINKS="fp32", MID_O="fp32", MID_LSE="fp32")
+    sig = {n: "constexpr" if n in consts else "*" + ptrs[n] if n in ptrs
+           else "fp32" if n in ("qk_scale", "cap_scale") else "i32"
            for n in inspect.signature(fn.fn).parameters}
     k = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                        options=dict(num_warps=nw, num_stages=ns))

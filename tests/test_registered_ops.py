@@ -85,6 +85,19 @@ def test_opcheck_tree_attention(rng):
     torch.library.opcheck(OPS.tree_attention, (q, k, v, lens.int(), mask), {"backend": "triton", "check": False})
 
 
+def test_opcheck_tree_attention_window_softcap_sinks(rng):
+    q, k, v, lens, mask = attention_case(rng)
+    feat = {"window": 2, "softcap": 1.5, "sinks": torch.randn(HQ, generator=rng).bfloat16()}
+    torch.library.opcheck(OPS.tree_attention, (q, k, v, lens, mask), feat)
+    out = torch.empty(B, N, HQ, D).transpose(1, 2)
+    torch.library.opcheck(OPS.tree_attention_out, (q, k, v, lens, pack_mask(mask), out), dict(feat, backend="triton"))
+    want = sk.tree_attention(q, k, v, lens, mask, **feat)
+    assert not torch.equal(want, sk.tree_attention(q, k, v, lens, mask))  # the features reach the op
+    assert torch.equal(OPS.tree_attention(q, k, v, lens, mask, **feat), want)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        OPS.tree_attention(q, k, v, lens, mask, window=0)
+
+
 def test_opcheck_verify_ops(rng):
     tokens, p, q = verify_case(rng)
     seed = torch.tensor(7)

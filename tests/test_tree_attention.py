@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import specdec_kernels as sk
 from conftest import compile_ahead_of_time
 from specdec_kernels import trees
-from specdec_kernels.tree_attention import tree_attention_mask, tree_attention_reference
+from specdec_kernels.tree_attention import tree_attention_mask, tree_attention_reference, tree_depths
 
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 # Unit roundoff: a low-precision kernel rounds its output (and, like every flash-attention kernel, the
@@ -247,6 +247,166 @@ def test_dense_mask_helper_matches_naive():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Sliding windows, logit soft-capping, attention sinks
+# ---------------------------------------------------------------------------------------------------
+
+
+def naive_depths(par: torch.Tensor) -> list[int]:
+    """Depth of every node by walking its parent chain."""
+    depth = []
+    for i in range(par.shape[0]):
+        d, j = 0, int(par[i])
+        while j >= 0:
+            d, j = d + 1, int(par[j])
+        depth.append(d)
+    return depth
+
+
+def naive_window_mask(parents: list[torch.Tensor], kv_lens: torch.Tensor, s: int, window: int) -> torch.Tensor:
+    """naive_mask restricted to a sliding window: node i at position prefix + depth_i sees positions
+    p > prefix + depth_i - window, ancestors by their own positions prefix + depth_j."""
+    mask = naive_mask(parents, kv_lens, s)
+    n = parents[0].shape[0]
+    for b, par in enumerate(parents):
+        prefix = int(kv_lens[b]) - n
+        depth = naive_depths(par)
+        pos = torch.tensor([p if p < prefix else prefix + depth[p - prefix] if p < prefix + n else 0 for p in range(s)])
+        for i in range(n):
+            mask[b, i] &= pos > prefix + depth[i] - window
+    return mask
+
+
+def naive_features(q, k, v, mask, scale, dtype, softcap=None, sinks=None):
+    """naive_attention with Gemma 2 soft-capping and gpt-oss sinks, computed entirely in ``dtype``."""
+    g = q.shape[1] // k.shape[1]
+    qd, kd, vd = (t.to(dtype) for t in (q, k, v))
+    kd = kd.repeat_interleave(g, dim=1)
+    vd = vd.repeat_interleave(g, dim=1)
+    scores = (qd @ kd.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    if sinks is not None:
+        sink_col = sinks.to(dtype).view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
+        p = torch.softmax(torch.cat([scores, sink_col], dim=-1), dim=-1)[..., :-1]
+    else:
+        p = torch.softmax(scores, dim=-1)
+    return torch.nan_to_num(p) @ vd  # rows with nothing visible (and no sink): zeros
+
+
+def assert_features_within_tolerance(out, q, k, v, mask, scale, what, **feat):
+    truth = naive_features(q, k, v, mask, scale, torch.float64, **feat)
+    low = naive_features(q, k, v, mask, scale, q.dtype, **feat)
+    base = (low.double() - truth).abs().max().item()
+    err = (out.double() - truth).abs().max().item()
+    assert out.dtype == q.dtype
+    bound = 2 * base + FLOOR[q.dtype] + 2 * UNIT_ROUNDOFF[q.dtype] * truth.abs().max().item()
+    assert err <= bound, f"{what}: error {err:.3g} vs low-precision naive error {base:.3g} (bound {bound:.3g})"
+
+
+def feature_case(n, kind, g, dtype, prefix, window, per_seq=False, seed=0):
+    """make_case plus the visibility of the window (naive), and random sinks [Hq]."""
+    gen = torch.Generator().manual_seed(seed)
+    kv_lens = torch.tensor([p + n for p in prefix], dtype=torch.int64)
+    b, s = len(prefix), int(kv_lens.max()) + 3
+    q = torch.randn(b, 2 * g, n, 16, generator=gen).to(dtype)
+    k = torch.randn(b, 2, s, 16, generator=gen).to(dtype)
+    v = torch.randn(b, 2, s, 16, generator=gen).to(dtype)
+    parents = [make_parents(n, kind, gen) for _ in range(b if per_seq else 1)]
+    tmask = torch.stack([trees.ancestor_mask(p) for p in parents]) if per_seq else trees.ancestor_mask(parents[0])
+    per_b = parents * (1 if per_seq else b)
+    dense = naive_mask(per_b, kv_lens, s) if window is None else naive_window_mask(per_b, kv_lens, s, window)
+    sinks = torch.randn(2 * g, generator=gen) * 2
+    return q, k, v, kv_lens, tmask, dense, sinks
+
+
+# (n, kind, g, dtype, prefix, window, softcap, use_sinks, num_splits): windows smaller than the tree's
+# depth, than the prefix, larger than everything; caps that bend most scores; splits with sinks.
+FEATURE_CASES = [
+    (9, "chain", 1, torch.float32, (70, 0), 4, None, False, 3),
+    (13, "deep", 2, torch.float16, (70, 5), 30, None, False, None),
+    (7, "random", 4, torch.bfloat16, (33, 0), 500, None, False, 2),
+    (5, "star", 1, torch.float32, (129, 3), None, 0.7, False, 2),
+    (11, "random", 4, torch.float16, (65, 0), None, None, True, 3),
+    (33, "deep", 2, torch.bfloat16, (150, 7), 6, 3.0, True, 2),
+    (1, "chain", 2, torch.float32, (100, 0), 1, None, True, 1),  # decode: window 1 sees only itself
+    (6, "wide", 1, torch.float16, (90, 2), 3, 1.5, True, None),
+]
+
+
+@pytest.mark.parametrize("n,kind,g,dtype,prefix,window,softcap,use_sinks,num_splits", FEATURE_CASES)
+def test_features_match_fp64(n, kind, g, dtype, prefix, window, softcap, use_sinks, num_splits):
+    q, k, v, kv_lens, tmask, dense, sinks = feature_case(n, kind, g, dtype, prefix, window, per_seq=n % 2 == 1)
+    sinks = sinks if use_sinks else None
+    scale = 0.25
+    feat = dict(window=window, softcap=softcap, sinks=sinks)
+    for backend, packed in (("triton", n > 8), ("reference", n <= 8)):
+        mask_arg = trees.pack_mask(tmask) if packed else tmask
+        out = sk.tree_attention(
+            q, k, v, kv_lens, mask_arg, sm_scale=scale, backend=backend, num_splits=num_splits, **feat
+        )
+        assert_features_within_tolerance(out, q, k, v, dense, scale, backend, softcap=softcap, sinks=sinks)
+
+
+def test_window_larger_than_everything_equals_no_window():
+    q, k, v, kv_lens, tmask, _, _ = feature_case(10, "random", 2, torch.float16, (80, 3), None, per_seq=True)
+    for backend, splits in (("reference", None), ("triton", 1), ("triton", 3)):
+        plain = sk.tree_attention(q, k, v, kv_lens, tmask, backend=backend, num_splits=splits)
+        wide = sk.tree_attention(q, k, v, kv_lens, tmask, backend=backend, num_splits=splits, window=91)
+        torch.testing.assert_close(wide, plain, atol=0, rtol=0)
+        narrow = sk.tree_attention(q, k, v, kv_lens, tmask, backend=backend, num_splits=splits, window=80)
+        assert not torch.equal(narrow, plain)  # 80: the longer sequence's root (position 80) loses entry 0
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("window,prefix,poisoned", [(3, 200, 192), (1, 100, 100), (4, 67, 64)])
+def test_window_skips_prefix_tiles(num_splits, window, prefix, poisoned):
+    # Entries before every row's window are never read: poison them with NaN (V's NaN would survive a
+    # zero softmax weight). window 1 (and 3 for the deepest nodes) excludes the whole prefix: those rows
+    # see only tree nodes. The result must equal the reference on the clean cache.
+    n = 6
+    q, k, v, kv_lens, tmask, _, _ = feature_case(n, "chain", 2, torch.float32, (prefix,), window)
+    expect = sk.tree_attention(q, k, v, kv_lens, tmask, backend="reference", window=window)
+    k[:, :, :poisoned] = float("nan")
+    v[:, :, :poisoned] = float("nan")
+    out = sk.tree_attention(q, k, v, kv_lens, tmask, backend="triton", window=window, num_splits=num_splits)
+    torch.testing.assert_close(out, expect, atol=1e-6, rtol=1e-6)
+
+
+def test_sinks_any_dtype_and_empty_rows():
+    # Sinks in bf16 with fp32 q (gpt-oss keeps them in the model dtype); a row that sees nothing outputs
+    # zeros, with or without a sink.
+    q, k, v, _, _, _, sinks = feature_case(5, "chain", 1, torch.float32, (0,), None)
+    kv_lens = torch.tensor([5])
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    mask[3] = False
+    for backend in ("triton", "reference"):
+        a = sk.tree_attention(q, k, v, kv_lens, mask, backend=backend, sinks=sinks.bfloat16())
+        b = sk.tree_attention(q, k, v, kv_lens, mask, backend=backend, sinks=sinks.bfloat16().float())
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        assert torch.isfinite(a).all() and (a[:, :, 3] == 0).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_features_on_cuda(dtype):
+    # Long prefixes (split-K by the heuristic), a window shorter than one of them, all three features.
+    q, k, v, kv_lens, tmask, dense, sinks = feature_case(64, "random", 4, dtype, (4000, 37), 1000, per_seq=True)
+    args = (t.cuda() for t in (q, k, v, kv_lens, tmask))
+    out = sk.tree_attention(*args, sm_scale=0.25, window=1000, softcap=5.0, sinks=sinks.cuda())
+    assert_features_within_tolerance(out.cpu(), q, k, v, dense, 0.25, "cuda", softcap=5.0, sinks=sinks)
+
+
+def test_tree_depths_of_packed_and_dense_masks():
+    gen = torch.Generator().manual_seed(9)
+    parents = torch.stack([make_parents(37, "random", gen) for _ in range(2)])
+    expect = torch.tensor([naive_depths(p) for p in parents], dtype=torch.int32)
+    mask = trees.ancestor_mask(parents)
+    assert torch.equal(tree_depths(mask, 37), expect)
+    assert torch.equal(tree_depths(trees.pack_mask(mask), 37), expect)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Bad input: clear errors naming the argument, before any launch
 # ---------------------------------------------------------------------------------------------------
 
@@ -279,6 +439,16 @@ def _good():
         (lambda a: a.update(sm_scale="0.1"), TypeError, "sm_scale"),
         (lambda a: a.update(out=torch.empty(1)), ValueError, "out must be"),
         (lambda a: a.update(num_splits=0), ValueError, "num_splits"),
+        (lambda a: a.update(window=0), ValueError, "window must be >= 1"),
+        (lambda a: a.update(window=2.0), TypeError, "window must be an int"),
+        (lambda a: a.update(window=True), TypeError, "window must be an int"),
+        (lambda a: a.update(softcap=0.0), ValueError, "softcap must be a finite float > 0"),
+        (lambda a: a.update(softcap=float("inf")), ValueError, "softcap must be a finite float > 0"),
+        (lambda a: a.update(softcap="30"), TypeError, "softcap must be a float"),
+        (lambda a: a.update(sinks=[0.0] * 4), TypeError, "sinks must be a torch.Tensor"),
+        (lambda a: a.update(sinks=torch.zeros(4, dtype=torch.int64)), TypeError, "sinks must be a floating"),
+        (lambda a: a.update(sinks=torch.zeros(2)), ValueError, "sinks must have shape \\[Hq=4\\]"),
+        (lambda a: a.update(sinks=torch.zeros(4, device="meta")), ValueError, "sinks is on meta"),
     ],
 )
 def test_bad_inputs(change, exc, match):
@@ -313,17 +483,18 @@ def sig(fn, ptrs, consts):
     out = {}
     for n in inspect.signature(fn.fn).parameters:
         out[n] = "constexpr" if n in consts else ("*" + ptrs.get(n, "fp32")) if n.isupper() and n not in ("N", "S") \
-            else "fp32" if n == "qk_scale" else "i32"
+            else "fp32" if n in ("qk_scale", "cap_scale") else "i32"
     return out
 for dtype, name, d, rows, split in ((torch.bfloat16, "bf16", 128, 64, True), (torch.float32, "fp32", 128, 256, False)):
     bm, bn, nw, ns = ta._pick_config(rows, d, dtype)
     consts = dict(H_KV=8, GROUP=4, HEAD_DIM=d, BLOCK_D=d, BLOCK_M=bm, BLOCK_N=bn, SPLIT=split,
+                  WINDOW=split, SOFTCAP=split, SINKS_ON=split,  # the window/softcap/sinks path with the split
                   IEEE=dtype == torch.float32, UPCAST=False)
-    ptrs = {"Q": name, "K": name, "V": name, "KV_LENS": "i64", "MASK": "i32", "OUT": name}
+    ptrs = {"Q": name, "K": name, "V": name, "KV_LENS": "i64", "MASK": "i32", "DEPTH": "i32", "OUT": name}
     src = ASTSource(ta._tree_attention_fwd_kernel, sig(ta._tree_attention_fwd_kernel, ptrs, consts), constexprs=consts)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
     assert "st.local" not in k.asm["ptx"], "register spills"
-consts = dict(H_KV=8, GROUP=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_S=32)
+consts = dict(H_KV=8, GROUP=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_S=32, SINKS_ON=True)
 src = ASTSource(ta._tree_attention_combine_kernel, sig(ta._tree_attention_combine_kernel, {"OUT": "bf16"}, consts),
                 constexprs=consts)
 triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=2))

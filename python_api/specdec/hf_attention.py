@@ -24,6 +24,20 @@ the same length). The name is deliberately *not* registered with ``AttentionMask
 ``masking_utils.create_causal_mask`` then returns ``None`` early (no dense [N, S] mask is built) and
 the tree mask is the only mask. A 2-D ``attention_mask`` passed to the model is ignored the same way:
 padding is expressed through ``kv_lens``.
+
+What the layer adds is passed on, never dropped (checked against transformers 5.23's mistral, qwen2,
+qwen2_moe, phimoe, gemma2, gemma3, cohere2, olmo3, exaone4, gpt_oss and llama4):
+
+- a sliding window: the ``sliding_window`` keyword (most models; None on full-attention layers), else
+  ``module.sliding_window`` (Qwen2-MoE sets it on sliding layers only), else the config: a layer typed
+  ``"sliding_attention"`` in ``config.layer_types``, or ``config.sliding_window`` for a model without
+  layer types (PhiMoE). It becomes the kernel's ``window`` (transformers' convention: node i at position
+  p sees keys at positions > p - window). The cache keeps every entry; the window only masks.
+- ``softcap`` (Gemma 2's ``attn_logit_softcapping``) and ``s_aux`` (gpt-oss's per-head sinks) become
+  the kernel's ``softcap`` and ``sinks``.
+- chunked attention (Llama 4's ``"chunked_attention"`` layers) is refused by name, as is any other
+  keyword argument outside a list of known-harmless ones (a new model's attention option must not be
+  silently ignored).
 """
 
 from __future__ import annotations
@@ -33,6 +47,16 @@ import torch
 from specdec_kernels.tree_attention import tree_attention
 
 ATTENTION_NAME = "specdec_tree"
+
+# Keyword arguments the hook reads itself.
+_OWN_KWARGS = frozenset(
+    {"tree_mask", "kv_lens", "tree_attention_backend", "max_kv_len", "mask_memo", "tree_attention_check"}
+)
+# Keyword arguments models pass through to every attention function that do not change attention
+# (positions are already applied to q/k by RoPE; the cache was already updated by the layer).
+_HARMLESS_KWARGS = frozenset(
+    {"position_ids", "cache_position", "use_cache", "output_router_logits", "position_embeddings", "past_key_values"}
+)
 
 
 def specdec_tree_attention(
@@ -53,6 +77,7 @@ def specdec_tree_attention(
     (optional dict, fresh per model call: the reference path builds its dense mask once per forward),
     ``tree_attention_check`` (default True: the first layer checks the values of ``kv_lens``, a host
     sync on CUDA; a caller that builds ``kv_lens`` itself passes False and no layer reads back).
+    From the layer: ``sliding_window``, ``softcap``, ``s_aux`` (see the module docstring).
     """
     tree_mask = kwargs.get("tree_mask")
     kv_lens = kwargs.get("kv_lens")
@@ -64,10 +89,8 @@ def specdec_tree_attention(
             "kv_lens=[B] int64 valid cache entries after this forward). For a plain causal prefill pass the "
             "chain mask trees.ancestor_mask(trees.chain_parents(N)) or switch to 'sdpa'."
         )
-    if kwargs.get("sliding_window") is not None:
-        raise ValueError(f"attn_implementation='{ATTENTION_NAME}' does not support sliding-window layers")
-    if kwargs.get("softcap") is not None:
-        raise ValueError(f"attn_implementation='{ATTENTION_NAME}' does not support attention logit soft-capping")
+    _refuse_unknown_kwargs(kwargs)
+    window = layer_window(module, kwargs)
     if dropout:
         raise ValueError(f"attn_implementation='{ATTENTION_NAME}' is for inference: attention dropout must be 0")
     B, Hq, N, D = query.shape
@@ -86,8 +109,51 @@ def specdec_tree_attention(
         check=kwargs.get("tree_attention_check", True) and getattr(module, "layer_idx", 0) == 0,
         max_kv_len=kwargs.get("max_kv_len"),
         mask_memo=kwargs.get("mask_memo"),
+        window=window,
+        softcap=kwargs.get("softcap"),
+        sinks=kwargs.get("s_aux"),
     )
     return out, None
+
+
+def _refuse_unknown_kwargs(kwargs: dict) -> None:
+    """ValueError naming a keyword argument that would change attention and that the hook cannot honour."""
+    for name, value in kwargs.items():
+        if name in _OWN_KWARGS or name in _HARMLESS_KWARGS or name in ("sliding_window", "softcap", "s_aux"):
+            continue
+        if name == "output_attentions" and not value:
+            continue
+        if name == "is_causal" and value is not False:  # the tree mask is the causal mask
+            continue
+        raise ValueError(
+            f"attn_implementation='{ATTENTION_NAME}' does not support the attention argument {name}={value!r} "
+            "passed by the model (it would be silently ignored); use 'sdpa' or 'eager' for this model"
+        )
+
+
+def layer_window(module: torch.nn.Module, kwargs: dict) -> int | None:
+    """The layer's sliding window (None: full attention), from the keyword, the module or its config.
+
+    Raises ValueError for chunked attention (Llama 4), which the kernel does not implement.
+    """
+    config = getattr(module, "config", None)
+    layer_types = getattr(config, "layer_types", None)
+    layer_idx = getattr(module, "layer_idx", None)
+    layer_type = layer_types[layer_idx] if layer_types is not None and layer_idx is not None else None
+    if layer_type == "chunked_attention" or (layer_types is None and getattr(config, "attention_chunk_size", None)):
+        raise ValueError(
+            f"attn_implementation='{ATTENTION_NAME}' does not support chunked attention "
+            f"(layer {layer_idx}: attention_chunk_size={getattr(config, 'attention_chunk_size', None)})"
+        )
+    if "sliding_window" in kwargs:
+        window = kwargs["sliding_window"]
+    elif getattr(module, "sliding_window", None) is not None:
+        window = module.sliding_window
+    elif layer_types is not None:
+        window = config.sliding_window if layer_type == "sliding_attention" else None
+    else:
+        window = getattr(config, "sliding_window", None)
+    return None if window is None else int(window)
 
 
 def register(name: str = ATTENTION_NAME) -> str:
@@ -105,4 +171,4 @@ def register(name: str = ATTENTION_NAME) -> str:
     return name
 
 
-__all__ = ["ATTENTION_NAME", "register", "specdec_tree_attention"]
+__all__ = ["ATTENTION_NAME", "layer_window", "register", "specdec_tree_attention"]
