@@ -12,6 +12,7 @@ import torch
 
 from specdec import hf_attention
 from specdec.cache import SpecCache
+from specdec.model_support import check_model_support
 from specdec_kernels import trees
 
 
@@ -118,9 +119,12 @@ class ModelRunner:
 
     def __init__(self, model, batch_size: int, max_len: int, pad: bool = True, capacity: int | None = None):
         self.model = model
+        layout = check_model_support(model)  # refuses what the loop cannot run, before any forward of it
         p = next(model.parameters())
         self.pad = cpu_pad_map(model) if pad and CPU_PADDING and p.device.type == "cpu" else {}
-        self.cache = SpecCache(model.config, batch_size, max_len, dtype=p.dtype, device=p.device, capacity=capacity)
+        self.cache = SpecCache(
+            model.config, batch_size, max_len, dtype=p.dtype, device=p.device, capacity=capacity, layout=layout
+        )
         self.calls = 0
         self.tokens = 0  # tokens fed per row, summed over forwards (prefill included)
         self.tap = None  # a specdec.eagle.FeatureTap on ``model``: prefill then keeps its features
