@@ -10,7 +10,7 @@ additive bias of its own (ALiBi) passed as the attention mask.
 
 None of this can be read reliably from a class or its config: ``set_attn_implementation`` only logs a
 warning when the class ignores it, and a layer may take ``**kwargs`` and drop them (StableLM). So
-:func:`check_model_support` asks the model itself, with a probe that cannot corrupt anything: one token
+:func:`check_model_support` asks the model itself, with a probe that cannot corrupt anything: three tokens
 through the model with a throw-away cache that keeps nothing, under a registered attention function
 that only records what it is given and returns zeros. From the record it either refuses the model with a
 ValueError naming its class and what is unsupported, or returns the K/V layout the loop's
@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import weakref
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 PROBE_NAME = "specdec_probe"
+PROBE_TOKENS = 3  # a causal chain: enough for the attention weights (scale, sinks, soft-cap) to matter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +52,9 @@ class _Call:
     got_kwargs: bool  # the model call's keyword arguments arrived
     has_mask: bool  # the model passed an attention mask / bias of its own
     from_cache: bool  # key and value are what the cache's update returned
+    causal: bool = True  # the module says it attends causally (``is_causal``)
     hook_error: str | None = None  # what the tree-attention hook refused, if anything
+    differs: float | None = None  # max |hook - the model's own eager attention|, when beyond rounding
 
 
 class _Recorder:
@@ -65,7 +69,8 @@ _ACTIVE: list[_Recorder] = []  # the probe in progress (probes do not nest)
 
 def _probe_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention function of the probe: records the call and, when the loop's keyword arguments
-    arrived, runs the real hook on it (one token over itself), so whatever the hook refuses (an
+    arrived, runs the real hook on it (the probe's causal chain) and compares it with the model's own
+    eager attention, so whatever the hook refuses (an
     attention variant it does not implement) is refused here, before the loop's first forward."""
     from specdec.hf_attention import specdec_tree_attention
 
@@ -78,15 +83,38 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
         kwargs.get("kv_lens") is rec.marker,
         attention_mask is not None,
         any(key is k and value is v for k, v in rec.updates),
+        getattr(module, "is_causal", True) is not False,
     )
     rec.calls.append(call)
     if call.got_kwargs and call.from_cache and key.shape == value.shape:
         try:
-            specdec_tree_attention(module, query, key, value, None, scaling=scaling, dropout=dropout, **kwargs)
+            out, _ = specdec_tree_attention(module, query, key, value, None, scaling=scaling, dropout=dropout, **kwargs)
         except ValueError as e:
             call.hook_error = str(e)
+        else:
+            call.differs = _differs_from_eager(module, query, key, value, out, scaling, kwargs)
     B, _, N, _ = query.shape
     return query.new_zeros(B, N, query.shape[1], value.shape[-1]), None
+
+
+def _differs_from_eager(module, query, key, value, out, scaling, kwargs) -> float | None:
+    """The hook's output against the model's own eager attention (its modeling file's
+    ``eager_attention_forward``, which applies what the model adds: attention sinks, soft-capping) on
+    the probe's causal tokens; the largest difference when it is beyond rounding, else None. A model
+    without that function, or whose function does not take these arguments, is not compared."""
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if eager is None:
+        return None
+    N, S = query.shape[2], key.shape[2]
+    past = torch.arange(S, device=query.device)[None] <= torch.arange(S - N, S, device=query.device)[:, None]
+    mask = torch.zeros(N, S, dtype=query.dtype, device=query.device).masked_fill(~past, torch.finfo(query.dtype).min)
+    try:
+        ref, _ = eager(module, query, key, value, mask[None, None], scaling=scaling, dropout=0.0, **kwargs)
+    except Exception:  # noqa: BLE001 -- an eager function of another signature: nothing to compare with
+        return None
+    tol = 1e-4 if query.dtype == torch.float32 else 3e-2
+    diff = float((out.float() - ref.float()).abs().max())
+    return diff if diff > tol * max(1.0, float(ref.float().abs().max())) else None
 
 
 class _ProbeLayer(CacheLayerMixin):
@@ -180,7 +208,7 @@ def _probe(model) -> KVLayout:
     AttentionInterface.register(PROBE_NAME, _probe_attention)
     L = num_layers(model)
     device = next(model.parameters()).device
-    marker = torch.ones(1, dtype=torch.int64, device=device)
+    marker = torch.full((1,), PROBE_TOKENS, dtype=torch.int64, device=device)  # kv_lens
     rec = _Recorder(marker)
     with _switched(model, PROBE_NAME):
         stuck = [c for c in _configs(model) if c._attn_implementation != PROBE_NAME]
@@ -191,7 +219,7 @@ def _probe(model) -> KVLayout:
                 "(set_attn_implementation has no effect on it), so its own causal mask would override the "
                 "draft tree's mask and each row's length",
             )
-        ids = torch.zeros(1, 1, dtype=torch.int64, device=device)
+        ids = torch.arange(PROBE_TOKENS, device=device)[None]  # also the positions
         _ACTIVE.append(rec)
         try:
             with torch.inference_mode():
@@ -200,16 +228,16 @@ def _probe(model) -> KVLayout:
                     position_ids=ids,
                     past_key_values=_ProbeCache(L, rec),
                     use_cache=True,
-                    tree_mask=torch.ones(1, 1, dtype=torch.bool, device=device),
+                    tree_mask=torch.ones(PROBE_TOKENS, PROBE_TOKENS, dtype=torch.bool, device=device).tril(),
                     kv_lens=marker,
                     mask_memo={},
                     tree_attention_check=False,
-                    max_kv_len=1,
+                    max_kv_len=PROBE_TOKENS,
                 )
         except Exception as e:  # noqa: BLE001 -- any failure here is the model refusing the loop's call
             raise _refuse(
                 cls,
-                f"a one-token forward with specdec's cache and keyword arguments failed "
+                f"a {PROBE_TOKENS}-token forward with specdec's cache and keyword arguments failed "
                 f"({type(e).__name__}: {str(e)[:300]})",
             ) from e
         finally:
@@ -235,9 +263,15 @@ def _layout_from(cls: str, L: int, rec: _Recorder) -> KVLayout:
     if len(calls) != L or len(rec.updates) != L:
         raise _refuse(
             cls,
-            f"of its {L} layers, {len(calls)} attend through the AttentionInterface and {len(rec.updates)} "
-            "write a KV cache (recurrent, linear-attention or shared-KV layers keep state the loop cannot "
-            "roll back)",
+            f"its {L} layers make {len(calls)} attention calls and {len(rec.updates)} KV-cache writes per "
+            "forward; the loop needs exactly one of each per layer (recurrent, linear-attention, "
+            "shared-KV or multi-pass attention layers keep state or read K/V the loop does not manage)",
+        )
+    if not all(c.causal for c in calls):
+        raise _refuse(
+            cls,
+            "its attention is bidirectional (is_causal=False; e.g. an encoder not configured with "
+            "is_decoder=True), so there is no causal decoding to speculate on",
         )
     shapes = {(tuple(k.shape), tuple(v.shape)) for k, v in rec.updates}  # what each layer caches
     k, v = next(iter(shapes))
@@ -260,8 +294,16 @@ def _layout_from(cls: str, L: int, rec: _Recorder) -> KVLayout:
     refused = next((c.hook_error for c in calls if c.hook_error), None)
     if refused:
         raise _refuse(cls, f"its attention needs what tree attention does not implement ({refused})")
-    if len(k) != 4 or k[2] != 1:
-        raise _refuse(cls, f"it caches keys of shape {list(k)} for one token, not [B, Hkv, 1, D]")
+    if len(k) != 4 or k[2] != PROBE_TOKENS:
+        raise _refuse(cls, f"it caches keys of shape {list(k)} for {PROBE_TOKENS} tokens, not [B, Hkv, N, D]")
+    differs = max((c.differs for c in calls if c.differs is not None), default=None)
+    if differs is not None:
+        raise _refuse(
+            cls,
+            f"tree attention's output differs from the model's own eager attention by {differs:.2g} on a "
+            "causal chain: the model computes attention in a way the hook does not implement (e.g. "
+            "attention sinks)",
+        )
     q = calls[0].query
     if len(q) != 4 or q[-1] != k[-1] or q[1] % k[1]:
         raise _refuse(
