@@ -53,6 +53,7 @@ class _Call:
     has_mask: bool  # the model passed an attention mask / bias of its own
     from_cache: bool  # key and value are what the cache's update returned
     causal: bool = True  # the module says it attends causally (``is_causal``)
+    window: object = None  # the sliding_window keyword it was given
     hook_error: str | None = None  # what the tree-attention hook refused, if anything
     differs: float | None = None  # max |hook - the model's own eager attention|, when beyond rounding
 
@@ -84,6 +85,7 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
         attention_mask is not None,
         any(key is k and value is v for k, v in rec.updates),
         getattr(module, "is_causal", True) is not False,
+        kwargs.get("sliding_window"),
     )
     rec.calls.append(call)
     if call.got_kwargs and call.from_cache and key.shape == value.shape:
@@ -172,10 +174,13 @@ def _switched(model, name: str):
         model.set_attn_implementation(saved)
 
 
-def num_layers(model) -> int:
+def _text_config(model):
     config = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text.num_hidden_layers)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def num_layers(model) -> int:
+    return int(_text_config(model).num_hidden_layers)
 
 
 class UnsupportedModelError(ValueError):
@@ -242,10 +247,19 @@ def _probe(model) -> KVLayout:
             ) from e
         finally:
             _ACTIVE.pop()
-    return _layout_from(cls, L, rec)
+    return _layout_from(cls, L, rec, _text_config(model))
 
 
-def _layout_from(cls: str, L: int, rec: _Recorder) -> KVLayout:
+def _windowed_by_mask_only(config, calls: list[_Call]) -> bool:
+    """The config sets a sliding window for some layers, but no attention call is told about it: the
+    model applies it only through its own mask (Phi-MoE), which tree attention replaces."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    windowed = window is not None and (types is None or any("sliding" in str(t) for t in types))
+    return windowed and all(c.window is None for c in calls)
+
+
+def _layout_from(cls: str, L: int, rec: _Recorder, config) -> KVLayout:
     """The verdict on one probe's record."""
     calls = rec.calls
     if not calls:
@@ -290,6 +304,12 @@ def _layout_from(cls: str, L: int, rec: _Recorder) -> KVLayout:
             cls,
             "it builds its own attention mask or bias (e.g. ALiBi) outside transformers' mask interface, "
             "which tree attention would not apply",
+        )
+    if _windowed_by_mask_only(config, calls):
+        raise _refuse(
+            cls,
+            f"its sliding window ({config.sliding_window}) is applied only through its own attention mask, "
+            "which tree attention replaces; its attention is never told about the window",
         )
     refused = next((c.hook_error for c in calls if c.hook_error), None)
     if refused:
