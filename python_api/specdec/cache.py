@@ -88,9 +88,10 @@ def layout_from_config(config) -> KVLayout:
     ``multi_query`` (one KV head)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_kv_heads", None)
-    if kv_heads is None:
-        kv_heads = 1 if getattr(text, "multi_query", False) else heads
+    kv_heads = getattr(text, "num_key_value_heads", None)
+    if kv_heads is None and getattr(text, "multi_query", False) and not getattr(text, "new_decoder_architecture", 0):
+        kv_heads = 1  # (Falcon keeps num_kv_heads but ignores it for multi-query without the new layout)
+    kv_heads = kv_heads or getattr(text, "num_kv_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     return KVLayout(int(text.num_hidden_layers), int(kv_heads), int(head_dim))
 
