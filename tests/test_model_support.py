@@ -72,6 +72,7 @@ SMALL = dict(
     moe_num_experts=4,
     num_experts_per_tok=2,
     moe_top_k=2,
+    moe_k=2,
     moe_intermediate_size=16,
     shared_expert_intermediate_size=16,
     n_shared_experts=1,
