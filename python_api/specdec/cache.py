@@ -18,6 +18,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 import specdec_kernels as sk
+from specdec.model_support import KVLayout
 
 
 class CacheFullError(RuntimeError):
@@ -93,12 +94,28 @@ class _BufferLayer(CacheLayerMixin):
         return self.owner.max_len
 
 
+def layout_from_config(config) -> KVLayout:
+    """The K/V layout a config describes, for a caller without the model at hand (the loop reads it
+    from the model's actual keys and values instead: :func:`specdec.model_support.check_model_support`).
+    The KV head count goes by several names: ``num_key_value_heads``, ``num_kv_heads`` (Falcon), or
+    ``multi_query`` (one KV head)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None)
+    if kv_heads is None and getattr(text, "multi_query", False) and not getattr(text, "new_decoder_architecture", 0):
+        kv_heads = 1  # (Falcon keeps num_kv_heads but ignores it for multi-query without the new layout)
+    kv_heads = kv_heads or getattr(text, "num_kv_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return KVLayout(int(text.num_hidden_layers), int(kv_heads), int(head_dim))
+
+
 class SpecCache(Cache):
     """KV cache of one model for a batch of sequences with their own lengths.
 
     ``lens[b]`` is the number of valid entries of sequence b (positions ``0 .. lens[b]-1``).
     ``max_len`` bounds the positions a forward may write; ``capacity`` (default ``max_len``) is how many
-    are allocated up front, grown by doubling as forwards need more.
+    are allocated up front, grown by doubling as forwards need more. ``layout``: the layers, KV heads and
+    head size to allocate (default: read from ``config``, :func:`layout_from_config`).
     """
 
     def __init__(
@@ -110,12 +127,11 @@ class SpecCache(Cache):
         dtype: torch.dtype,
         device: torch.device,
         capacity: int | None = None,
+        layout: KVLayout | None = None,
     ):
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        heads = text.num_attention_heads
-        kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        self.num_layers = text.num_hidden_layers
+        layout = layout_from_config(config) if layout is None else layout
+        kv_heads, head_dim = layout.kv_heads, layout.head_dim
+        self.num_layers = layout.num_layers
         self.max_len = max_len
         self.capacity = max_len if capacity is None else min(capacity, max_len)
         self.buffer = torch.zeros(

@@ -38,6 +38,7 @@ from specdec.validation import (
     check_sampling,
     check_strategy_fits,
     check_streamer,
+    check_supported,
     check_target,
     check_token_ids,
     logits_width,
@@ -125,6 +126,7 @@ def _check_inputs(
     check_streamer(streamer)
     if timing is not None and not isinstance(timing, bool):
         raise TypeError(f"timing must be None (on for CPU, off for CUDA), True or False, got {timing!r}")
+    check_supported("target", target)
     if draft is None:
         return temperature, eos, vocab
     dp = check_model("draft", draft)
@@ -141,6 +143,8 @@ def _check_inputs(
         raise ValueError(f"target ({tp.dtype}) and draft ({dp.dtype}) must have the same dtype")
     if vocab != dv:
         raise ValueError(f"target and draft vocabularies differ ({vocab} vs {dv} logits): they must share a tokenizer")
+    if not isinstance(draft, EagleHead):  # (a head is specdec's own module, attending through the kernel)
+        check_supported("draft", draft)
     return temperature, eos, vocab
 
 

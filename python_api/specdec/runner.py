@@ -12,6 +12,7 @@ import torch
 
 from specdec import compiled, hf_attention
 from specdec.cache import SpecCache
+from specdec.model_support import check_model_support
 from specdec_kernels import trees
 
 
@@ -130,13 +131,16 @@ class ModelRunner:
         compile: bool = False,
     ):
         self.model = model
+        layout = check_model_support(model)  # refuses what the loop cannot run, before any forward of it
         p = next(model.parameters())
         self.compiled = compiled.compiled_forward(model) if compile else None
         eager_cpu = pad and CPU_PADDING and p.device.type == "cpu" and not compile
         self.pad = cpu_pad_map(model) if eager_cpu else {}
         # compiled: filler nodes of the widest bucket may land past the last real position
         max_len += compiled.WIDTHS[-1] if compile else 0
-        self.cache = SpecCache(model.config, batch_size, max_len, dtype=p.dtype, device=p.device, capacity=capacity)
+        self.cache = SpecCache(
+            model.config, batch_size, max_len, dtype=p.dtype, device=p.device, capacity=capacity, layout=layout
+        )
         if compile:
             self.cache.fixed_shapes()
         self.calls = 0

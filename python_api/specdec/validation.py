@@ -9,6 +9,7 @@ import numbers
 
 import torch
 
+from specdec.model_support import UnsupportedModelError, check_model_support
 from specdec.tree_drafting import MAX_TREE_NODES
 
 
@@ -54,6 +55,16 @@ def check_target(target) -> tuple[torch.nn.Parameter, int]:
             f"got {type(target).__name__}"
         )
     return p, logits_width(target)
+
+
+def check_supported(name: str, model) -> None:
+    """The loop can run ``model`` exactly (:mod:`specdec.model_support`: attention through transformers'
+    AttentionInterface, keyword arguments reaching it, one [B, Hkv, S, D] K/V shape); else a ValueError
+    naming the argument, the class and what is unsupported. Runs one probe token that keeps nothing."""
+    try:
+        check_model_support(model)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{name}: {e}") from e
 
 
 def check_prompt(input_ids, attention_mask, device: torch.device, vocab: int) -> None:
