@@ -58,6 +58,10 @@ _HARMLESS_KWARGS = frozenset(
     {"position_ids", "cache_position", "use_cache", "output_router_logits", "position_embeddings", "past_key_values"}
 )
 
+# Arguments that say "nothing here" when None: a decoder-only run of a BERT-style decoder passes
+# encoder_hidden_states=None to its self-attention (cross-attention is another module, never run).
+_ABSENT_WHEN_NONE = frozenset({"encoder_hidden_states", "encoder_attention_mask", "head_mask"})
+
 
 def specdec_tree_attention(
     module: torch.nn.Module,
@@ -122,6 +126,8 @@ def _refuse_unknown_kwargs(kwargs: dict) -> None:
         if name in _OWN_KWARGS or name in _HARMLESS_KWARGS or name in ("sliding_window", "softcap", "s_aux"):
             continue
         if name == "output_attentions" and not value:
+            continue
+        if name in _ABSENT_WHEN_NONE and value is None:
             continue
         if name == "is_causal" and value is not False:  # the tree mask is the causal mask
             continue
