@@ -21,7 +21,7 @@ import torch
 from specdec_kernels.benchmarking import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
-TOKENS = (1, 2, 4, 5, 8, 16, 32, 64)
+TOKENS = (1, 2, 4, 5, 8, 16)
 REGIMES = (
     ("eager fp32", torch.float32, False),
     ("eager bf16", torch.bfloat16, False),
