@@ -8,7 +8,7 @@ the real inductor path (freezing, prepacked weights) on a tiny model.
 
 import pytest
 import torch
-from test_generate import tiny_model
+from test_generate import plain_greedy, tiny_model
 
 import specdec
 from specdec import compiled
@@ -26,10 +26,6 @@ def eager_backend(monkeypatch):
 
 def _graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
-
-
-def _plain(target, ids, n):
-    return target.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +52,14 @@ def test_compiled_greedy_equals_plain_with_one_graph_per_width(eager_backend, pa
     n = 60
     before = compiled.compile_stats()["graphs"]
     out = specdec.generate(target, draft, ids, max_new_tokens=n, strategy=strategy, compile=True)
-    assert torch.equal(out.sequences, _plain(target, ids, n))
+    assert torch.equal(out.sequences, plain_greedy(target, ids, None, n))
     made = compiled.compile_stats()["graphs"] - before
     models = 1 if isinstance(strategy, specdec.PromptLookup) else 2
     assert 1 <= made <= len(compiled.WIDTHS) * models  # one cache capacity (256) in this run
     assert _graphs() == made  # every graph dynamo made is one the runner announced: no hidden recompiles
     # a second call, other prompt of the same kind, reuses every graph
     out = specdec.generate(target, draft, _prompt(1), max_new_tokens=n, strategy=strategy, compile=True)
-    assert torch.equal(out.sequences, _plain(target, _prompt(1), n))
+    assert torch.equal(out.sequences, plain_greedy(target, _prompt(1), None, n))
     assert compiled.compile_stats()["graphs"] - before == made and _graphs() == made
 
 
@@ -73,7 +69,7 @@ def test_compiled_ragged_batch(eager_backend, pair):
     mask = torch.ones_like(ids)
     mask[1, :5] = 0  # row 1 left-padded
     out = specdec.generate(target, draft, ids, attention_mask=mask, max_new_tokens=40, strategy="eagle2", compile=True)
-    plain = target.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, pad_token_id=0)
+    plain = plain_greedy(target, ids, mask, 40)
     assert torch.equal(out.sequences, plain)
 
 
@@ -113,8 +109,8 @@ def test_inductor_frozen_models_of_one_shape_keep_their_own_weights(monkeypatch)
     ids = _prompt(4, 9)
     for model in (a, b, a):
         out = specdec.generate(model, None, ids, max_new_tokens=24, strategy=specdec.PromptLookup(k=4), compile=True)
-        assert torch.equal(out.sequences, _plain(model, ids, 24))
-    assert not torch.equal(_plain(a, ids, 24), _plain(b, ids, 24))  # the models do differ
+        assert torch.equal(out.sequences, plain_greedy(model, ids, None, 24))
+    assert not torch.equal(plain_greedy(a, ids, None, 24), plain_greedy(b, ids, None, 24))  # the models do differ
 
 
 def test_bf16_runs_part_from_plain_decoding_only_at_near_ties(pair):
@@ -131,7 +127,7 @@ def test_bf16_runs_part_from_plain_decoding_only_at_near_ties(pair):
     for seed in range(5):
         ids = _prompt(100 + seed)
         spec = specdec.generate(target16, draft16, ids, max_new_tokens=32, strategy="chain").sequences
-        plain = _plain(target16, ids, 32)
+        plain = plain_greedy(target16, ids, None, 32)
         pos = first_divergence(plain[0], spec[0], ids.shape[1])
         if pos is None:
             continue
@@ -149,5 +145,5 @@ def test_compiled_target_feeds_an_eagle_head(eager_backend):
     ids = tok("def fibonacci(n):\n", return_tensors="pt").input_ids
     for strategy in ("chain", "eagle2"):
         out = specdec.generate(target, head, ids, max_new_tokens=40, strategy=strategy, compile=True)
-        assert torch.equal(out.sequences, _plain(target, ids, 40))
+        assert torch.equal(out.sequences, plain_greedy(target, ids, None, 40))
         assert out.stats["tau"] > 1.2  # the head's drafts are accepted: its features are the target's

@@ -340,6 +340,7 @@ def test_cpu_padding_of_small_forwards_changes_nothing(pair, monkeypatch, n):
         kv = [r.cache.buffer[:, :, b, :, : int(lens[b]) + n] for b in range(2)]
         return logits, kv, r.tokens
 
+    monkeypatch.setattr(R, "CPU_PADDING", True)
     monkeypatch.setattr(R, "cpu_pad_map", lambda model: {2: 5, 3: 5, 7: 8})
     padded, kv_padded, fed_padded = run()
     monkeypatch.setattr(R, "CPU_PADDING", False)

@@ -164,11 +164,11 @@ def compiled_forward(model) -> CompiledForward:
 
 
 def dense_batch_mask(tree_mask: torch.Tensor, batch: int) -> torch.Tensor:
-    """``[B, N, N]`` bool, contiguous: one mask layout for every step (a 2-D or broadcast mask would be a
-    different graph input)."""
+    """``[B, N, N]`` bool, a new contiguous tensor: one mask layout for every step (a 2-D or broadcast
+    mask would be a different graph input)."""
     if tree_mask.dim() == 2:
         tree_mask = tree_mask.unsqueeze(0)
-    return tree_mask.expand(batch, -1, -1).contiguous()
+    return tree_mask.expand(batch, -1, -1).clone(memory_format=torch.contiguous_format)
 
 
 __all__ = [

@@ -194,10 +194,10 @@ class ModelRunner:
         if width > n:
             tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, width)
         kv_lens = self.cache.begin_forward(width, start)
-        mask = compiled.dense_batch_mask(tree_mask, B)
         # copies made here (inference mode) are inference tensors, whoever made the originals: a graph
         # input's dispatch keys are guarded, so a mix would compile the same shape twice
-        tokens, positions, mask = tokens.clone(), positions.clone(), mask.clone()
+        mask = compiled.dense_batch_mask(tree_mask, B)  # (a copy already)
+        tokens, positions = tokens.clone(), positions.clone()
         out = self.compiled(self.cache, tokens, positions, mask, kv_lens)
         self.calls += 1
         self.tokens += width
