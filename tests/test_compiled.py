@@ -73,6 +73,16 @@ def test_compiled_ragged_batch(eager_backend, pair):
     assert torch.equal(out.sequences, plain)
 
 
+def test_prompts_prefill_without_a_graph(eager_backend, pair):
+    # a prompt runs once: its chunks go through the eager forward, only the step widths get graphs
+    target, _ = pair
+    ids = _prompt(7, 150)  # wider than every bucket
+    out = specdec.generate(target, None, ids, max_new_tokens=12, strategy=specdec.PromptLookup(k=3), compile=True)
+    assert torch.equal(out.sequences, plain_greedy(target, ids, None, 12))
+    widths = {key[0][1] for key in compiled.compiled_forward(target).seen}
+    assert widths and widths <= {1, 4}
+
+
 def test_compiled_refuses_a_non_bool(pair):
     target, draft = pair
     with pytest.raises(TypeError, match="compile"):

@@ -10,8 +10,8 @@ What keeps the number of graphs small and fixed (docs/performance.md, "Compiled 
 
 * **Widths are bucketed.** A forward of n tokens is padded to the smallest of :data:`WIDTHS` that holds
   it (filler nodes see only the prefix and themselves; no real node sees them, their logits are
-  dropped), and prompts are prefilled in chunks of the widest bucket. A generation compiles at most one
-  graph per bucket it uses.
+  dropped). Prompts are prefilled through the eager forward over the same cache (a prompt runs once; a
+  graph for it would cost a compile). A generation compiles at most one graph per bucket it uses.
 * **Nothing that changes every step reaches the graph as a Python number.** Sequence lengths, write
   positions and the tree mask are tensors; the cache is written by a scatter at tensor positions; the
   attention reads the whole fixed-capacity buffer, masked by ``kv_lens``.
@@ -126,7 +126,13 @@ class CompiledForward:
     def __init__(self, model, name: str):
         self.model_ref = weakref.ref(model)
         self.name = name
-        self.fn = _compile(next(model.parameters()).device, f"{id(model):x}")
+        device = next(model.parameters()).device
+        self.fn = _compile(device, f"{id(model):x}")
+        # Dynamo lifts a module's parameters to graph inputs, which inductor's freezing leaves as inputs
+        # (no constant folding, no prepacked oneDNN weights: plain aten::mm) unless dynamo is told, while
+        # it traces, that the graph will be frozen. Read at trace time, so set around every call.
+        frozen = BACKEND is None and device.type == "cpu"
+        self.trace_config = torch._dynamo.config.patch(prepare_freezing=frozen)
         self.seen: set[tuple] = set()
 
     def __call__(self, cache, tokens, positions, tree_mask, kv_lens) -> torch.Tensor:
@@ -143,7 +149,8 @@ class CompiledForward:
             t0 = time.perf_counter()
         if tokens.device.type == "cuda":
             torch._dynamo.mark_static_address(cache.buffer)  # written in place between graph replays
-        logits = self.fn(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity)
+        with self.trace_config:
+            logits = self.fn(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity)
         if new:
             dt = time.perf_counter() - t0
             self.seen.add(key)
@@ -151,6 +158,10 @@ class CompiledForward:
             _STATS["compile_s"] += dt
             print(f"specdec: compiled {self.name} width {W} in {dt:.1f} s", file=sys.stderr, flush=True)
         return logits
+
+    def eager(self, cache, tokens, positions, tree_mask, kv_lens) -> torch.Tensor:
+        """The same forward, uncompiled: for shapes met once (a prompt), not worth a graph."""
+        return _model_forward(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity)
 
 
 def compiled_forward(model) -> CompiledForward:

@@ -155,16 +155,18 @@ class ModelRunner:
         positions: torch.Tensor,
         tree_mask: torch.Tensor,
         start: torch.Tensor | int | None = None,
+        prefill: bool = False,
     ) -> torch.Tensor:
         """Run N tokens per sequence written at cache positions ``start[b] + 0..N-1`` (default ``lens``;
-        an int: one offset for every sequence).
+        an int: one offset for every sequence). ``prefill``: a prompt chunk, which a compiled runner runs
+        through the model's eager forward over the same cache (see :meth:`prefill`).
 
         tokens, positions: [B, N]; tree_mask: [N, N] or [B, N, N] bool. Returns logits [B, N, V] (fp32).
         Does not move ``lens``: the caller commits what was accepted.
         """
         n = tokens.shape[1]
         if self.compiled is not None:
-            return self._compiled_forward(tokens, positions, tree_mask, start)
+            return self._compiled_forward(tokens, positions, tree_mask, start, eager=prefill)
         width = self.pad.get(n)  # (CPU only: there a read-back costs nothing)
         if width and _max_start(self.cache.lens if start is None else start) + width <= self.cache.max_len:
             tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, width)
@@ -188,9 +190,9 @@ class ModelRunner:
         self.tokens += tokens.shape[1]
         return out.logits[:, :n].float()
 
-    def _compiled_forward(self, tokens, positions, tree_mask, start) -> torch.Tensor:
+    def _compiled_forward(self, tokens, positions, tree_mask, start, eager: bool = False) -> torch.Tensor:
         B, n = tokens.shape
-        width = compiled.bucket(n)
+        width = n if eager else compiled.bucket(n)
         if width > n:
             tokens, positions, tree_mask = _pad_forward(tokens, positions, tree_mask, width)
         kv_lens = self.cache.begin_forward(width, start)
@@ -198,16 +200,11 @@ class ModelRunner:
         # input's dispatch keys are guarded, so a mix would compile the same shape twice
         mask = compiled.dense_batch_mask(tree_mask, B)  # (a copy already)
         tokens, positions = tokens.clone(), positions.clone()
-        out = self.compiled(self.cache, tokens, positions, mask, kv_lens)
+        run = self.compiled.eager if eager else self.compiled
+        out = run(self.cache, tokens, positions, mask, kv_lens)
         self.calls += 1
         self.tokens += width
         return out[:, :n].float()
-
-    @property
-    def prefill_chunk(self) -> int:
-        """Prompt tokens per prefill forward: the widest compiled bucket when compiled (no graph of its
-        own), else PREFILL_CHUNK."""
-        return compiled.WIDTHS[-1] if self.compiled is not None else PREFILL_CHUNK
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run left-padded prompts; afterwards sequence b's real tokens sit at positions 0..len_b-1.
@@ -216,18 +213,20 @@ class ModelRunner:
         run in causal chunks of at most ``PREFILL_CHUNK`` tokens: chunk j is a chain "tree" over the
         prefix of the j previous chunks. A real token only ever sees real tokens (they form a prefix);
         filler entries sit at or past ``lens`` and are overwritten later. Chunks keep every forward
-        within the tree-attention kernel's node limit, whatever the prompt length.
+        within the tree-attention kernel's node limit, whatever the prompt length. A compiled runner
+        prefills through the model's eager forward over the same fixed-shape cache: a prompt runs once,
+        and a graph of its width would cost a compile (minutes on a small CPU) to save milliseconds.
         Returns the logits after each row's last prompt token, [B, V].
         """
         B, T = input_ids.shape
         ids, lens = left_aligned(input_ids, attention_mask)
         last = lens - 1  # position of each row's last real token
         out, feats = None, []
-        chunk = self.prefill_chunk
-        for start in range(0, T, chunk):
-            n = min(chunk, T - start)
+        for start in range(0, T, PREFILL_CHUNK):
+            n = min(PREFILL_CHUNK, T - start)
             pos = torch.arange(start, start + n, device=ids.device).expand(B, n)
-            logits = self.forward(ids[:, start : start + n], pos, chain_mask(n, ids.device), start=start)
+            chunk = ids[:, start : start + n]
+            logits = self.forward(chunk, pos, chain_mask(n, ids.device), start=start, prefill=True)
             if self.tap is not None:
                 feats.append(self.tap.features(n))
             here = (last >= start) & (last < start + n)
