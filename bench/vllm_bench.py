@@ -199,8 +199,14 @@ for name, how in legs:
         t = time.perf_counter(); o = run(torch.tensor([x])); wall += time.perf_counter() - t
         o = o.tolist(); o = o[: o.index(eos) + 1] if eos in o else o
         outs.append(o); n += len(o)
+    # a width or capacity the warm-up did not meet compiles inside a timed request: its compile time is
+    # taken out of the wall time (and reported), so tokens/s is the steady state
+    c2 = compiled.compile_stats()
+    late_s = c2["compile_s"] - c1["compile_s"]
+    wall -= late_s
     rows.append({"mode": name, "tok_s_b1": n / wall, "outputs": outs, "acceptance": None, "warmup_s": warm,
-                 "graphs": c1["graphs"] - c0["graphs"], "compile_s": c1["compile_s"] - c0["compile_s"]})
+                 "graphs": c1["graphs"] - c0["graphs"], "compile_s": c1["compile_s"] - c0["compile_s"],
+                 "late_graphs": c2["graphs"] - c1["graphs"], "late_s": late_s})
     print(f"{name}: {n / wall:.1f} tok/s (warm-up {warm:.0f} s)", file=sys.stderr, flush=True)
 # where each leg parts from the first (transformers' plain greedy), and the fp32 target's top-2 gap there
 ref = rows[0]["outputs"]
@@ -261,6 +267,8 @@ def table(rows: list[dict], batches: list[int], args) -> str:
         parts = r.get("divergence")
         parting = "—" if parts is None else ("none" if not parts else _partings(parts, args.prompts))
         compiles = f"{r['graphs']} graphs, {r['compile_s']:.0f} s" if r.get("graphs") else "—"
+        if r.get("late_graphs"):
+            compiles += f" (+{r['late_graphs']} in timed requests, {r['late_s']:.0f} s, not counted)"
         acc = "—" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
         body.append(cells + [acc, r["same"], parting, compiles])
     cmd = "LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py " + " ".join(sys.argv[1:])
@@ -279,7 +287,8 @@ def table(rows: list[dict], batches: list[int], args) -> str:
             "'first parting': for each prompt whose output differs from transformers' plain greedy generate "
             "(the loop's reference), the first differing position and the fp32 target's gap between its top-2 "
             "logits there. Compiles: graphs compiled during the warm-up request (excluded from tokens/s) and "
-            "their seconds.",
+            "their seconds; graphs compiled later, inside a timed request, are listed and their compile time is "
+            "taken out of that request's wall time.",
         ]
     )
 
