@@ -18,8 +18,10 @@ from specdec_kernels.benchmarking import machine_description
 # SmolLM2 on chat_mixed (bench/results/e2e_smollm2_rerun.md): prompt lookup from 2-gram matches 1.44x
 # (transformers' prompt lookup 1.35x), the EAGLE-head hybrid 1.16x, the head's chains <= 0.85x.
 DEMO_DEFAULTS = {"smollm2": ("eagle", "lookup:8:1:first:2"), "tiny": ("model", "heuristic")}
-# Compiled forwards by default only where they win end to end with their compile time counted
-# (bench/results/fast_path_cpu.md).
+# Compiled forwards by default only where they win end to end with their compile time counted. They do
+# not in a demo of a few prompts: on the 2-core AVX512-BF16 VM a SmolLM2 bf16 token costs 34.8 ms
+# compiled against 68.8 ms eager, but each bucket width compiles for 88-118 s in every new process
+# (bench/results/regimes_cpu_avx512.md), and 3 prompts of 128 tokens save ~13 s of forwards.
 DEMO_COMPILE = False
 
 
@@ -90,6 +92,12 @@ def demo(args) -> None:
     t0 = time.perf_counter()
     warm_tokens = args.max_new_tokens if args.compile else 8  # compiled: meet every width the prompts will use
     specdec.generate(target, drafter, warm, max_new_tokens=warm_tokens, strategy=strategy, compile=args.compile)
+    if not args.compile:
+        print(
+            "eager forwards; --compile runs them compiled (about 2x faster a token in bf16 once compiled, "
+            "after ~1.5 min of compiling per bucket width on 2 cores: docs/performance.md)",
+            file=sys.stderr,
+        )
     if args.compile:
         c = compiled_stats()
         print(
