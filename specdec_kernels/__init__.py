@@ -1,8 +1,12 @@
 """specdec_kernels: kernels for speculative decoding.
 
-- :func:`tree_attention` (Triton): N tree nodes attend to the KV cache and their own ancestors.
-- :func:`chain_verify`, :func:`tree_verify` (Triton): fused, lossless rejection sampling.
-- :func:`compact_kv_cache` (C++/CUDA torch op ``torch.ops.specdec.compact_kv_cache``).
+- :func:`tree_attention` (Triton): N tree nodes attend to the KV cache and their own ancestors;
+  :func:`paged_tree_attention`: the same over a paged cache, ragged across the batch.
+- :func:`chain_verify`, :func:`tree_verify` (Triton): fused, lossless rejection sampling;
+  :func:`ragged_verify`: the same on a serving runtime's flattened drafts.
+- :func:`compact_kv_cache` (C++/CUDA torch op ``torch.ops.specdec.compact_kv_cache``): accepted nodes'
+  K/V to contiguous slots, every layer in one launch; :func:`move_kv_slots`: the same for paged slots.
+- :mod:`trees` (masks, positions) and :mod:`tree_formats` (vLLM, SGLang, TensorRT-LLM, FlashInfer).
 
 Every Triton kernel function takes ``backend=None`` (auto: Triton on CUDA tensors, reference on CPU),
 ``"triton"`` (on CPU tensors it runs under the Triton interpreter) or ``"reference"``; the C++/CUDA ops

@@ -88,3 +88,24 @@ def test_measure_rank_acceptance_of_identical_draft_is_rank0():
     ids = [torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(1))]
     rates = tune.measure_rank_acceptance(target, target, ids, max_new_tokens=12, ranks=4)
     assert rates[0] == 1.0 and sum(rates[1:]) == 0.0
+
+
+def test_auto_choice_is_cached_per_live_model_pair(monkeypatch):
+    import gc
+    import types
+
+    calls = []
+
+    def fake_predict(target, draft, sample_ids, candidates):
+        calls.append(draft is None)  # (no model kept alive here)
+        return [types.SimpleNamespace(strategy=f"choice {len(calls)}")]
+
+    monkeypatch.setattr(tune, "predict", fake_predict)
+    a, b, d = tiny_model("llama", 1, 16, seed=0), tiny_model("llama", 1, 16, seed=1), tiny_model("llama", 1, 8, seed=2)
+    assert tune.auto_strategy(a, d, []) == tune.auto_strategy(a, d, []) == "choice 1"  # cached
+    assert tune.auto_strategy(a, None, []) == "choice 2"  # model-free drafting is its own entry
+    assert tune.auto_strategy(b, d, []) == "choice 3"  # another target, same draft
+    assert len(calls) == 3
+    del a
+    gc.collect()
+    assert len(tune._AUTO_CACHE) == 1  # the entries went with their target

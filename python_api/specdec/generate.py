@@ -282,7 +282,8 @@ def generate(
     input_ids : [B, T] int64, left-padded when ragged (``attention_mask`` [B, T] marks real tokens).
     max_new_tokens : int >= 1 (default: the generation config's, else 128).
     strategy : a name ("chain", "disco", "heuristic", "confidence", "static-tree", "eagle2", "dyspec",
-        "ddd", "auto") or an object (:class:`specdec.Chain`, :class:`specdec.DynamicLookahead`,
+        "ddd", "lookup" (prompt lookup, k = 8), "hybrid" (prompt lookup where the context matches, else a
+        chain from an EAGLE head), "auto") or an object (:class:`specdec.Chain`, :class:`specdec.DynamicLookahead`,
         :class:`specdec.StaticTree`, :class:`specdec.DynamicTree`, :class:`specdec.PromptLookup`: any
         :class:`specdec.Proposer`). "auto" asks the cost model (:mod:`specdec.tune`) once per model pair.
     temperature : 0 (default) for greedy; > 0 samples exactly from softmax(target_logits / temperature).

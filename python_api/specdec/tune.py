@@ -18,6 +18,7 @@ Prompt lookup makes no draft forwards: its step is the target forward plus the n
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import torch
 
@@ -190,12 +191,21 @@ DEFAULT_CANDIDATES = {
     **{f"dyspec:{b}": DynamicTree("dyspec", budget=b, width=max(4, b // 4)) for b in (16, 32, 64)},
 }
 
-_AUTO_CACHE: dict[tuple[int, int], object] = {}
+
+class _NoDraft:
+    """The key of model-free drafting in the per-target cache (None cannot be weakly referenced)."""
+
+
+_NO_DRAFT = _NoDraft()
+# target -> {draft (or _NO_DRAFT) -> strategy}, weakly on both sides: an entry goes with its models, and
+# a new model can never be served the choice made for a dead one that had the same id()
+_AUTO_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def auto_strategy(target, draft, sample_ids: list[torch.Tensor]):
     """The candidate with the best predicted throughput for this pair (cached per model pair)."""
-    key = (id(target), id(draft))
-    if key not in _AUTO_CACHE:
-        _AUTO_CACHE[key] = predict(target, draft, sample_ids, DEFAULT_CANDIDATES)[0].strategy
-    return _AUTO_CACHE[key]
+    per_target = _AUTO_CACHE.setdefault(target, weakref.WeakKeyDictionary())
+    key = _NO_DRAFT if draft is None else draft
+    if key not in per_target:
+        per_target[key] = predict(target, draft, sample_ids, DEFAULT_CANDIDATES)[0].strategy
+    return per_target[key]
