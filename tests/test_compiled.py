@@ -157,3 +157,15 @@ def test_compiled_target_feeds_an_eagle_head(eager_backend):
         out = specdec.generate(target, head, ids, max_new_tokens=40, strategy=strategy, compile=True)
         assert torch.equal(out.sequences, plain_greedy(target, ids, None, 40))
         assert out.stats["tau"] > 1.2  # the head's drafts are accepted: its features are the target's
+
+
+def test_a_compile_failure_from_a_spaced_torch_path_is_explained(monkeypatch):
+    class CppCompileError(Exception):
+        pass
+
+    monkeypatch.setattr(torch, "__file__", "/opt/my envs/torch/__init__.py")
+    with pytest.raises(RuntimeError, match="path containing a space"):
+        compiled._explain_compile_failure(CppCompileError("g++ failed"))
+    compiled._explain_compile_failure(ValueError("unrelated"))  # other failures pass through untouched
+    monkeypatch.setattr(torch, "__file__", "/opt/envs/torch/__init__.py")
+    compiled._explain_compile_failure(CppCompileError("g++ failed"))  # no space: not this cause

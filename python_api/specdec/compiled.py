@@ -25,6 +25,7 @@ Each new graph is announced on stderr with its compile time, and counted in :fun
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import types
@@ -149,8 +150,12 @@ class CompiledForward:
             t0 = time.perf_counter()
         if tokens.device.type == "cuda":
             torch._dynamo.mark_static_address(cache.buffer)  # written in place between graph replays
-        with self.trace_config:
-            logits = self.fn(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity)
+        try:
+            with self.trace_config:
+                logits = self.fn(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity)
+        except Exception as e:
+            _explain_compile_failure(e)
+            raise
         if new:
             dt = time.perf_counter() - t0
             self.seen.add(key)
@@ -162,6 +167,19 @@ class CompiledForward:
     def eager(self, cache, tokens, positions, tree_mask, kv_lens) -> torch.Tensor:
         """The same forward, uncompiled: for shapes met once (a prompt), not worth a graph."""
         return _model_forward(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity)
+
+
+def _explain_compile_failure(error: Exception) -> None:
+    """Raise a clear error for a compile failure whose cause is known: inductor (torch 2.13) passes
+    torch's include directories to g++ unquoted, so a torch installed under a path with a space fails
+    every CPU compile with a C++ error that does not say why."""
+    torch_dir = os.path.dirname(torch.__file__)
+    if " " in torch_dir and "CppCompileError" in f"{type(error).__name__} {str(error)[:300]}":
+        raise RuntimeError(
+            f"torch.compile's C++ backend cannot build with torch installed under a path containing a "
+            f"space ({torch_dir!r}): inductor passes its include paths to g++ unquoted. Install into a "
+            "path without spaces, or run with compile=False."
+        ) from error
 
 
 def compiled_forward(model) -> CompiledForward:
