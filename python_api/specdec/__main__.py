@@ -151,6 +151,12 @@ def demo(args) -> None:
     # fp32 greedy output must be identical; bf16 may part at near-ties (docs/performance.md, "Exactness")
     if args.temperature == 0 and not exact_all and args.dtype == torch.float32:
         sys.exit(1)
+    if args.temperature == 0 and not exact_all:
+        print(
+            f"({str(args.dtype).removeprefix('torch.')}: a verify of several tokens rounds differently from a "
+            "one-token forward, so greedy output can part from target-only decoding where two logits tie "
+            "within that precision, as vLLM's does; --dtype float32 is exact. docs/performance.md)"
+        )
 
 
 BENCH_DEFAULT = [
