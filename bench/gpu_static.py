@@ -7,9 +7,9 @@
 
 Static report. Every Triton kernel is compiled ahead of time, exactly as its launcher would launch it on
 the GPU: the launchers (``_tree_attention_triton``, ``_paged_tree_attention_triton``,
-``rejection_sampling._launch``) are called on meta
+``verify.launch.launch_padded``) are called on meta
 tensors of the benchmark shapes with the kernel swapped for a recorder, so the configuration
-(``_pick_config``, ``_pick_num_splits`` with the target's SM count, the vocabulary tile), the grid and
+(``pick_config``, ``pick_num_splits`` with the target's SM count, the vocabulary tile), the grid and
 the arguments are the launchers' own; the recorded arguments then go through Triton's own
 specialisation (alignment / divisibility by 16 / strides equal to 1), as a real launch would, and
 ``triton.compile`` builds PTX and cubin for the target. ``ptxas -v`` (the ptxas Triton uses for that
@@ -387,7 +387,7 @@ def record_attention(case: AttnCase, arch: Arch):
     feats = _features(case, dt, dev, 1)
     return _record(
         ta,
-        ("_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
+        ("_tree_attention_fwd_kernel", "tree_attention_combine_kernel"),
         arch,
         lambda: ta._tree_attention_triton(q, k, v, kv_lens, packed, case.d**-0.5, out, s, None, feats),
     )
@@ -407,7 +407,7 @@ def _features(case, dt, dev, depth_rows: int):
 
 def record_paged_attention(case: PagedAttnCase, arch: Arch):
     """The launches ``_paged_tree_attention_triton`` makes for this case on this architecture (its split
-    heuristic is tree_attention's ``_pick_num_splits``, which reads tree_attention's SM count)."""
+    heuristic is tree_attention's ``pick_num_splits``, which reads tree_attention's SM count)."""
     import torch
 
     ta = importlib.import_module("specdec_kernels.tree_attention")
@@ -425,7 +425,7 @@ def record_paged_attention(case: PagedAttnCase, arch: Arch):
     out = torch.empty_like(q)
     return _record(
         pta,
-        ("_paged_tree_attention_fwd_kernel", "_tree_attention_combine_kernel"),
+        ("_paged_tree_attention_fwd_kernel", "tree_attention_combine_kernel"),
         arch,
         lambda: pta._paged_tree_attention_triton(
             q,
@@ -447,10 +447,11 @@ def record_paged_attention(case: PagedAttnCase, arch: Arch):
 
 
 def record_verify(case: VerifyCase, arch: Arch):
-    """The launch ``rejection_sampling._launch`` makes for this case (int seed, as the benchmark)."""
+    """The launch ``verify.launch.launch_padded`` makes for this case (int seed, as the benchmark)."""
     import torch
 
-    rs = importlib.import_module("specdec_kernels.rejection_sampling")
+    rs = importlib.import_module("specdec_kernels.verify")
+    launch = importlib.import_module("specdec_kernels.verify.launch")
     dev = "meta"
     chain = case.kind == "chain"
     tgt = torch.empty(case.b, case.n, case.v, dtype=_torch_dtype(case.target_dtype), device=dev)
@@ -463,10 +464,10 @@ def record_verify(case: VerifyCase, arch: Arch):
     parents = None if chain else torch.empty(case.n, dtype=torch.int64, device=dev)
     mode = {"greedy": rs.MODE_GREEDY, "topk": rs.MODE_DETERMINISTIC, "sampled": rs.MODE_SAMPLED}[case.mode]
     return _record(
-        rs,
-        ("_verify_kernel",),
+        launch,
+        ("verify_kernel",),
         arch,
-        lambda: rs._launch(
+        lambda: launch.launch_padded(
             tok,
             parents,
             None,
@@ -483,10 +484,12 @@ def record_verify(case: VerifyCase, arch: Arch):
 
 
 def record_ragged_verify(case: RaggedVerifyCase, arch: Arch):
-    """The launch ``rejection_sampling._launch_ragged`` makes for this case (per-request seeds)."""
+    """The launch ``verify.launch.launch_ragged`` makes for this case (per-request seeds)."""
     import torch
 
-    rs = importlib.import_module("specdec_kernels.rejection_sampling")
+    rs = importlib.import_module("specdec_kernels.verify")
+    launch = importlib.import_module("specdec_kernels.verify.launch")
+    checks = importlib.import_module("specdec_kernels.verify.checks")
     dev, i64 = "meta", torch.int64
     chain, t = case.kind == "chain", case.b * case.k
     tdt = _torch_dtype(case.target_dtype)
@@ -495,16 +498,16 @@ def record_ragged_verify(case: RaggedVerifyCase, arch: Arch):
     drf = torch.empty(t, case.v, dtype=_torch_dtype(case.draft_dtype), device=dev) if case.mode == "sampled" else None
     mode = {"greedy": rs.MODE_GREEDY, "topk": rs.MODE_DETERMINISTIC, "sampled": rs.MODE_SAMPLED}[case.mode]
     n = case.k + 1
-    a = rs._RaggedArgs(
+    a = checks.RaggedArgs(
         tgt, "target_logits" if case.logits else "target_probs", case.logits, bonus, case.b, t, case.v, n, mode
     )
     rng = mode != rs.MODE_GREEDY
     per_req = lambda dt: torch.empty(case.b, dtype=dt, device=dev) if rng else None  # noqa: E731
     return _record(
-        rs,
-        ("_ragged_verify_kernel",),
+        launch,
+        ("ragged_verify_kernel",),
         arch,
-        lambda: rs._launch_ragged(
+        lambda: launch.launch_ragged(
             a,
             torch.empty(t, dtype=i64, device=dev),
             torch.empty(case.b + 1, dtype=torch.int32, device=dev),
@@ -996,7 +999,7 @@ def static_markdown(rows: list[dict], command: str) -> str:
             f"{_span(grid)} | {mma} |"
         )
     bad = problems(rows)
-    verify_grid = sorted({g for r in rows if r["kernel"] == "_verify_kernel" for g in r["grid_programs"]})
+    verify_grid = sorted({g for r in rows if r["kernel"] == "verify_kernel" for g in r["grid_programs"]})
     lines += ["", "Findings:", ""]
     lines += [f"- PROBLEM: {p}" for p in bad] or [
         "- No configuration spills (ptxas spill bytes and SASS STL/LDL are all 0), every kernel fits on "

@@ -22,8 +22,8 @@ from specdec_kernels.kv_compaction import (
     move_kv_slots_reference,
 )
 from specdec_kernels.paged_tree_attention import paged_tree_attention, paged_tree_attention_reference
-from specdec_kernels.rejection_sampling import chain_verify, ragged_verify, tree_verify
 from specdec_kernels.tree_attention import tree_attention, tree_attention_reference
+from specdec_kernels.verify import chain_verify, ragged_verify, tree_verify
 
 __all__ = [
     "trees",

@@ -27,27 +27,27 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec_kernels import trees
+from specdec_kernels import _ops, trees
 from specdec_kernels._backend import interpreter_enabled, resolve_backend
 from specdec_kernels.tree_attention import (
     MAX_HEAD_DIM,
     MAX_TREE_NODES,
     SUPPORTED_DTYPES,
     AttentionFeatures,
-    _add_sink,
-    _check_sm_scale,
-    _dense_tree_mask,
-    _load_full_tile,
-    _load_tile,
-    _online_softmax_step,
-    _pick_config,
-    _pick_num_splits,
-    _scores,
-    _tree_attention_combine_kernel,
-    _tree_mask_tile,
-    _window_start,
+    add_sink,
     check_features,
+    check_sm_scale,
+    dense_tree_mask,
+    load_full_tile,
+    load_tile,
+    online_softmax_step,
+    pick_config,
+    pick_num_splits,
+    tile_scores,
+    tree_attention_combine_kernel,
     tree_attention_reference,
+    tree_mask_tile,
+    window_start,
     windowed_tree_mask,
 )
 
@@ -155,7 +155,7 @@ def _paged_tree_attention_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
 
     q_ptrs = Q + tok[:, None] * stride_qt + head.to(tl.int64)[:, None] * stride_qh + offs_d[None, :] * stride_qd
-    q = _load_tile(q_ptrs, row_ok, d_ok, EVEN_D)  # [BLOCK_M, BLOCK_D]
+    q = load_tile(q_ptrs, row_ok, d_ok, EVEN_D)  # [BLOCK_M, BLOCK_D]
     table_row = BLOCK_TABLE + b64 * stride_btb
     k_base = K + hkv.to(tl.int64) * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + hkv.to(tl.int64) * stride_vh + offs_d[None, :] * stride_vd
@@ -171,7 +171,7 @@ def _paged_tree_attention_fwd_kernel(
         # Row at logical position prefix + depth sees prefix positions p >= prefix + depth - window + 1,
         # i.e. p - prefix + window - 1 >= depth (so only the depths stay live, not a second row vector).
         depth = tl.load(DEPTH + b * stride_db + node, mask=row_ok, other=0)
-        lo_min = _window_start(prefix + depth - window + 1, row_ok, prefix)
+        lo_min = window_start(prefix + depth - window + 1, row_ok, prefix)
         t_first = tl.minimum(lo_min // BLOCK_N, num_full)
 
     # 1. Full prefix tiles (from the first one any row's window reaches); split-K divides them among the
@@ -182,12 +182,12 @@ def _paged_tree_attention_fwd_kernel(
     for t in range(t_lo, t_hi):
         pos = t * BLOCK_N + offs_n
         blk, slot = _paged_slots(table_row, pos, pos < prefix, stride_btn, num_blocks, PAGE_SIZE)
-        k = _load_full_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], d_ok, EVEN_D)
-        v = _load_full_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], d_ok, EVEN_D)
-        qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+        k = load_full_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], d_ok, EVEN_D)
+        v = load_full_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], d_ok, EVEN_D)
+        qk = tile_scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
         if WINDOW:
             qk = tl.where((pos - prefix + window - 1)[None, :] >= depth[:, None], qk, float("-inf"))
-        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, WINDOW, IEEE, UPCAST)
+        m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, WINDOW, IEEE, UPCAST)
 
     if pid_s == num_splits - 1:
         # 2. The prefix's ragged tail: fewer than BLOCK_N positions, bounds-masked.
@@ -196,14 +196,14 @@ def _paged_tree_attention_fwd_kernel(
             pos = tail_start + offs_n
             pos_ok = pos < prefix
             blk, slot = _paged_slots(table_row, pos, pos_ok, stride_btn, num_blocks, PAGE_SIZE)
-            k = _load_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], pos_ok, d_ok, EVEN_D)
-            v = _load_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], pos_ok, d_ok, EVEN_D)
-            qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+            k = load_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], pos_ok, d_ok, EVEN_D)
+            v = load_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], pos_ok, d_ok, EVEN_D)
+            qk = tile_scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
             visible = pos_ok[None, :]
             if WINDOW:
                 visible = visible & ((pos - prefix + window - 1)[None, :] >= depth[:, None])
             qk = tl.where(visible, qk, float("-inf"))
-            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
+            m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
         # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
         #    (A window's limit on ancestors is already in the mask: see windowed_tree_mask.)
@@ -213,16 +213,16 @@ def _paged_tree_attention_fwd_kernel(
             j = j0 + offs_n
             j_ok = j <= last_node
             blk, slot = _paged_slots(table_row, prefix + j, j_ok, stride_btn, num_blocks, PAGE_SIZE)
-            k = _load_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], j_ok, d_ok, EVEN_D)
-            v = _load_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], j_ok, d_ok, EVEN_D)
-            qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
-            allowed = _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
+            k = load_tile(k_base + (blk * stride_kblk + slot * stride_kpg)[:, None], j_ok, d_ok, EVEN_D)
+            v = load_tile(v_base + (blk * stride_vblk + slot * stride_vpg)[:, None], j_ok, d_ok, EVEN_D)
+            qk = tile_scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+            allowed = tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
             qk = tl.where(allowed, qk, float("-inf"))
-            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
+            m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
     if SINKS_ON and not SPLIT:  # with splits the combine kernel adds the sink, once
         sink = tl.load(SINKS + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
-        l_i, acc = _add_sink(m_i, l_i, acc, sink)
+        l_i, acc = add_sink(m_i, l_i, acc, sink)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # a row with nothing to attend to outputs zeros
     out = acc / l_safe[:, None]
     if SPLIT:
@@ -265,12 +265,12 @@ def _paged_tree_attention_triton(
     if B == 0 or T == 0:
         return out
     features = features or AttentionFeatures()
-    block_m, block_n, num_warps, num_stages = _pick_config(max_seqlen_q * G, D, q.dtype)
+    block_m, block_n, num_warps, num_stages = pick_config(max_seqlen_q * G, D, q.dtype)
     block_d = max(16, triton.next_power_of_2(D))
     m_tiles = triton.cdiv(max_seqlen_q * G, block_m)
     if num_splits is None:  # live programs: every request has a tile, and T * G rows fill at most this many
         live = max(B, triton.cdiv(T * G, block_m)) * Hkv
-        num_splits = _pick_num_splits(live, max_seqlen_k, block_n, q.device)
+        num_splits = pick_num_splits(live, max_seqlen_k, block_n, q.device)
     split = num_splits > 1
     if split:
         mid_o = torch.empty(Hkv, num_splits, T * G, D, dtype=torch.float32, device=q.device)
@@ -328,7 +328,7 @@ def _paged_tree_attention_triton(
         num_stages=num_stages,
     )
     if split:  # all T rows as one sequence of T "nodes" (B = 1): out row t = tok, stride_on = out.stride(0)
-        _tree_attention_combine_kernel[(Hkv * T * G,)](
+        tree_attention_combine_kernel[(Hkv * T * G,)](
             mid_o,
             mid_lse,
             features.sinks_arg(out),
@@ -389,7 +389,7 @@ def paged_tree_attention_reference(
     n_max = tree_mask.shape[-2]
     check_features(window, softcap, sinks, q.shape[1], q.device, f"{_NAME}_reference")
     _check_values(q, k_cache, cu_seqlens_q, seq_lens_k, block_table, n_max, None, None)
-    dense = _dense_tree_mask(tree_mask, n_max)  # [B or 1, Nmax, Nmax], bits above the diagonal cleared
+    dense = dense_tree_mask(tree_mask, n_max)  # [B or 1, Nmax, Nmax], bits above the diagonal cleared
     result = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
     cu = cu_seqlens_q.tolist()
     lens = seq_lens_k.tolist()
@@ -490,7 +490,7 @@ def _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tr
             f"with 1 <= Nmax <= {MAX_TREE_NODES}, got {tuple(tree_mask.shape)}"
         )
     trees.validate_tree_mask(tree_mask, tree_mask.shape[-2], B, name=f"{_NAME}: tree_mask")
-    _check_sm_scale(sm_scale)
+    check_sm_scale(sm_scale)
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{_NAME}: out must be a torch.Tensor, got {type(out).__name__}")
@@ -734,134 +734,42 @@ def paged_tree_attention(
     )
 
 
-@torch.library.custom_op("specdec::paged_tree_attention", mutates_args=())
-def _paged_tree_attention_op(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    seq_lens_k: torch.Tensor,
-    block_table: torch.Tensor,
-    tree_mask: torch.Tensor,
-    sm_scale: float | None = None,
-    backend: str | None = None,
-    check: bool | None = None,
-    max_seqlen_q: int | None = None,
-    max_seqlen_k: int | None = None,
-    num_splits: int | None = None,
-    window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
-    return _paged_tree_attention_impl(
-        q,
-        k_cache,
-        v_cache,
-        cu_seqlens_q,
-        seq_lens_k,
-        block_table,
-        tree_mask,
-        sm_scale,
-        None,
-        backend,
-        check,
-        max_seqlen_q,
-        max_seqlen_k,
-        num_splits,
-        window,
-        softcap,
-        sinks,
-    )
+# torch.ops.specdec.paged_tree_attention / paged_tree_attention_out: the public function's arguments, the
+# options after the tensors (as the public function passes them). Registered as every Python-defined op is
+# (specdec_kernels._ops.define_op: plain dispatcher registration, no custom_op wrapper).
+_PAGED_TENSORS = (
+    "Tensor q, Tensor k_cache, Tensor v_cache, Tensor cu_seqlens_q, Tensor seq_lens_k, Tensor block_table, "
+    "Tensor tree_mask"
+)
+_PAGED_OPTIONS = (
+    "float? sm_scale=None, str? backend=None, bool? check=None, int? max_seqlen_q=None, int? max_seqlen_k=None, "
+    "int? num_splits=None, int? window=None, float? softcap=None, Tensor? sinks=None"
+)
+# _paged_tree_attention_impl's arguments after (tensors, sm_scale, out), in its order
+_PAGED_OPTION_NAMES = ("backend", "check", "max_seqlen_q", "max_seqlen_k", "num_splits", "window", "softcap", "sinks")
 
 
-@_paged_tree_attention_op.register_fake
-def _paged_tree_attention_fake(
-    q,
-    k_cache,
-    v_cache,
-    cu_seqlens_q,
-    seq_lens_k,
-    block_table,
-    tree_mask,
-    sm_scale=None,
-    backend=None,
-    check=None,
-    max_seqlen_q=None,
-    max_seqlen_k=None,
-    num_splits=None,
-    window=None,
-    softcap=None,
-    sinks=None,
+def _paged_op(
+    q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, out=None, *, sm_scale=None, **features
 ):
-    _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, None)
-    check_features(window, softcap, sinks, q.shape[1], q.device, _NAME)
-    return q.new_empty(q.shape)
+    """Both ops' kernel: the public function's implementation, into ``out`` when given (then returns None)."""
+    args = (q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, out)
+    res = _paged_tree_attention_impl(*args, *(features.get(n) for n in _PAGED_OPTION_NAMES))
+    return None if out is not None else res
 
 
-@torch.library.custom_op("specdec::paged_tree_attention_out", mutates_args=("out",))
-def _paged_tree_attention_out_op(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    cu_seqlens_q: torch.Tensor,
-    seq_lens_k: torch.Tensor,
-    block_table: torch.Tensor,
-    tree_mask: torch.Tensor,
-    out: torch.Tensor,
-    sm_scale: float | None = None,
-    backend: str | None = None,
-    check: bool | None = None,
-    max_seqlen_q: int | None = None,
-    max_seqlen_k: int | None = None,
-    num_splits: int | None = None,
-    window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-) -> None:
-    _paged_tree_attention_impl(
-        q,
-        k_cache,
-        v_cache,
-        cu_seqlens_q,
-        seq_lens_k,
-        block_table,
-        tree_mask,
-        sm_scale,
-        out,
-        backend,
-        check,
-        max_seqlen_q,
-        max_seqlen_k,
-        num_splits,
-        window,
-        softcap,
-        sinks,
-    )
-
-
-@_paged_tree_attention_out_op.register_fake
-def _paged_tree_attention_out_fake(
-    q,
-    k_cache,
-    v_cache,
-    cu_seqlens_q,
-    seq_lens_k,
-    block_table,
-    tree_mask,
-    out,
-    sm_scale=None,
-    backend=None,
-    check=None,
-    max_seqlen_q=None,
-    max_seqlen_k=None,
-    num_splits=None,
-    window=None,
-    softcap=None,
-    sinks=None,
+def _paged_op_fake(
+    q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, out=None, *, sm_scale=None, **features
 ):
     _check_inputs(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_table, tree_mask, sm_scale, out)
-    check_features(window, softcap, sinks, q.shape[1], q.device, _NAME)
-    return None
+    check_features(features.get("window"), features.get("softcap"), features.get("sinks"), q.shape[1], q.device, _NAME)
+    return None if out is not None else q.new_empty(q.shape)
+
+
+_ops.define_op(f"paged_tree_attention({_PAGED_TENSORS}, *, {_PAGED_OPTIONS}) -> Tensor", _paged_op, _paged_op_fake)
+_ops.define_op(
+    f"paged_tree_attention_out({_PAGED_TENSORS}, Tensor(a!) out, *, {_PAGED_OPTIONS}) -> ()", _paged_op, _paged_op_fake
+)
 
 
 __all__ = ["paged_tree_attention", "paged_tree_attention_reference", "gather_pages"]

@@ -18,9 +18,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.random import philox_impl
 
 __all__ = ["philox_2x32", "philox_2x32_tl", "uniform_open", "uniform_closed_open", "MASK32"]
 
+# Philox4x32's constants, as triton.language.random has them (the reference below needs them by value)
 PHILOX_ROUNDS = tl.constexpr(10)
 PHILOX_KEY_A = tl.constexpr(0x9E3779B9)  # key increment per round (golden ratio)
 PHILOX_KEY_B = tl.constexpr(0xBB67AE85)  # key increment per round (sqrt(3) - 1)
@@ -38,18 +40,11 @@ MASK32 = 0xFFFFFFFF
 
 @triton.jit
 def philox_2x32_tl(k0, k1, c0, c1, c2):
-    """First two output words of Philox4x32-10, key (k0, k1), counter (c0, c1, c2, 0); uint32."""
-    c3 = c0 * 0
-    for _ in tl.static_range(PHILOX_ROUNDS):
-        _c0 = c0
-        _c2 = c2
-        c0 = tl.math.umulhi(_c2, PHILOX_ROUND_B) ^ c1 ^ k0
-        c2 = tl.math.umulhi(_c0, PHILOX_ROUND_A) ^ c3 ^ k1
-        c1 = _c2 * PHILOX_ROUND_B
-        c3 = _c0 * PHILOX_ROUND_A
-        k0 = k0 + PHILOX_KEY_A
-        k1 = k1 + PHILOX_KEY_B
-    return c0, c1
+    """First two output words of Philox4x32-10, key (k0, k1), counter (c0, c1, c2, 0); uint32. The rounds
+    are Triton's own (``triton.language.random.philox_impl``, what ``tl.randint4x`` runs): this picks the
+    key and counter layout the kernels use and keeps the two words they read."""
+    w0, w1, _, _ = philox_impl(c0, c1, c2, c0 * 0, k0, k1, PHILOX_ROUNDS)
+    return w0, w1
 
 
 # ----------------------------------------------------------------------------------------------------

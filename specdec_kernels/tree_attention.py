@@ -77,7 +77,7 @@ def _tanh(x):
 
 
 @triton.jit
-def _scores(q, k, qk_scale, cap_scale, SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def tile_scores(q, k, qk_scale, cap_scale, SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     # [BLOCK_M, BLOCK_N] scores in log2 units. Without SOFTCAP qk_scale = sm_scale * log2(e); with it
     # (Gemma 2's order: scale, then cap) qk_scale = sm_scale / softcap and cap_scale = softcap * log2(e).
     s = _dot(q, tl.trans(k), IEEE, UPCAST)
@@ -87,14 +87,14 @@ def _scores(q, k, qk_scale, cap_scale, SOFTCAP: tl.constexpr, IEEE: tl.constexpr
 
 
 @triton.jit
-def _window_start(lo, row_ok, prefix):
+def window_start(lo, row_ok, prefix):
     # First prefix entry any row of the program can see (lo: [BLOCK_M] first visible entry of each row),
     # in [0, prefix]: the prefix loops start there, so entries before every row's window are never loaded.
     return tl.maximum(tl.min(tl.where(row_ok, lo, prefix), 0), 0)
 
 
 @triton.jit
-def _add_sink(m_i, l_i, acc, sink):
+def add_sink(m_i, l_i, acc, sink):
     # Fold the per-row sink logit (log2 units) into the softmax denominator only: l += exp2(sink - m),
     # rescaled to the new running maximum. A row with nothing visible then outputs acc / l = 0.
     m_f = tl.maximum(m_i, sink)
@@ -104,7 +104,7 @@ def _add_sink(m_i, l_i, acc, sink):
 
 
 @triton.jit
-def _online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     # qk: [BLOCK_M, BLOCK_N] scores in log2 units (-inf where masked); v: [BLOCK_N, BLOCK_D]
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     if MAY_BE_EMPTY:  # a row with nothing allowed so far keeps m = -inf; subtract 0 instead (exp2(-inf) = 0)
@@ -119,7 +119,7 @@ def _online_softmax_step(qk, v, m_i, l_i, acc, MAY_BE_EMPTY: tl.constexpr, IEEE:
 
 
 @triton.jit
-def _load_tile(ptrs, row_ok, d_ok, EVEN_D: tl.constexpr):
+def load_tile(ptrs, row_ok, d_ok, EVEN_D: tl.constexpr):
     # ptrs: [BLOCK_N, BLOCK_D] pointers of a K or V tile; row_ok: [BLOCK_N] positions that exist
     if EVEN_D:
         return tl.load(ptrs, mask=row_ok[:, None], other=0.0)
@@ -127,7 +127,7 @@ def _load_tile(ptrs, row_ok, d_ok, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _load_full_tile(ptrs, d_ok, EVEN_D: tl.constexpr):
+def load_full_tile(ptrs, d_ok, EVEN_D: tl.constexpr):
     # A K or V tile whose positions all exist: no mask unless head_dim was padded to a power of two
     if EVEN_D:
         return tl.load(ptrs)
@@ -135,7 +135,7 @@ def _load_full_tile(ptrs, d_ok, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # [BLOCK_M, BLOCK_N] bool: may the row's tree node attend to tree node j = j0 + column? mask_rows:
     # [BLOCK_M, 1] pointers to each row's packed mask words; j0 a multiple of 32. One int32 word per 32
     # nodes, loaded once per (row, word) and expanded to the tile's columns.
@@ -230,7 +230,7 @@ def _tree_attention_fwd_kernel(
         + node.to(tl.int64)[:, None] * stride_qn
         + offs_d[None, :] * stride_qd
     )
-    q = _load_tile(q_ptrs, row_ok, d_ok, EVEN_D)  # [BLOCK_M, BLOCK_D]
+    q = load_tile(q_ptrs, row_ok, d_ok, EVEN_D)  # [BLOCK_M, BLOCK_D]
     k_base = K + b64 * stride_kb + hkv.to(tl.int64) * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b64 * stride_vb + hkv.to(tl.int64) * stride_vh + offs_d[None, :] * stride_vd
 
@@ -245,7 +245,7 @@ def _tree_attention_fwd_kernel(
         # Row at logical position prefix + depth sees prefix entries s >= prefix + depth - window + 1,
         # i.e. s - prefix + window - 1 >= depth (so only the depths stay live, not a second row vector).
         depth = tl.load(DEPTH + b64 * stride_db + node, mask=row_ok, other=0)
-        lo_min = _window_start(prefix + depth - window + 1, row_ok, prefix)
+        lo_min = window_start(prefix + depth - window + 1, row_ok, prefix)
         t_first = tl.minimum(lo_min // BLOCK_N, num_full)
 
     # 1. Full prefix tiles (from the first one any row's window reaches); split-K divides them among the
@@ -255,12 +255,12 @@ def _tree_attention_fwd_kernel(
     t_hi = tl.minimum(t_lo + per_split, num_full)
     for t in range(t_lo, t_hi):
         cols = (t * BLOCK_N + offs_n).to(tl.int64)
-        k = _load_full_tile(k_base + cols[:, None] * stride_ks, d_ok, EVEN_D)
-        v = _load_full_tile(v_base + cols[:, None] * stride_vs, d_ok, EVEN_D)
-        qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+        k = load_full_tile(k_base + cols[:, None] * stride_ks, d_ok, EVEN_D)
+        v = load_full_tile(v_base + cols[:, None] * stride_vs, d_ok, EVEN_D)
+        qk = tile_scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
         if WINDOW:
             qk = tl.where((t * BLOCK_N + offs_n - prefix + window - 1)[None, :] >= depth[:, None], qk, float("-inf"))
-        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, WINDOW, IEEE, UPCAST)
+        m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, WINDOW, IEEE, UPCAST)
 
     if pid_s == num_splits - 1:
         # 2. The prefix's ragged tail: fewer than BLOCK_N entries, bounds-masked.
@@ -268,14 +268,14 @@ def _tree_attention_fwd_kernel(
         if (tail_start < prefix) & (lo_min < prefix):  # (a window may exclude the whole tail)
             cols = tail_start + offs_n
             col_ok = cols < prefix
-            k = _load_tile(k_base + cols.to(tl.int64)[:, None] * stride_ks, col_ok, d_ok, EVEN_D)
-            v = _load_tile(v_base + cols.to(tl.int64)[:, None] * stride_vs, col_ok, d_ok, EVEN_D)
-            qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+            k = load_tile(k_base + cols.to(tl.int64)[:, None] * stride_ks, col_ok, d_ok, EVEN_D)
+            v = load_tile(v_base + cols.to(tl.int64)[:, None] * stride_vs, col_ok, d_ok, EVEN_D)
+            qk = tile_scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
             visible = col_ok[None, :]
             if WINDOW:
                 visible = visible & ((cols - prefix + window - 1)[None, :] >= depth[:, None])
             qk = tl.where(visible, qk, float("-inf"))
-            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
+            m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
         # 3. The tree block: node j sits at prefix + j; only j <= the tile's last node can be an ancestor.
         #    (A window's limit on ancestors is already in the mask: see windowed_tree_mask.)
@@ -285,16 +285,16 @@ def _tree_attention_fwd_kernel(
             j = j0 + offs_n
             j_ok = j <= last_node
             cols = (prefix + j).to(tl.int64)
-            k = _load_tile(k_base + cols[:, None] * stride_ks, j_ok, d_ok, EVEN_D)
-            v = _load_tile(v_base + cols[:, None] * stride_vs, j_ok, d_ok, EVEN_D)
-            qk = _scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
-            allowed = _tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
+            k = load_tile(k_base + cols[:, None] * stride_ks, j_ok, d_ok, EVEN_D)
+            v = load_tile(v_base + cols[:, None] * stride_vs, j_ok, d_ok, EVEN_D)
+            qk = tile_scores(q, k, qk_scale, cap_scale, SOFTCAP, IEEE, UPCAST)
+            allowed = tree_mask_tile(mask_rows, stride_mw, num_words, row_ok, node, j0, BLOCK_M, BLOCK_N)
             qk = tl.where(allowed, qk, float("-inf"))
-            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
+            m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, True, IEEE, UPCAST)
 
     if SINKS_ON and not SPLIT:  # with splits the combine kernel adds the sink, once
         sink = tl.load(SINKS + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
-        l_i, acc = _add_sink(m_i, l_i, acc, sink)
+        l_i, acc = add_sink(m_i, l_i, acc, sink)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # a row with nothing to attend to outputs zeros
     out = acc / l_safe[:, None]
     if SPLIT:
@@ -315,7 +315,7 @@ def _tree_attention_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["N", "num_splits"])
-def _tree_attention_combine_kernel(
+def tree_attention_combine_kernel(
     MID_O,  # [B * Hkv, num_splits, G * N, D] fp32 contiguous
     MID_LSE,  # [B * Hkv, num_splits, G * N] fp32 contiguous
     SINKS,  # [Hq] any float dtype (read when SINKS_ON)
@@ -377,7 +377,7 @@ def _tree_attention_combine_kernel(
 def tree_depths(tree_mask: torch.Tensor, n: int) -> torch.Tensor:
     """int32 ``[B or 1, N]``: depth of every node, ``(number of j <= i with tree_mask[i, j]) - 1`` (the root
     0; a chain's node i: i). Node i's logical position is ``prefix_b + depth_i``, which the window uses."""
-    return (_dense_tree_mask(tree_mask, n).sum(-1) - 1).to(torch.int32)
+    return (dense_tree_mask(tree_mask, n).sum(-1) - 1).to(torch.int32)
 
 
 def check_features(window, softcap, sinks, q_heads: int, device: torch.device, what: str) -> None:
@@ -428,7 +428,7 @@ class AttentionFeatures:
         return dummy if self.sinks is None else self.sinks
 
     def score_scales(self, sm_scale: float) -> tuple[float, float]:
-        """(qk_scale, cap_scale) of the kernels' ``_scores``: scores in log2 units either way."""
+        """(qk_scale, cap_scale) of the kernels' ``tile_scores``: scores in log2 units either way."""
         if self.softcap is None:
             return sm_scale * _LOG2E, 1.0
         return sm_scale / self.softcap, self.softcap * _LOG2E
@@ -440,7 +440,7 @@ def windowed_tree_mask(tree_mask: torch.Tensor, n: int, window: int) -> tuple[to
     The limit depends on the tree alone (not on the prefix), so the kernels get it folded into the mask
     once per call and only the prefix part of the window costs them anything (one depth per row).
     """
-    dense = _dense_tree_mask(tree_mask, n)
+    dense = dense_tree_mask(tree_mask, n)
     depth = dense.sum(-1) - 1  # [B or 1, N]
     dense = dense & (depth.unsqueeze(-1) - depth.unsqueeze(-2) < window)
     packed = trees.pack_mask(dense if tree_mask.dim() == 3 else dense[0])  # a shared tree stays shared
@@ -473,7 +473,7 @@ def _num_sms(device: torch.device) -> int:
     return 4  # interpreter: any small number exercises the same code
 
 
-def _pick_config(num_rows: int, head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+def pick_config(num_rows: int, head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for G*N query rows and this head_dim.
 
     Registers per thread compiled for sm_80 / sm_90 at head_dim 128, fp16/bf16, 4 warps unless said
@@ -499,7 +499,7 @@ def _pick_config(num_rows: int, head_dim: int, dtype: torch.dtype) -> tuple[int,
     return block_m, block_n, num_warps, 2
 
 
-def _pick_num_splits(base_programs: int, max_prefix: int, block_n: int, device: torch.device) -> int:
+def pick_num_splits(base_programs: int, max_prefix: int, block_n: int, device: torch.device) -> int:
     """Flash-decoding split-K: enough programs to fill the GPU, each with a worthwhile share of tiles."""
     full_tiles = max_prefix // block_n
     target = 2 * _num_sms(device)
@@ -525,11 +525,11 @@ def _tree_attention_triton(
     Hkv = k.shape[1]
     G = Hq // Hkv
     num_rows = G * N
-    block_m, block_n, num_warps, num_stages = _pick_config(num_rows, D, q.dtype)
+    block_m, block_n, num_warps, num_stages = pick_config(num_rows, D, q.dtype)
     block_d = max(16, triton.next_power_of_2(D))
     m_tiles = triton.cdiv(num_rows, block_m)
     if num_splits is None:
-        num_splits = _pick_num_splits(m_tiles * B * Hkv, max(max_kv_len - N, 0), block_n, q.device)
+        num_splits = pick_num_splits(m_tiles * B * Hkv, max(max_kv_len - N, 0), block_n, q.device)
     split = num_splits > 1
     if split:
         mid_o = torch.empty(B * Hkv, num_splits, num_rows, D, dtype=torch.float32, device=q.device)
@@ -582,7 +582,7 @@ def _tree_attention_triton(
         num_stages=num_stages,
     )
     if split:
-        _tree_attention_combine_kernel[(B * Hkv * num_rows,)](
+        tree_attention_combine_kernel[(B * Hkv * num_rows,)](
             mid_o,
             mid_lse,
             features.sinks_arg(out),
@@ -606,7 +606,7 @@ def _tree_attention_triton(
 # --------------------------------------------------------------------------------------------------
 
 
-def _dense_tree_mask(tree_mask: torch.Tensor, n: int) -> torch.Tensor:
+def dense_tree_mask(tree_mask: torch.Tensor, n: int) -> torch.Tensor:
     """Bool ``[B or 1, N, N]`` from a bool or packed int32 mask, bits above the diagonal cleared."""
     dense = trees.unpack_mask(tree_mask, n) if tree_mask.dtype == torch.int32 else tree_mask
     if dense.dim() == 2:
@@ -625,7 +625,7 @@ def tree_attention_mask(
     for a prefix entry and ``depth_i - depth_j < window`` for a tree node. For tests and the reference
     only: the kernel never builds it.
     """
-    dense = _dense_tree_mask(tree_mask, n)  # [B or 1, N, N]
+    dense = dense_tree_mask(tree_mask, n)  # [B or 1, N, N]
     b = kv_lens.shape[0]
     prefix = (kv_lens.to(torch.int64) - n).unsqueeze(1)  # [B, 1]
     pos = torch.arange(s, device=kv_lens.device).unsqueeze(0)  # [1, S]
@@ -680,7 +680,7 @@ def tree_attention_reference(
         s = min(s, max(int(max_kv_len), N))
     elif kv_lens.device.type == "cpu" and B > 0:  # free to read; skip the unused tail of the buffer
         s = min(s, int(kv_lens.max()))
-    _check_sm_scale(sm_scale)
+    check_sm_scale(sm_scale)
     scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     key = (N, s, G, window)
     mask = mask_memo.get(key) if mask_memo is not None else None
@@ -734,7 +734,7 @@ def _explicit_attention(qf, kf, vf, mask, scale, softcap, sinks, n) -> torch.Ten
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_sm_scale(sm_scale) -> None:
+def check_sm_scale(sm_scale) -> None:
     """None, or a finite float > 0: a NaN, infinite or non-positive scale turns every score into NaN or
     makes the softmax meaningless (a negative scale attends to the least similar keys)."""
     if sm_scale is None:
@@ -783,7 +783,7 @@ def _check_inputs(q, k, v, kv_lens, tree_mask, sm_scale, out) -> None:
             f"got {kv_lens.dtype} {tuple(kv_lens.shape)}"
         )
     trees.validate_tree_mask(tree_mask, N, B, name="tree_attention: tree_mask")
-    _check_sm_scale(sm_scale)
+    check_sm_scale(sm_scale)
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"tree_attention: out must be a torch.Tensor, got {type(out).__name__}")

@@ -487,10 +487,8 @@ def ancestor_mask_to_parents(mask: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
     if mask.dim() not in (2, 3) or mask.shape[-1] != mask.shape[-2] or mask.shape[-1] < 1:
         raise ValueError(f"mask must be [N, N] or [B, N, N] with N >= 1, got {tuple(mask.shape)}")
-    n = mask.shape[-1]
-    j = torch.arange(n, device=mask.device)
-    strict = mask & (j.view(1, n) < j.view(n, 1))  # strict ancestors: j < i
-    parents = torch.where(strict, j, -1).amax(-1)
+    j = torch.arange(mask.shape[-1], device=mask.device)
+    parents = trees.mask_parents(mask)
     # A non-root row without ancestors gets parent 0 so the rebuilt mask (root column set) differs from it.
     parents = torch.where((j > 0) & (parents < 0), 0, parents)
     if not torch.equal(trees.ancestor_mask(parents), mask):

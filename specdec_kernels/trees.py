@@ -65,7 +65,23 @@ def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
 
 def tree_depths(parents: torch.Tensor) -> torch.Tensor:
     """Depth of every node, ``[N]`` or ``[B, N]`` int64, the root at 0 (number of strict ancestors)."""
-    return ancestor_mask(parents).sum(-1) - 1
+    return mask_depths(ancestor_mask(parents))
+
+
+def mask_parents(mask: torch.Tensor) -> torch.Tensor:
+    """Each node's parent from an ancestor mask ``[..., N, N]``: its highest-index strict ancestor (in
+    topological order the ancestors form a chain whose last link is the parent), -1 for none. Not
+    validated: :func:`specdec_kernels.tree_formats.ancestor_mask_to_parents` checks a mask from outside."""
+    n = mask.shape[-1]
+    j = torch.arange(n, device=mask.device)
+    strict = mask & (j.view(1, n) < j.view(n, 1))  # strict ancestors: j < i
+    return torch.where(strict, j, -1).amax(-1)
+
+
+def mask_depths(mask: torch.Tensor) -> torch.Tensor:
+    """Depth of every node from an ancestor mask ``[..., N, N]`` (:func:`ancestor_mask`): its strict
+    ancestors, so a caller holding the mask does not walk the tree again."""
+    return mask.sum(-1) - 1
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -32,10 +32,10 @@ gs = _load_gpu_static()
 ARCHS = ("sm_80", "sm_90")
 TRITON_KERNELS = {
     "_tree_attention_fwd_kernel",
-    "_tree_attention_combine_kernel",
+    "tree_attention_combine_kernel",
     "_paged_tree_attention_fwd_kernel",
-    "_verify_kernel",
-    "_ragged_verify_kernel",
+    "verify_kernel",
+    "ragged_verify_kernel",
 }
 ATTN_FWD = ("_tree_attention_fwd_kernel", "_paged_tree_attention_fwd_kernel")
 
@@ -60,7 +60,7 @@ def _block_m(row) -> int:
 def test_every_triton_kernel_compiles_for_both_architectures(triton_rows):
     for arch in ARCHS:
         assert {r["kernel"] for r in triton_rows if r["arch"] == arch} == TRITON_KERNELS, arch
-    # the quick cases reach every tile size _pick_config uses for 16-bit head_dim 128
+    # the quick cases reach every tile size pick_config uses for 16-bit head_dim 128
     for arch in ARCHS:
         fwd = [r for r in triton_rows if r["arch"] == arch and r["kernel"] == "_tree_attention_fwd_kernel"]
         assert {_block_m(r) for r in fwd} == {16, 32, 128}, arch

@@ -407,7 +407,7 @@ from triton.backends.compiler import GPUTarget
 pta = importlib.import_module("specdec_kernels.paged_tree_attention")  # the package attribute is the function
 fn = pta._paged_tree_attention_fwd_kernel
 for dtype, name, page, split in ((torch.bfloat16, "bf16", 16, True), (torch.float16, "fp16", 1, False)):
-    bm, bn, nw, ns = pta._pick_config(4 * 64, 128, dtype)
+    bm, bn, nw, ns = pta.pick_config(4 * 64, 128, dtype)
     consts = dict(H_KV=8, GROUP=4, PAGE_SIZE=page, HEAD_DIM=128, BLOCK_D=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT=split,
                   WINDOW=split, SOFTCAP=split, SINKS_ON=split, IEEE=False, UPCAST=False)  # features with split
     ptrs = dict(Q=name, K=name, V=name, OUT=name, CU_Q="i32", SEQ_LENS="i64", BLOCK_TABLE="i32", MASK="i32",

@@ -15,7 +15,7 @@ from scipy.stats import chisquare
 
 import specdec_kernels as sk
 from conftest import compile_ahead_of_time
-from specdec_kernels import rejection_sampling as rs
+from specdec_kernels import verify as rs
 
 BACKENDS = ["reference", "triton"]
 ALPHA = 1e-3  # chi-square significance; seeded, so the test cannot flake
@@ -193,7 +193,7 @@ CHAIN_CASES = [("greedy", False), ("det", True), ("sampled", False), ("sampled",
 def test_chain_matches_chain_verify(mode, logits, backend, monkeypatch):
     """Chains in both target layouts (inline [T + B] rows; vLLM's [T] rows + bonus rows) equal chain_verify
     with draft_lens and per-sequence seeds, exactly; vocabulary tiles of 16 over V = 37."""
-    monkeypatch.setattr(rs, "MAX_BLOCK_V", 16)
+    monkeypatch.setattr(rs.launch, "MAX_BLOCK_V", 16)
     data = make_batch(KS, 37, torch.Generator().manual_seed(1))
     ref = padded_chain(data, backend, mode=mode, logits=logits, seeds=SEEDS)
     for layout in ("inline", "bonus"):
@@ -311,7 +311,7 @@ def test_no_drafts_and_empty_batch():
 def test_triton_matches_reference(case, monkeypatch):
     """The interpreted kernel takes the reference's decisions row for row on random ragged batches
     (awkward V = 29 over tiles of 8), across layouts, randomness sources and per-request rules."""
-    monkeypatch.setattr(rs, "MAX_BLOCK_V", 8)
+    monkeypatch.setattr(rs.launch, "MAX_BLOCK_V", 8)
     gen = torch.Generator().manual_seed(5)
     ks = [3, 0, 1, 4, 2, 4, 0, 2, 3, 1]
     B, V = len(ks), 29
@@ -629,13 +629,13 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from specdec_kernels import rejection_sampling as rs
+from specdec_kernels import verify as rs
 
 CONST = ("IS_CHAIN", "MODE", "LOGITS", "SEP_BONUS", "ROW_GREEDY", "ROW_TEMP", "SEED_PER_ROW", "RNG_OFFSET",
          "UNIFORMS", "WRITE_PATH", "BLOCK_V", "BLOCK_N")
 
 def sig(tgt, idx, out):
-    s = {name: "i32" for name in rs._ragged_verify_kernel.arg_names}
+    s = {name: "i32" for name in rs.kernel.ragged_verify_kernel.arg_names}
     s.update(tok_ptr=idx, par_ptr=idx, cu_ptr=idx, tgt_ptr="*" + tgt, bonus_ptr="*" + tgt, drf_ptr="*fp32",
              greedy_ptr="*i1", inv_temp_ptr="*fp32", seeds_ptr="*i64", offset_ptr="*i64", uacc_ptr="*fp64",
              usmp_ptr="*fp32", out_tok_ptr=out, path_ptr=out, num_acc_ptr=out, next_ptr="*i64")
@@ -650,7 +650,7 @@ variants = [  # chain, vLLM layout, mixed rules, offsets, logits; tree, uniforms
 ]
 for consts, tgt, idx, out in variants:
     consts.update(BLOCK_V=2048, BLOCK_N=8)
-    src = ASTSource(fn=rs._ragged_verify_kernel, signature=sig(tgt, idx, out), constexprs=consts)
+    src = ASTSource(fn=rs.kernel.ragged_verify_kernel, signature=sig(tgt, idx, out), constexprs=consts)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
     assert k.asm.get("cubin"), "no cubin"
 print("COMPILED")

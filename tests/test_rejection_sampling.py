@@ -13,13 +13,16 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 import specdec_kernels as sk
 from conftest import compile_ahead_of_time
-from specdec_kernels import rejection_sampling as rs
+from specdec_kernels import verify as rs
+from specdec_kernels.philox import philox_2x32_tl
 from specdec_kernels.trees import chain_parents
 
 BACKENDS = ["reference", "triton"]
@@ -128,6 +131,34 @@ def test_philox_known_answer():
     z = torch.zeros(1, dtype=torch.int64)
     w0, w1 = rs.philox_2x32(z, z, z, 0, 0)
     assert (int(w0), int(w1)) == (0x6627E8D5, 0xE169C58D)
+
+
+@triton.jit
+def _philox_probe(k_ptr, c_ptr, out_ptr, N: tl.constexpr):
+    i = tl.arange(0, N)
+    k0 = tl.load(k_ptr + i * 2).to(tl.uint32)
+    k1 = tl.load(k_ptr + i * 2 + 1).to(tl.uint32)
+    c0 = tl.load(c_ptr + i * 3).to(tl.uint32)
+    c1 = tl.load(c_ptr + i * 3 + 1).to(tl.uint32)
+    c2 = tl.load(c_ptr + i * 3 + 2).to(tl.uint32)
+    w0, w1 = philox_2x32_tl(k0, k1, c0, c1, c2)
+    tl.store(out_ptr + i * 2, w0.to(tl.int64) & 0xFFFFFFFF)
+    tl.store(out_ptr + i * 2 + 1, w1.to(tl.int64) & 0xFFFFFFFF)
+
+
+def test_philox_device_function_matches_the_reference_bit_for_bit():
+    """The kernels' Philox (Triton's rounds) and the reference's int64 Philox give the same words, on the
+    known answer (row 0) and on 15 random 32-bit keys and counters, through the interpreter."""
+    g = torch.Generator().manual_seed(7)
+    n = 16
+    key = torch.randint(0, 2**32, (n, 2), generator=g, dtype=torch.int64)
+    ctr = torch.randint(0, 2**32, (n, 3), generator=g, dtype=torch.int64)
+    key[0], ctr[0] = 0, 0
+    out = torch.empty(n, 2, dtype=torch.int64)
+    _philox_probe[(1,)](key, ctr, out, N=n)
+    w0, w1 = rs.philox_2x32(key[:, 0], key[:, 1], ctr[:, 0], ctr[:, 1], ctr[:, 2])
+    assert (int(out[0, 0]), int(out[0, 1])) == (0x6627E8D5, 0xE169C58D)
+    assert torch.equal(out[:, 0], w0) and torch.equal(out[:, 1], w1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -251,7 +282,7 @@ def _verify(kind, mode, logits, data, backend, seed=11, **kw):
 def test_triton_matches_reference(kind, mode, logits, monkeypatch):
     """Same seed, same decisions: the kernel (interpreted) against the reference, row for row.
     Vocabulary tiles of 32 over V = 111, so every pass runs over several tiles with a ragged last one."""
-    monkeypatch.setattr(rs, "MAX_BLOCK_V", 32)
+    monkeypatch.setattr(rs.launch, "MAX_BLOCK_V", 32)
     gen = torch.Generator().manual_seed(5)
     B, V = 24, 111
     data = _random_chain(B, 4, V, gen) if kind == "chain" else _random_tree(B, TREE, V, gen)
@@ -605,10 +636,10 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from specdec_kernels import rejection_sampling as rs
+from specdec_kernels import verify as rs
 
 def sig(tgt):
-    s = {name: "i32" for name in rs._verify_kernel.arg_names}
+    s = {name: "i32" for name in rs.kernel.verify_kernel.arg_names}
     for name in ("tok_ptr", "par_ptr", "lens_ptr", "seeds_ptr", "path_ptr", "out_tok_ptr", "num_acc_ptr",
                  "num_emit_ptr", "next_ptr"):
         s[name] = "*i64"
@@ -620,7 +651,7 @@ def sig(tgt):
 for is_chain, mode, logits in [(True, 2, False), (True, 0, True), (False, 1, True), (False, 2, False)]:
     consts = dict(IS_CHAIN=is_chain, HAS_LENS=is_chain, MODE=mode, LOGITS=logits, SEED_PER_ROW=not is_chain,
                   WRITE_PATH=not is_chain, BLOCK_V=2048, BLOCK_N=64)
-    src = ASTSource(fn=rs._verify_kernel, signature=sig("bf16" if logits else "fp32"), constexprs=consts)
+    src = ASTSource(fn=rs.kernel.verify_kernel, signature=sig("bf16" if logits else "fp32"), constexprs=consts)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
     assert k.asm.get("cubin"), "no cubin"
 print("COMPILED")

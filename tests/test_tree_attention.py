@@ -486,7 +486,7 @@ def sig(fn, ptrs, consts):
             else "fp32" if n in ("qk_scale", "cap_scale") else "i32"
     return out
 for dtype, name, d, rows, split in ((torch.bfloat16, "bf16", 128, 64, True), (torch.float32, "fp32", 128, 256, False)):
-    bm, bn, nw, ns = ta._pick_config(rows, d, dtype)
+    bm, bn, nw, ns = ta.pick_config(rows, d, dtype)
     consts = dict(H_KV=8, GROUP=4, HEAD_DIM=d, BLOCK_D=d, BLOCK_M=bm, BLOCK_N=bn, SPLIT=split,
                   WINDOW=split, SOFTCAP=split, SINKS_ON=split,  # the window/softcap/sinks path with the split
                   IEEE=dtype == torch.float32, UPCAST=False)
@@ -495,7 +495,7 @@ for dtype, name, d, rows, split in ((torch.bfloat16, "bf16", 128, 64, True), (to
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw, num_stages=ns))
     assert "st.local" not in k.asm["ptx"], "register spills"
 consts = dict(H_KV=8, GROUP=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_S=32, SINKS_ON=True)
-src = ASTSource(ta._tree_attention_combine_kernel, sig(ta._tree_attention_combine_kernel, {"OUT": "bf16"}, consts),
+src = ASTSource(ta.tree_attention_combine_kernel, sig(ta.tree_attention_combine_kernel, {"OUT": "bf16"}, consts),
                 constexprs=consts)
 triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=2))
 print("compiled")

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specdec.tree_drafting import DEFAULT_STATIC_PATHS, _close_paths
+from specdec.strategies.trees import DEFAULT_STATIC_PATHS, close_paths
 from specdec_kernels import tree_formats as tf
 from specdec_kernels import trees
 
@@ -105,7 +105,7 @@ def test_paths_match_naive_and_round_trip_to_canonical(par):
 
 @pytest.mark.parametrize("name", sorted(DEFAULT_STATIC_PATHS))
 def test_default_static_paths_convert_to_runtime_choices_and_back(name):
-    closed = _close_paths(DEFAULT_STATIC_PATHS[name])  # the node order StaticTree drafts in (+1, root 0)
+    closed = close_paths(DEFAULT_STATIC_PATHS[name])  # the node order StaticTree drafts in (+1, root 0)
     index = {(): 0, **{q: k for k, q in enumerate(closed, start=1)}}
     parents = torch.tensor([-1] + [index[q[:-1]] for q in closed])  # built here by dictionary lookup
     # the shapes use ranks 0..k-1 at every node, so rank paths survive the trip unchanged
