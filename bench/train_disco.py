@@ -6,7 +6,7 @@ Traces: on snippets of the *training* split of the pair's corpus (never the held
 greedily continues the snippet; at every position of that continuation the draft proposes k_max tokens
 greedily. Draft token j gets label 1 when it equals the target's token there and all earlier drafts
 did (the oracle "would it be accepted"); drafting stops at the first 0, so later positions carry no
-label. Features are :func:`specdec.strategies.draft_features` of the draft's distribution.
+label. Features are :func:`specdec.strategies.chains.draft_features` of the draft's distribution.
 
 A logistic regression (6 weights) is fit on 80% of the traces; the decision threshold is then chosen on
 the other 20% by simulated throughput: for each threshold, drafted and accepted tokens per step follow
@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from specdec.models import load_default_pair
-from specdec.strategies import ASSETS, draft_features
-from specdec.tune import _interp, measure_latency
+from specdec.strategies.chains import ASSETS, draft_features
+from specdec.tune import interpolate, measure_latency
 from specdec_kernels.benchmarking import import_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def simulate(prob, labels, steps, index, k_max, lat_t, lat_d, threshold=None, k=
                 break
             accepted += 1
         total_tokens += accepted + 1
-        total_time += _interp(lat_d, 2) + (drafted - 1) * _interp(lat_d, 1) + _interp(lat_t, drafted + 1)
+        total_time += interpolate(lat_d, 2) + (drafted - 1) * interpolate(lat_d, 1) + interpolate(lat_t, drafted + 1)
     return total_tokens / total_time
 
 

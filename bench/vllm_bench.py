@@ -62,14 +62,14 @@ def export_smollm2_head(out: str) -> None:
     from safetensors.torch import load_file
 
     import specdec
-    from specdec.eagle import export, load_head, new_head
-    from specdec.models import _ASSETS, _HEADS
+    from specdec.eagle import export, new_head
+    from specdec.models import head_dir, load_pair_head
 
     target, _ = specdec.load_smollm2()
-    head = load_head(target, _HEADS["smollm2"])
+    head = load_pair_head(target, "smollm2")
     trained = head.exportable
     if not trained:
-        subset = load_file(str(_ASSETS.parent / "smollm2_draft" / "model.safetensors"))["lm_head.token_ids"]
+        subset = load_file(str(head_dir("smollm2").parent / "smollm2_draft" / "model.safetensors"))["lm_head.token_ids"]
         head = new_head(target, subset=subset)
     export(head, out, runtime="vllm")
     log(f"wrote an {'' if trained else 'un'}trained EAGLE-3 head for SmolLM2 to {out}")
@@ -160,9 +160,9 @@ _LOOP_CODE = r"""
 import json, sys, time, torch, specdec
 from transformers import CompileConfig, StaticCache
 from specdec import compiled
-from specdec.bench import _strategy, first_divergence
-from specdec.eagle import load_head
-from specdec.models import head_dir
+from specdec.bench import first_divergence
+from specdec.strategies import from_name
+from specdec.models import load_pair_head
 ids, max_tokens, dtype, legs = json.loads(sys.stdin.read())
 dtype = getattr(torch, dtype)
 target, tok = specdec.load_smollm2(dtype=dtype)
@@ -183,9 +183,9 @@ def runner(how):
     name, _, mode = how.partition("@")
     drafter = None
     if name.startswith("head:"):
-        head = head or load_head(target, head_dir("smollm2"))
+        head = head or load_pair_head(target, "smollm2")
         drafter, name = head, name.removeprefix("head:")
-    strategy = _strategy(name)
+    strategy = from_name(name)
     return lambda x: specdec.generate(target, drafter, x, max_new_tokens=max_tokens, strategy=strategy,
                                       eos_token_id=eos, compile=mode == "compiled").sequences[0, x.shape[1]:]
 rows = []

@@ -42,7 +42,7 @@ def test_head_greedy_equals_plain_greedy(target_and_head, policy, lens):
 def test_head_buffers_that_grow_mid_generation_change_nothing(target_and_head, policy, monkeypatch):
     import sys
 
-    monkeypatch.setattr(sys.modules["specdec.generate"], "INITIAL_OUTPUT", 2)  # several doublings in 40 tokens
+    monkeypatch.setattr(sys.modules["specdec.decoder"], "INITIAL_OUTPUT", 2)  # several doublings in 40 tokens
     target, head = target_and_head
     ids, mask = ragged_batch(97, [7, 3], seed=31)
     out = specdec.generate(target, head, ids, attention_mask=mask, max_new_tokens=40, strategy=POLICIES[policy]())

@@ -270,8 +270,10 @@ def test_the_legacy_head_is_recognised_and_does_not_export(target_and_subset_hea
     from specdec.eagle import EagleConfig
     from specdec.eagle_legacy import LegacyEagleHead
 
-    raw = json.loads((specdec.models._HEADS["smollm2"] / "config.json").read_text())
+    raw = json.loads((specdec.models.head_dir("smollm2") / "config.json").read_text())
     assert "feature_layers" in raw and "architectures" not in raw  # the earlier layout's marker
+    with pytest.raises(ValueError, match="load_legacy_head"):  # EAGLE-3's loader says where it loads
+        load_head(target_and_subset_head[0], specdec.models.head_dir("smollm2"))
     target, _ = target_and_subset_head
     config = EagleConfig.for_target(target, (1, 2, 4))
     head = LegacyEagleHead(config, target.get_input_embeddings(), target.get_output_embeddings())

@@ -156,8 +156,6 @@ def test_bad_inputs(pair):
         specdec.generate(target, draft, ids, attention_mask=torch.tensor([[1, 1, 1, 1, 0]]))
     with pytest.raises(ValueError, match="left-padded"):  # a gap inside the prompt
         specdec.generate(target, draft, ids, attention_mask=torch.tensor([[0, 1, 0, 1, 1]]))
-    with pytest.raises(ValueError, match="needs a draft model"):
-        specdec.generate(target, None, ids, strategy="auto")
     with pytest.raises(ValueError, match="vocabularies differ"):
         specdec.generate(target, tiny_model("llama", 1, 32, seed=2, vocab=50), ids)
     with pytest.raises(ValueError, match="same dtype"):
@@ -243,10 +241,10 @@ def test_sampling_is_lossless_over_three_tokens(name):
 
 
 def _subset_head_draft(draft, keep: list[int]):
-    """A copy of ``draft`` whose head scores only the ``keep`` token ids (specdec.models.SubsetLMHead)."""
+    """A copy of ``draft`` whose head scores only the ``keep`` token ids (specdec.layers.SubsetLMHead)."""
     import copy
 
-    from specdec.models import SubsetLMHead
+    from specdec.layers import SubsetLMHead
 
     d = copy.deepcopy(draft)
     d.lm_head = SubsetLMHead(d.lm_head.weight.detach(), torch.tensor(keep))
@@ -397,7 +395,7 @@ def test_caches_that_grow_mid_generation_change_nothing(pair, policy, monkeypatc
     # The KV buffers start with room for 2 new tokens (INITIAL_OUTPUT shrunk) and double several times.
     import sys
 
-    monkeypatch.setattr(sys.modules["specdec.generate"], "INITIAL_OUTPUT", 2)
+    monkeypatch.setattr(sys.modules["specdec.decoder"], "INITIAL_OUTPUT", 2)
     target, draft = pair
     ids, mask = ragged_batch(97, [6, 11, 2], seed=21)
     out = specdec.generate(target, draft, ids, attention_mask=mask, max_new_tokens=40, strategy=POLICIES[policy]())

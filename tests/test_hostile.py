@@ -22,9 +22,8 @@ from hypothesis import strategies as st
 import specdec
 import specdec_kernels as sk
 from conftest import run_isolated
-from specdec.prompt_lookup import LookupOrChain, PromptLookup
-from specdec.strategies import ASSETS, Chain, DynamicLookahead
-from specdec.tree_drafting import DynamicTree, StaticTree
+from specdec.strategies import Chain, DynamicLookahead, DynamicTree, LookupOrChain, PromptLookup, StaticTree
+from specdec.strategies.chains import ASSETS
 from specdec_kernels import trees
 from specdec_kernels.tree_attention import MAX_TREE_NODES, tree_attention_reference
 
@@ -451,7 +450,8 @@ BAD_GENERATE_ARGS = [
     (dict(draft=torch.nn.Linear(2, 2)), TypeError, "draft"),
     (dict(strategy=3), TypeError, "strategy"),
     (dict(strategy=Chain), TypeError, "strategy"),
-    (dict(strategy="chain:4"), ValueError, "strategy"),
+    (dict(strategy="chain:x"), ValueError, "strategy"),  # sized names are read (chain:4), malformed ones refused
+    (dict(strategy="nope:4"), ValueError, "strategy"),
     (dict(strategy=DynamicTree("eagle2", budget=8, top_k=98, depth=1)), ValueError, "vocabulary"),
     (dict(strategy=StaticTree([(0,), (120,)])), ValueError, "vocabulary"),
 ]
@@ -566,7 +566,7 @@ def test_a_huge_max_new_tokens_allocates_for_what_is_generated(tiny_pair, monkey
     out = _within(lambda: specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, eos_token_id=eos))
     n = out.sequences.shape[1]
     assert out.sequences[0].tolist() == free[0, :n].tolist()
-    assert caches and all(c.buffer.shape[4] <= 5 + sys.modules["specdec.generate"].INITIAL_OUTPUT + 64 for c in caches)
+    assert caches and all(c.buffer.shape[4] <= 5 + sys.modules["specdec.decoder"].INITIAL_OUTPUT + 64 for c in caches)
 
 
 def test_cache_reserve_doubles_and_keeps_entries():

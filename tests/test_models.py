@@ -135,7 +135,7 @@ def test_smollm2_missing_package_error(monkeypatch, tmp_path):
 def test_subset_lm_head_matches_reference(dtype):
     """Full-vocabulary logits: the embedding projection on the kept ids, OUTSIDE elsewhere; the softmax
     is exactly 0 outside the subset (the draft can never propose those tokens)."""
-    from specdec.models import SubsetLMHead
+    from specdec.layers import SubsetLMHead
 
     g = torch.Generator().manual_seed(11)
     V, H = 37, 24

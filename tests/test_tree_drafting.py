@@ -8,9 +8,8 @@ from test_generate import tiny_model
 
 from specdec import DynamicTree, StaticTree
 from specdec.drafters import ModelDrafter
-from specdec.generate import _Rows
+from specdec.proposer import DraftContext, Rows
 from specdec.runner import tree_attention_enabled
-from specdec.strategies import DraftContext
 from specdec_kernels import trees
 
 VOCAB = 41
@@ -25,7 +24,7 @@ def draft_one_tree(strategy, batch, temperature, seed):
     with tree_attention_enabled(DRAFT):
         drafter = ModelDrafter(DRAFT, batch, T + 4 + strategy.max_fed + 4)
         drafter.prefill(ids, torch.ones_like(ids), ids[:, -1])
-        rows = _Rows(torch.arange(batch), ids[:, -2], ids[:, -1], torch.full((batch,), T))
+        rows = Rows(torch.arange(batch), ids[:, -2], ids[:, -1], torch.full((batch,), T))
         ctx = DraftContext(rows, drafter, temperature, g, torch.full((batch,), 64), lambda: ids.tolist())
         return strategy.propose(ctx), ids
 

@@ -44,14 +44,26 @@ def test_latency_table_and_interpolation():
     model = tiny_model("llama", 1, 32, seed=1)
     lat = tune.measure_latency(model, tokens=(1, 4, 16), prefix=8, reps=2)
     assert set(lat) == {1, 4, 16} and all(v > 0 for v in lat.values())
-    assert tune._interp({1: 1.0, 4: 4.0}, 2) == 2.0
-    assert tune._interp({1: 1.0, 4: 4.0}, 8) == 8.0  # linear beyond the last measured point
+    assert tune.interpolate({1: 1.0, 4: 4.0}, 2) == 2.0
+    assert tune.interpolate({1: 1.0, 4: 4.0}, 8) == 8.0  # linear beyond the last measured point
 
 
 def test_auto_strategy_keeps_greedy_exact():
     target, draft = tiny_model("llama", 2, 64, seed=0), tiny_model("llama", 1, 32, seed=1)
     ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(3))
     out = specdec.generate(target, draft, ids, max_new_tokens=12, strategy="auto")
+    assert torch.equal(out.sequences, plain_greedy(target, ids, torch.ones_like(ids), 12))
+
+
+def test_auto_considers_prompt_lookup_and_runs_without_a_draft():
+    """ "auto" compares prompt lookup with the drafting strategies, and without a draft model it picks
+    among the model-free candidates alone (it used to refuse); greedy output stays exact."""
+    with_draft, without = tune.default_candidates(True), tune.default_candidates(False)
+    assert any(not s.needs_drafter for s in with_draft.values()) and any(s.needs_drafter for s in with_draft.values())
+    assert without and all(not s.needs_drafter for s in without.values())
+    target = tiny_model("llama", 2, 64, seed=0)
+    ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(3)).repeat(1, 3)  # repeats: matches
+    out = specdec.generate(target, None, ids, max_new_tokens=12, strategy="auto")
     assert torch.equal(out.sequences, plain_greedy(target, ids, torch.ones_like(ids), 12))
 
 

@@ -29,8 +29,7 @@ def _load(args):
     """(target, draft model or None, EAGLE head or None, tokenizer, chat?, prompt set, label) for --pair."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specdec.eagle import load_head
-    from specdec.models import head_dir, load_default_pair, load_smollm2, load_smollm2_draft
+    from specdec.models import load_default_pair, load_pair_head, load_smollm2, load_smollm2_draft
 
     if args.target or args.draft:
         if not (args.target and args.draft):
@@ -42,11 +41,11 @@ def _load(args):
     if args.pair == "smollm2":  # a real pretrained target: its EAGLE head, its distilled draft, prompt lookup
         print("loading SmolLM2-135M-Instruct, its EAGLE head and its distilled draft ...", file=sys.stderr)
         target, tok = load_smollm2(dtype=args.dtype)
-        draft, head = load_smollm2_draft(target), load_head(target, head_dir("smollm2"))
+        draft, head = load_smollm2_draft(target), load_pair_head(target, "smollm2")
         return target, draft, head, tok, True, "chat_mixed", "SmolLM2-135M-Instruct"
     print("loading the bundled pair ...", file=sys.stderr)
     target, draft, tok = load_default_pair(dtype=args.dtype)
-    return target, draft, load_head(target, head_dir("default")), tok, False, "heldout_code", "bundled pair"
+    return target, draft, load_pair_head(target, "default"), tok, False, "heldout_code", "bundled pair"
 
 
 class _Printer:
@@ -70,8 +69,9 @@ class _Printer:
 
 def demo(args) -> None:
     import specdec
-    from specdec.bench import _strategy, encode, load_prompts
+    from specdec.bench import encode, load_prompts
     from specdec.compiled import compile_stats as compiled_stats
+    from specdec.strategies import from_name
 
     pair = "tiny" if args.pair == "default" else args.pair
     target, draft, head, tok, chat, prompt_set, label = _load(args)
@@ -79,7 +79,7 @@ def demo(args) -> None:
     kind = args.drafter or (kind if head is not None else "model")
     drafter = head if kind == "eagle" else draft
     name = args.strategy or default_strategy
-    strategy = name if name == "auto" else _strategy(name)
+    strategy = name if name == "auto" else from_name(name)
     prompts = load_prompts(args.prompt_set or prompt_set)[: args.prompts]
     needs = strategy == "auto" or strategy.needs_drafter
     how = ("its EAGLE head" if kind == "eagle" else "the draft model") if needs else "prompt lookup (no draft model)"
@@ -276,7 +276,8 @@ _temperature.__name__ = "finite float >= 0"
 
 def _check_strategy_names(parser, args) -> None:
     """Refuse unknown or malformed strategy names before any model loads (one line, no traceback)."""
-    from specdec.bench import HEAD, _strategy
+    from specdec.bench import HEAD
+    from specdec.strategies import from_name
 
     names = [args.strategy] if getattr(args, "strategy", None) else []
     if getattr(args, "configs", None):
@@ -285,7 +286,7 @@ def _check_strategy_names(parser, args) -> None:
         if name == "auto":
             continue
         try:
-            _strategy(name.removeprefix(HEAD))
+            from_name(name.removeprefix(HEAD))
         except (ValueError, TypeError) as e:
             parser.error(f"strategy {name!r}: {e}")
 

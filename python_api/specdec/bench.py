@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 import specdec
-from specdec.strategies import resolve_strategy
+from specdec.strategies import from_name
 
 PROMPTS = Path(__file__).parent / "assets" / "prompts"
 
@@ -109,38 +109,10 @@ def make_configs(
         elif name.startswith(HEAD):
             if head is None:
                 raise ValueError(f"configuration {name!r} needs an EAGLE head")
-            configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name[len(HEAD) :]), head)))
+            configs.append(Config(f"specdec {name}", "specdec", ours(from_name(name[len(HEAD) :]), head)))
         else:
-            configs.append(Config(f"specdec {name}", "specdec", ours(_strategy(name), draft)))
+            configs.append(Config(f"specdec {name}", "specdec", ours(from_name(name), draft)))
     return configs
-
-
-def _strategy(name: str):
-    """Names of the form 'chain:k' / 'eagle2:budget[:top_k:depth]' / 'dyspec:budget' /
-    'ddd:budget[:top_k:depth]' / 'lookup:k[:branches[:search[:min_ngram]]]' (prompt lookup, no draft model) /
-    'hybrid:k' (prompt lookup or a k-token chain from an EAGLE head), or plain names."""
-    if ":" not in name:
-        return resolve_strategy(name)
-    method, size, *shape = name.split(":")
-    size = int(size)
-    if shape and method in ("eagle2", "ddd"):  # method:budget:top_k:depth
-        return specdec.DynamicTree(method, budget=size, top_k=int(shape[0]), depth=int(shape[1]))
-    if method == "chain":
-        return specdec.Chain(size)
-    if method in ("eagle2", "ddd"):
-        return specdec.DynamicTree(method, budget=size, top_k=min(8, max(2, size // 4)), depth=8)
-    if method == "dyspec":
-        return specdec.DynamicTree("dyspec", budget=size, width=max(4, size // 4))
-    if method == "hybrid":  # hybrid:k: prompt lookup where the context matches, else a k-token chain
-        return specdec.LookupOrChain(fallback=specdec.Chain(size))
-    if method == "lookup":  # lookup:k[:branches[:search[:min_ngram]]]
-        return specdec.PromptLookup(
-            k=size,
-            branches=int(shape[0]) if shape else 1,
-            search=shape[1] if len(shape) > 1 else "first",
-            min_ngram=int(shape[2]) if len(shape) > 2 else 1,
-        )
-    raise ValueError(f"unknown strategy spec {name!r}")
 
 
 def first_divergence(a: torch.Tensor, b: torch.Tensor, start: int = 0) -> int | None:
@@ -253,7 +225,7 @@ def add_predictions(
     preds = {}
     for drafter, prefix in ((draft, ""), (head, HEAD)):
         cands = {
-            n: _strategy(n[len(prefix) :])
+            n: from_name(n[len(prefix) :])
             for n in names
             if f"specdec {n}" in measured and n.startswith(HEAD) == bool(prefix)
         }

@@ -43,7 +43,7 @@ from specdec.cache import grown, next_capacity
 CATCH_UP_CHUNK = 512  # tokens per catch-up forward (the tree-attention kernel takes up to 1024 nodes)
 ARCHITECTURE = "LlamaForCausalLMEagle3"  # what vLLM and SGLang map to their EAGLE-3 Llama draft model
 RUNTIMES = ("vllm", "sglang")
-OUTSIDE = -1.0e4  # logit of target tokens outside the draft vocabulary (as specdec.models.SubsetLMHead)
+OUTSIDE = -1.0e4  # logit of target tokens outside the draft vocabulary (as specdec.layers.SubsetLMHead)
 
 
 @dataclasses.dataclass
@@ -371,7 +371,7 @@ def new_head(target, feature_layers=None, subset: torch.Tensor | None = None) ->
     return head.to(device=p.device, dtype=p.dtype)
 
 
-def _shape_mismatch(config: EagleConfig, target) -> str | None:
+def shape_mismatch(config: EagleConfig, target) -> str | None:
     """Why a head of ``config`` cannot draft for ``target`` (width, vocabulary, layer count), or None."""
     t = target.config.get_text_config()
     have = (config.hidden_size, config.vocab_size, config.target_layers)
@@ -389,7 +389,7 @@ def check_head_fits(head, target) -> None:
     if not isinstance(head, EagleHead):
         raise TypeError(f"expected an EagleHead, got {type(head).__name__}")
     c = head.config
-    why = _shape_mismatch(c, target)
+    why = shape_mismatch(c, target)
     if why:
         raise ValueError(f"the EAGLE head does not fit the target: {why}")
     check_feature_layers(c.feature_layers, c.target_layers)
@@ -625,12 +625,17 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def is_legacy_config(raw: dict) -> bool:
+    """A config.json of specdec's earlier fused head layout (:mod:`specdec.eagle_legacy`)."""
+    return "feature_layers" in raw and "architectures" not in raw
+
+
 def load_head(target, path: str | Path, runtime: str = "vllm") -> EagleHead:
     """Load an EAGLE-3 head around ``target``: one written by :func:`export` (either runtime) or
     :meth:`EagleHead.save`, or one trained elsewhere in vLLM / SGLang / SpecForge / speculators layout
     (``runtime``: how to read ids given only in ``eagle_config``, see :func:`read_config`). The
-    embedding is the target's unless the file brings a different one. Heads in specdec's earlier fused
-    layout load as :class:`specdec.eagle_legacy.LegacyEagleHead`."""
+    embedding is the target's unless the file brings a different one. A head in specdec's earlier fused
+    layout is refused here: :func:`specdec.eagle_legacy.load_legacy_head` reads it."""
     path = Path(path)
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         raise FileNotFoundError(
@@ -638,12 +643,13 @@ def load_head(target, path: str | Path, runtime: str = "vllm") -> EagleHead:
             "`python bench/models/train_eagle_head.py` or export one with specdec.eagle.export"
         )
     raw = json.loads((path / "config.json").read_text())
-    if "feature_layers" in raw and "architectures" not in raw:
-        from specdec.eagle_legacy import load_legacy_head
-
-        return load_legacy_head(target, path, raw)
+    if is_legacy_config(raw):
+        raise ValueError(
+            f"{path} holds a head in specdec's earlier fused layout, not EAGLE-3's: load it with "
+            "specdec.eagle_legacy.load_legacy_head (it cannot be exported to vLLM or SGLang)"
+        )
     config = read_config(raw, target, runtime, where=str(path / "config.json"))
-    why = _shape_mismatch(config, target)
+    why = shape_mismatch(config, target)
     if why:
         raise ValueError(f"the EAGLE head at {path} was trained for another target: {why}")
     check_feature_layers(config.feature_layers, config.target_layers)
@@ -700,15 +706,6 @@ class FeatureTap:
             h.remove()
 
 
-def _deepest_ancestor(tree_mask: torch.Tensor, B: int) -> torch.Tensor:
-    """[B, N]: each node's deepest strict ancestor within the forward (the highest index; topological
-    order puts ancestors first), or -1 when its parent is the entry just before the forward."""
-    N = tree_mask.shape[-1]
-    m = tree_mask.expand(B, N, N) & ~torch.eye(N, dtype=torch.bool, device=tree_mask.device)
-    idx = torch.arange(N, device=tree_mask.device)
-    return torch.where(m, idx, -1).amax(-1)
-
-
 class HeadDrafter:
     """Runs an :class:`EagleHead` for :func:`specdec.generate`: its KV cache, the projected target
     features per committed position, its own hidden state per cache slot.
@@ -719,7 +716,7 @@ class HeadDrafter:
     from true features.
     """
 
-    kind = "head"
+    catches_up = True  # begin() runs the head over committed tokens it never drafted (prompt-lookup steps)
 
     # per-position buffers and the dimension that grows with the output (as the target's SpecCache)
     _BUFFERS = {"k": 2, "v": 2, "hid": 1, "feat": 1, "tok": 1}
@@ -821,7 +818,9 @@ class HeadDrafter:
         else the entry just before). Logits [B, N, V]."""
         B = tokens.shape[0]
         first = start - 1
-        anc = _deepest_ancestor(tree_mask, B)
+        # each node's parent within this forward, -1 when it is the entry just before the forward
+        N = tree_mask.shape[-1]
+        anc = sk.trees.mask_parents(tree_mask.expand(B, N, N))
         parent_slot = torch.where(anc >= 0, first[:, None] + anc, first[:, None] - 1)
         feat = self.hid.gather(1, parent_slot[..., None].expand(-1, -1, self.hid.shape[-1]))
         return self._run(tokens, positions - 1, feat, first, tree_mask)[0]

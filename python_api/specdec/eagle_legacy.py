@@ -4,7 +4,7 @@ head in EAGLE-3's layout is trained for SmolLM2 (``bench/models/train_eagle_head
 Differences from :class:`specdec.eagle.EagleHead` (EAGLE-3's layout): the layer input is
 ``fuse(cat(embedding, feature))`` (width hidden) normed by the layer's ``input_layernorm``, the residual
 stream starts from that fused input, and the LM head is the target's (or a
-:class:`specdec.models.SubsetLMHead` over the target's embedding rows). It was trained with an entry for
+:class:`specdec.layers.SubsetLMHead` over the target's embedding rows). It was trained with an entry for
 token 0 (with a zero feature), which :class:`specdec.eagle.HeadDrafter` no longer creates: it drafts a
 little less well than it did, and speculative decoding stays exact. It cannot be exported to vLLM or
 SGLang, and nothing trains it any more.
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from specdec.eagle import EagleConfig, EagleHead, _shape_mismatch
+from specdec.eagle import EagleConfig, EagleHead, shape_mismatch
 
 
 class LegacyEagleHead(EagleHead):
@@ -82,11 +82,11 @@ def load_legacy_head(target, path: Path, raw: dict) -> LegacyEagleHead:
     ``layer.*``, optional ``lm_head.token_ids``) around ``target``'s embedding and LM head."""
     from safetensors.torch import load_file
 
-    from specdec.models import SubsetLMHead
+    from specdec.layers import SubsetLMHead
 
     fields = {f.name for f in dataclasses.fields(EagleConfig)}
     config = EagleConfig(**{k: v for k, v in raw.items() if k in fields}, draft_vocab_size=raw.get("subset_size", 0))
-    why = _shape_mismatch(config, target)
+    why = shape_mismatch(config, target)
     if why:
         raise ValueError(f"the EAGLE head at {path} was trained for another target: {why}")
     state = load_file(str(path / "model.safetensors"))

@@ -116,7 +116,8 @@ def _pad_forward(tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch
 
 
 class ModelRunner:
-    """Runs one model over trees of tokens; ``cache.lens`` holds each sequence's committed length.
+    """Runs one model over trees of tokens; ``cache.lens`` holds each sequence's committed length
+    (set by :meth:`prefill` and :meth:`commit`).
 
     ``compile=True``: every forward goes through the model's compiled forward
     (:mod:`specdec.compiled`), padded to a bucket width, over a fixed-shape cache."""
@@ -129,6 +130,7 @@ class ModelRunner:
         pad: bool = True,
         capacity: int | None = None,
         compile: bool = False,
+        tap=None,
     ):
         self.model = model
         layout = check_model_support(model)  # refuses what the loop cannot run, before any forward of it
@@ -145,7 +147,7 @@ class ModelRunner:
             self.cache.fixed_shapes()
         self.calls = 0
         self.tokens = 0  # tokens fed per row, summed over forwards (prefill included)
-        self.tap = None  # a specdec.eagle.FeatureTap on ``model``: prefill then keeps its features
+        self.tap = tap  # a specdec.eagle.FeatureTap on ``model``: prefill then keeps its features
         self.prefill_features: torch.Tensor | None = None  # [B, T, F] (shifted layout) when tapped
 
     @torch.inference_mode()
@@ -162,7 +164,7 @@ class ModelRunner:
         through the model's eager forward over the same cache (see :meth:`prefill`).
 
         tokens, positions: [B, N]; tree_mask: [N, N] or [B, N, N] bool. Returns logits [B, N, V] (fp32).
-        Does not move ``lens``: the caller commits what was accepted.
+        Does not move ``lens``: the caller commits what was accepted (:meth:`commit`).
         """
         n = tokens.shape[1]
         if self.compiled is not None:
@@ -237,6 +239,11 @@ class ModelRunner:
         self.cache.lens = lens.clone()
         self.prefill_features = torch.cat(feats, 1) if feats else None
         return out
+
+    def commit(self, lens: torch.Tensor) -> None:
+        """Entries ``0 .. lens[b] - 1`` of each sequence are its committed context; what forwards wrote
+        past them is scratch, overwritten by the next forward."""
+        self.cache.lens = lens
 
     def select(self, rows: torch.Tensor) -> None:
         self.cache.select(rows)

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from specdec.validation import _is_int, _is_real
+from specdec.validation import is_int, is_real
 
 # GenerationConfig fields generate reads; the others must keep transformers' default value.
 _READ = {
@@ -68,13 +68,13 @@ class Sampling:
     repetition_penalty: float | None = None
 
     def __post_init__(self):
-        _check("top_k", self.top_k, _is_int, lambda k: k >= 0, "None or an int >= 0 (0: off)")
-        _check("top_p", self.top_p, _is_real, lambda p: 0 < p <= 1, "None or a float in (0, 1] (1: off)")
-        _check("min_p", self.min_p, _is_real, lambda p: 0 <= p <= 1, "None or a float in [0, 1] (0: off)")
+        _check("top_k", self.top_k, is_int, lambda k: k >= 0, "None or an int >= 0 (0: off)")
+        _check("top_p", self.top_p, is_real, lambda p: 0 < p <= 1, "None or a float in (0, 1] (1: off)")
+        _check("min_p", self.min_p, is_real, lambda p: 0 <= p <= 1, "None or a float in [0, 1] (0: off)")
         _check(
             "repetition_penalty",
             self.repetition_penalty,
-            _is_real,
+            is_real,
             lambda r: 0 < r < math.inf,
             "None or a finite float > 0 (1: off)",
         )

@@ -22,12 +22,13 @@ import weakref
 
 import torch
 
-import specdec
+from specdec.decoder import decode
 from specdec.eagle import EagleHead, time_head_forwards
 from specdec.runner import time_forwards
-from specdec.tree_drafting import DynamicTree, StaticTree
+from specdec.strategies import Chain, from_name
 
 TOKENS_PER_CALL = (1, 2, 4, 8, 16, 32, 64, 128)
+AUTO_SAMPLE_TOKENS = 64  # strategy="auto" calibrates on the last this many tokens of the first prompt
 
 
 def measure_latency(model, tokens=TOKENS_PER_CALL, prefix: int = 128, reps: int = 7) -> dict[int, float]:
@@ -65,7 +66,7 @@ def measure_rank_acceptance(
     return (counts / max(total, 1)).tolist()
 
 
-def _interp(table: dict[int, float], n: int) -> float:
+def interpolate(table: dict[int, float], n: int) -> float:
     """Latency at n tokens, linear between measured points (and beyond the last one)."""
     keys = sorted(table)
     lo = max([k for k in keys if k <= n], default=keys[0])
@@ -104,7 +105,9 @@ def _calibrate(target, draft, ids_list, strategy, max_new_tokens) -> dict:
     """Run a strategy on the sample prompts: tau, seconds per step, draft forwards per step."""
     emitted = steps = wall = draft_calls = verify_tokens = 0
     for ids in ids_list:
-        out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=strategy)
+        out = decode(
+            target, draft if strategy.needs_drafter else None, ids, strategy=strategy, max_new_tokens=max_new_tokens
+        )
         s = out.stats
         emitted += s["new_tokens"] - 1
         steps += s["steps"]
@@ -146,22 +149,22 @@ def predict(
     lat_t = measure_latency(target)
     lat_d = measure_latency(draft) if draft is not None else None
     overhead: dict[str, float] = {}
-    if draft is not None and any(isinstance(s, specdec.Chain) for s in candidates.values()):
+    if draft is not None and any(isinstance(s, Chain) for s in candidates.values()):
         hist = torch.zeros(k_max + 1)
         wall = steps = 0.0
         for ids in sample_ids:
-            out = specdec.generate(target, draft, ids, max_new_tokens=max_new_tokens, strategy=specdec.Chain(k_max))
+            out = decode(target, draft, ids, strategy=Chain(k_max), max_new_tokens=max_new_tokens)
             hist += torch.tensor(out.stats["acceptance_histogram"], dtype=torch.float)
             wall += out.stats["wall_s"]
             steps += out.stats["steps"]
         p_acc = hist / hist.sum()
-        overhead["Chain"] = max(wall / max(steps, 1) - _step_model_s(specdec.Chain(k_max), lat_t, lat_d), 0.0)
+        overhead["Chain"] = max(wall / max(steps, 1) - _step_model_s(Chain(k_max), lat_t, lat_d), 0.0)
     preds = []
     for name, strategy in candidates.items():
         if draft is None and strategy.needs_drafter:
             raise ValueError(f"candidate {name!r} needs a draft model")
         rounds = width = None
-        if isinstance(strategy, specdec.Chain) and strategy.k <= k_max:
+        if isinstance(strategy, Chain) and strategy.k <= k_max:
             tau = 1 + float(sum(p_acc[a] * min(a, strategy.k) for a in range(k_max + 1)))
         else:
             cal = _calibrate(target, draft, sample_ids, strategy, max_new_tokens)
@@ -177,19 +180,34 @@ def predict(
 def _step_model_s(strategy, lat_t, lat_d, rounds: float | None = None, width: float | None = None) -> float:
     """Model time of one step: its draft forwards (the first ``rounds`` of them when measured) + the
     target's forward over the tree (``width`` tokens when measured, else the strategy's widest)."""
-    times = [_interp(lat_d, n) for n in draft_forward_sizes(strategy)]
+    times = [interpolate(lat_d, n) for n in draft_forward_sizes(strategy)]
     if rounds is not None and rounds < len(times):  # e.g. DDD stopped early: whole rounds + a fraction
         whole = int(rounds)
         times = times[:whole] + [times[whole] * (rounds - whole)]
-    return sum(times) + _interp(lat_t, width if width is not None else verify_size(strategy))
+    return sum(times) + interpolate(lat_t, width if width is not None else verify_size(strategy))
 
 
-DEFAULT_CANDIDATES = {
-    **{f"chain:{k}": specdec.Chain(k) for k in (1, 2, 3, 4, 6, 8)},
-    "static-tree": StaticTree("wide16"),
-    **{f"eagle2:{b}": DynamicTree("eagle2", budget=b, top_k=min(8, max(2, b // 4)), depth=8) for b in (16, 32, 64)},
-    **{f"dyspec:{b}": DynamicTree("dyspec", budget=b, width=max(4, b // 4)) for b in (16, 32, 64)},
-}
+# What "auto" compares (registry names, specdec.strategies): chains, trees and prompt lookup; without a
+# draft model only the model-free ones. Each is a new object per call (strategies keep per-row state).
+CANDIDATE_NAMES = (
+    *(f"chain:{k}" for k in (1, 2, 3, 4, 6, 8)),
+    "static-tree",
+    *(f"eagle2:{b}" for b in (16, 32, 64)),
+    *(f"dyspec:{b}" for b in (16, 32, 64)),
+    "lookup:8",
+    "lookup:4",
+)
+
+
+def default_candidates(with_drafter: bool = True) -> dict[str, object]:
+    """The candidates "auto" compares, by name: every one with a drafter, the model-free ones without."""
+    made = {name: from_name(name) for name in CANDIDATE_NAMES}
+    return {name: s for name, s in made.items() if with_drafter or not s.needs_drafter}
+
+
+def auto_sample(input_ids: torch.Tensor) -> torch.Tensor:
+    """The sample "auto" calibrates on: the first prompt's last AUTO_SAMPLE_TOKENS tokens, [1, <=64]."""
+    return input_ids[:1, -AUTO_SAMPLE_TOKENS:]
 
 
 class _NoDraft:
@@ -203,9 +221,10 @@ _AUTO_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def auto_strategy(target, draft, sample_ids: list[torch.Tensor]):
-    """The candidate with the best predicted throughput for this pair (cached per model pair)."""
+    """The candidate with the best predicted throughput for this pair (cached per model pair), among
+    :func:`default_candidates`: chains, trees and prompt lookup, or prompt lookup alone without a draft."""
     per_target = _AUTO_CACHE.setdefault(target, weakref.WeakKeyDictionary())
     key = _NO_DRAFT if draft is None else draft
     if key not in per_target:
-        per_target[key] = predict(target, draft, sample_ids, DEFAULT_CANDIDATES)[0].strategy
+        per_target[key] = predict(target, draft, sample_ids, default_candidates(draft is not None))[0].strategy
     return per_target[key]

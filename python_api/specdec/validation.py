@@ -10,15 +10,54 @@ import numbers
 import torch
 
 from specdec.model_support import UnsupportedModelError, check_model_support
-from specdec.tree_drafting import MAX_TREE_NODES
+from specdec.proposer import MAX_TREE_NODES
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)  # True is a mistake, not 1
 
 
-def _is_real(x) -> bool:
+def is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+# Parameter checks of the strategies (at construction: a bad value fails where it was written, not
+# steps later inside a kernel)
+
+
+def check_int(what: str, name: str, value, lo: int, hi: int | None = None, hi_name: str | None = None) -> int:
+    """``value`` as an int in ``[lo, hi]`` (``hi=None``: no upper bound; ``hi_name``: the argument the
+    bound comes from), else TypeError/ValueError naming the argument. Bools are refused although they
+    are ints: ``k=True`` is a mistake, not 1."""
+    top = None if hi is None else f"{hi_name}={hi}" if hi_name else f"{hi}"
+    allowed = f"an int in [{lo}, {top}]" if hi is not None else f"an int >= {lo}"
+    if not is_int(value):
+        raise TypeError(f"{what}: {name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{what}: {name} must be {allowed}, got {value}")
+    return value
+
+
+def check_real(what: str, name: str, value, lo: float, hi: float, allowed: str) -> float:
+    """``value`` as a float in ``[lo, hi]`` (NaN never is), else TypeError/ValueError naming the argument."""
+    if not is_real(value):
+        raise TypeError(f"{what}: {name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{what}: {name} must be {allowed}, got {value}")
+    return value
+
+
+def check_tree_size(what: str, formula: str, count: int) -> None:
+    """Every verify forward (the tree, root included) and draft forward (the fed draft tokens) runs tree
+    attention, whose kernel takes at most MAX_TREE_NODES nodes: refuse a bigger strategy up front.
+    ``formula`` says which arguments make ``count``."""
+    if count > MAX_TREE_NODES:
+        raise ValueError(
+            f"{what}: {formula} = {count} exceeds the tree-attention limit of {MAX_TREE_NODES} "
+            f"nodes per forward; choose smaller values"
+        )
 
 
 def _integer_dtype(t: torch.Tensor) -> bool:
@@ -107,17 +146,17 @@ def check_prompt(input_ids, attention_mask, device: torch.device, vocab: int) ->
 def check_sampling(max_new_tokens, temperature, seed) -> float:
     """max_new_tokens an int >= 1, temperature a finite real >= 0, seed None or an int in [0, 2**64).
     Returns the temperature as a float."""
-    if not _is_int(max_new_tokens):
+    if not is_int(max_new_tokens):
         raise TypeError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r} ({type(max_new_tokens).__name__})")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not _is_real(temperature):
+    if not is_real(temperature):
         raise TypeError(
             f"temperature must be a float >= 0 (0: greedy), got {temperature!r} ({type(temperature).__name__})"
         )
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite float >= 0 (0: greedy), got {temperature}")
-    if seed is not None and not _is_int(seed):
+    if seed is not None and not is_int(seed):
         raise TypeError(f"seed must be None or an int in [0, 2**64), got {seed!r} ({type(seed).__name__})")
     if seed is not None and not 0 <= seed < 2**64:
         raise ValueError(f"seed must be None or an int in [0, 2**64), got {seed}")
@@ -130,18 +169,18 @@ def check_token_ids(eos_token_id, pad_token_id, vocab: int) -> list[int]:
     allowed = f"None, an int in [0, {vocab}) or a list of them"
     if eos_token_id is None:
         eos = []
-    elif _is_int(eos_token_id):
+    elif is_int(eos_token_id):
         eos = [eos_token_id]
     elif isinstance(eos_token_id, torch.Tensor) and eos_token_id.dim() <= 1 and _integer_dtype(eos_token_id):
         eos = eos_token_id.reshape(-1).tolist()
-    elif isinstance(eos_token_id, (list, tuple, set, frozenset)) and all(_is_int(e) for e in eos_token_id):
+    elif isinstance(eos_token_id, (list, tuple, set, frozenset)) and all(is_int(e) for e in eos_token_id):
         eos = list(eos_token_id)
     else:
         raise TypeError(f"eos_token_id must be {allowed}, got {eos_token_id!r}")
     bad = [e for e in eos if not 0 <= e < vocab]
     if bad:
         raise ValueError(f"eos_token_id must be {allowed}: {bad} outside the vocabulary would never stop a sequence")
-    if pad_token_id is not None and not _is_int(pad_token_id):
+    if pad_token_id is not None and not is_int(pad_token_id):
         raise TypeError(f"pad_token_id must be None or an int, got {pad_token_id!r} ({type(pad_token_id).__name__})")
     return [int(e) for e in eos]
 
@@ -165,7 +204,7 @@ def check_strategy_fits(strategy, vocab: int) -> None:
     name = type(strategy).__name__
     for attr, lo in (("max_nodes", 1), ("max_fed", 0)):  # max_fed 0: no draft forwards (prompt lookup)
         n = getattr(strategy, attr)
-        if not _is_int(n) or not lo <= n <= MAX_TREE_NODES:
+        if not is_int(n) or not lo <= n <= MAX_TREE_NODES:
             raise ValueError(
                 f"strategy {name}: {attr} = {n!r} must be an int in [{lo}, {MAX_TREE_NODES}] "
                 f"(the tree-attention node limit)"

@@ -30,7 +30,8 @@ runner: neither has an extension point, so specdec's verify and KV ops are not u
 
 from __future__ import annotations
 
-from specdec.prompt_lookup import PromptLookup
+from specdec.strategies import PromptLookup
+from specdec.strategies.chains import heuristic_lookahead
 
 ANCHOR = 16  # a request is recognised by its length and last tokens: vLLM reorders and condenses its batch
 
@@ -82,7 +83,7 @@ class SpecdecProposer:
             return k
         accepted = emitted - 1
         self.accepted += min(accepted, drafted)
-        return min(k + 2, self.k_max) if accepted >= drafted else max(k - 1, 1)
+        return heuristic_lookahead(k, drafted, accepted, self.k_max)
 
     @property
     def acceptance(self) -> float:

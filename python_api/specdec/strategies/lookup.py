@@ -20,11 +20,14 @@ import dataclasses
 
 import torch
 
-from specdec.tree_drafting import DraftTree, _check_int, _check_tree_size, _TreeStrategy
+from specdec.proposer import DraftContext, DraftTree, check_proposer
+from specdec.strategies.chains import Chain
+from specdec.strategies.trees import TreeStrategy
+from specdec.validation import check_int, check_tree_size
 
 
 @dataclasses.dataclass
-class PromptLookup(_TreeStrategy):
+class PromptLookup(TreeStrategy):
     """Draft ``k`` tokens per continuation from n-gram matches (``min_ngram`` .. ``max_ngram``)."""
 
     k: int = 8
@@ -36,15 +39,15 @@ class PromptLookup(_TreeStrategy):
     needs_drafter = False
 
     def __post_init__(self):
-        self.k = _check_int("PromptLookup", "k", self.k, 1)
-        self.branches = _check_int("PromptLookup", "branches", self.branches, 1)
-        self.max_ngram = _check_int("PromptLookup", "max_ngram", self.max_ngram, 1)
-        self.min_ngram = _check_int("PromptLookup", "min_ngram", self.min_ngram, 1, self.max_ngram, "max_ngram")
+        self.k = check_int("PromptLookup", "k", self.k, 1)
+        self.branches = check_int("PromptLookup", "branches", self.branches, 1)
+        self.max_ngram = check_int("PromptLookup", "max_ngram", self.max_ngram, 1)
+        self.min_ngram = check_int("PromptLookup", "min_ngram", self.min_ngram, 1, self.max_ngram, "max_ngram")
         if self.search not in ("first", "recent"):
             raise ValueError(f"PromptLookup: search must be 'first' or 'recent', got {self.search!r}")
         self.max_nodes = 1 + self.k * self.branches
         self.max_fed = 0
-        _check_tree_size("PromptLookup", "1 + k * branches tree nodes", self.max_nodes)
+        check_tree_size("PromptLookup", "1 + k * branches tree nodes", self.max_nodes)
 
     def draft_forward_sizes(self) -> list[int]:
         return []  # no draft forwards: the step is the target's forward plus the n-gram search
@@ -81,7 +84,7 @@ class PromptLookup(_TreeStrategy):
                 node = children[(node, t)]
         return tokens, parents
 
-    def propose(self, ctx) -> DraftTree:
+    def propose(self, ctx: DraftContext) -> DraftTree:
         rows = ctx.rows
         trees = [self._trie(h) for h in ctx.history()]
         n = max(len(t) for t, _ in trees)
@@ -96,7 +99,7 @@ class PromptLookup(_TreeStrategy):
 
 
 @dataclasses.dataclass
-class LookupOrChain(_TreeStrategy):
+class LookupOrChain(TreeStrategy):
     """Prompt lookup where every row's context has an n-gram match of at least ``lookup.min_ngram``
     tokens, else a chain from the drafter (``fallback``): copies where the answer repeats the input,
     the model's own guesses elsewhere.
@@ -109,18 +112,17 @@ class LookupOrChain(_TreeStrategy):
     fallback: object = None
 
     def __post_init__(self):
-        from specdec.strategies import Chain, Proposer
-
         if not isinstance(self.lookup, PromptLookup):
             raise TypeError(f"LookupOrChain: lookup must be a PromptLookup, got {type(self.lookup).__name__}")
         self.fallback = self.fallback if self.fallback is not None else Chain(4)
         # The fallback drafts with the drafter: a strategy object (a chain such as Chain or
         # DynamicLookahead), not a name or a number, and not another model-free lookup.
-        if not isinstance(self.fallback, Proposer) or not self.fallback.needs_drafter:
+        if isinstance(self.fallback, (str, type)) or not getattr(self.fallback, "needs_drafter", False):
             raise TypeError(
                 f"LookupOrChain: fallback must be None or a drafting strategy object such as "
                 f"Chain(4) or DynamicLookahead('heuristic'), got {self.fallback!r}"
             )
+        check_proposer(self.fallback)
         self.max_nodes = max(self.lookup.max_nodes, self.fallback.max_nodes)
         self.max_fed = self.fallback.max_fed
         self._from_fallback = False
@@ -134,8 +136,8 @@ class LookupOrChain(_TreeStrategy):
     def select(self, rows: torch.Tensor) -> None:
         self.fallback.select(rows)
 
-    def propose(self, ctx) -> DraftTree:
-        if getattr(ctx.drafter, "kind", None) != "head":
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        if not getattr(ctx.drafter, "catches_up", False):
             raise ValueError(
                 "LookupOrChain needs an EAGLE head as the drafter (its cache catches up over "
                 "prompt-lookup steps; a draft model's does not)"

@@ -1,4 +1,4 @@
-"""Token trees drafted by the draft model: static trees, EAGLE-2, DySpec and Dynamic Depth Decoding.
+"""Token trees drafted by the drafter: static trees, EAGLE-2, DySpec and Dynamic Depth Decoding.
 
 Every method grows candidate nodes below the root (the last committed token). The drafter (a draft
 model or an EAGLE head, :mod:`specdec.drafters`) first gives the root's distribution (``begin``), then
@@ -25,64 +25,14 @@ import numbers
 
 import torch
 
-from specdec_kernels.tree_attention import MAX_TREE_NODES
-
-# --------------------------------------------------------------------------------------------------
-# Parameter checks shared by the strategies (construction time: a bad value fails where it was written,
-# not steps later inside a kernel)
-# --------------------------------------------------------------------------------------------------
+from specdec.proposer import MAX_TREE_NODES, DraftContext, DraftTree, Proposer
+from specdec.validation import check_int, check_real, check_tree_size
 
 
-def _check_int(what: str, name: str, value, lo: int, hi: int | None = None, hi_name: str | None = None) -> int:
-    """``value`` as an int in ``[lo, hi]`` (``hi=None``: no upper bound; ``hi_name``: the argument the
-    bound comes from), else TypeError/ValueError naming the argument. Bools are refused although they
-    are ints: ``k=True`` is a mistake, not 1."""
-    top = None if hi is None else f"{hi_name}={hi}" if hi_name else f"{hi}"
-    allowed = f"an int in [{lo}, {top}]" if hi is not None else f"an int >= {lo}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what}: {name} must be {allowed}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{what}: {name} must be {allowed}, got {value}")
-    return value
-
-
-def _check_real(what: str, name: str, value, lo: float, hi: float, allowed: str) -> float:
-    """``value`` as a float in ``[lo, hi]`` (NaN never is), else TypeError/ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what}: {name} must be {allowed}, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not lo <= value <= hi:
-        raise ValueError(f"{what}: {name} must be {allowed}, got {value}")
-    return value
-
-
-def _check_tree_size(what: str, formula: str, count: int) -> None:
-    """Every verify forward (the tree, root included) and draft forward (the fed draft tokens) runs tree
-    attention, whose kernel takes at most MAX_TREE_NODES nodes: refuse a bigger strategy up front.
-    ``formula`` says which arguments make ``count``."""
-    if count > MAX_TREE_NODES:
-        raise ValueError(
-            f"{what}: {formula} = {count} exceeds the tree-attention limit of {MAX_TREE_NODES} "
-            f"nodes per forward; choose smaller values"
-        )
-
-
-@dataclasses.dataclass
-class DraftTree:
-    """One step's proposal. A chain is the tree with ``parents = [-1, 0, 1, ..]`` and ``lens`` set."""
-
-    tokens: torch.Tensor  # [B, N] node 0 = root
-    parents: torch.Tensor  # [B, N] topological, -1 for the root
-    # Trees: [B, N, V], q that node i's children were drawn from. Chains: [B, K, V], q draft j+1 was
-    # drawn from. None for deterministic drafts (verified with the deterministic rule).
-    draft_probs: torch.Tensor | None
-    draft_slot: torch.Tensor | None  # [B, N] node's position in the drafter's cache minus (ctx - 1); -1 if never fed
-    lens: torch.Tensor | None = None  # chains: [B] drafts to verify per row (<= N - 1)
-
-
-class _Growth:
-    """Candidate nodes of every sequence (index 0 = root) and the drafter forwards over the fed ones."""
+class Growth:
+    """Candidate nodes of every sequence (index 0 = root) and the drafter forwards over the fed ones:
+    the building block of a tree strategy (``add`` nodes, ``feed`` them to the drafter for their
+    distributions, ``finish`` with the kept ones; docs/strategies.md has an example)."""
 
     def __init__(self, drafter, rows, temperature: float):
         self.drafter, self.rows, self.temperature = drafter, rows, temperature
@@ -171,7 +121,7 @@ class _Growth:
         return order.sort(1).values
 
 
-def _beam_search(g: _Growth, top_k: int, depth: int, log_mass_floor: float | None) -> None:
+def _beam_search(g: Growth, top_k: int, depth: int, log_mass_floor: float | None) -> None:
     """EAGLE-2 expansion: every round, the top_k frontier nodes by cumulative log-prob each get their
     top_k children. With ``log_mass_floor`` (DDD) it stops once the beam's total probability, log of
     the summed cumulative probabilities, is below the floor for every sequence."""
@@ -191,7 +141,7 @@ def _beam_search(g: _Growth, top_k: int, depth: int, log_mass_floor: float | Non
         frontier = children.gather(1, beam.indices.sort(1).values)
 
 
-def _static(g: _Growth, paths: list[tuple[int, ...]]) -> None:
+def _static(g: Growth, paths: list[tuple[int, ...]]) -> None:
     """Medusa-style tree: each path lists top-k ranks from the root (every prefix is a node too)."""
     B, dev = g.tokens.shape[0], g.tokens.device
     index = {(): 0}
@@ -211,7 +161,7 @@ def _static(g: _Growth, paths: list[tuple[int, ...]]) -> None:
             logq = g.feed(torch.tensor(expand, device=dev).expand(B, -1))
 
 
-def _dyspec(g: _Growth, budget: int, width: int, gen: torch.Generator | None):
+def _dyspec(g: Growth, budget: int, width: int, gen: torch.Generator | None):
     """DySpec greedy expansion with a max-heap per sequence on cumulative draft probability.
 
     A heap entry is the slot "next child of node u": popping it adds that child (its priority its
@@ -323,7 +273,7 @@ def _check_path(p) -> tuple[int, ...]:
     return tuple(int(r) for r in p)
 
 
-def _close_paths(paths) -> list[tuple[int, ...]]:
+def close_paths(paths) -> list[tuple[int, ...]]:
     """All prefixes of the given rank paths, ordered by depth then ranks (parents before children)."""
     if isinstance(paths, (str, bytes)) or not isinstance(paths, (list, tuple)) or not paths:
         raise ValueError(
@@ -342,7 +292,7 @@ def _close_paths(paths) -> list[tuple[int, ...]]:
     return sorted(out, key=lambda p: (len(p), p))
 
 
-class _TreeStrategy:
+class TreeStrategy(Proposer):
     """Proposer hooks of tree strategies: no state between steps, nothing to learn from a result."""
 
     needs_drafter = True
@@ -358,7 +308,7 @@ class _TreeStrategy:
 
 
 @dataclasses.dataclass
-class StaticTree(_TreeStrategy):
+class StaticTree(TreeStrategy):
     """A fixed tree of top-k ranks (Medusa "choices"): a shape name from DEFAULT_STATIC_PATHS or a list of
     rank paths such as ``[(0,), (1,), (0, 0)]``."""
 
@@ -368,10 +318,10 @@ class StaticTree(_TreeStrategy):
         raw = DEFAULT_STATIC_PATHS.get(self.paths) if isinstance(self.paths, str) else self.paths
         if raw is None:
             raise ValueError(f"StaticTree: unknown shape {self.paths!r}; known: {sorted(DEFAULT_STATIC_PATHS)}")
-        self._paths = _close_paths(raw)
+        self._paths = close_paths(raw)
         self.max_nodes = len(self._paths) + 1
         self.max_fed = self.max_nodes  # draft tokens per forward at most: the fed non-root nodes (or prev + root)
-        _check_tree_size("StaticTree", "the nodes of paths (root included)", self.max_nodes)
+        check_tree_size("StaticTree", "the nodes of paths (root included)", self.max_nodes)
         self.top_ranks = 1 + max(r for p in self._paths for r in p)  # candidates one node draws (vs the vocabulary)
 
     def draft_forward_sizes(self) -> list[int]:
@@ -393,9 +343,9 @@ class StaticTree(_TreeStrategy):
         best-first search: with rates sorted, the ``size`` most probable paths are ancestor- and
         sibling-closed, so taking them greedily from a heap is optimal.
         """
-        size = _check_int("StaticTree.sequoia", "size", size, 1, MAX_TREE_NODES - 1)
+        size = check_int("StaticTree.sequoia", "size", size, 1, MAX_TREE_NODES - 1)
         if max_depth is not None:
-            max_depth = _check_int("StaticTree.sequoia", "max_depth", max_depth, 1)
+            max_depth = check_int("StaticTree.sequoia", "max_depth", max_depth, 1)
         rates = [float(a) for a in rank_accept]
         if size < 1 or not rates or any(not 0 <= a <= 1 for a in rates):
             raise ValueError("StaticTree.sequoia: need size >= 1 and acceptance rates in [0, 1]")
@@ -413,14 +363,14 @@ class StaticTree(_TreeStrategy):
         tree.expected_accepted = sum(_prod(rates, p) for p in paths)
         return tree
 
-    def propose(self, ctx) -> DraftTree:
-        g = _Growth(ctx.drafter, ctx.rows, ctx.temperature)
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        g = Growth(ctx.drafter, ctx.rows, ctx.temperature)
         _static(g, self._paths)
         return g.finish(torch.arange(g.n, device=g.tokens.device).expand(g.tokens.shape[0], -1))
 
 
 @dataclasses.dataclass
-class DynamicTree(_TreeStrategy):
+class DynamicTree(TreeStrategy):
     """Trees shaped by the draft's confidence, ``budget`` draft nodes per step.
 
     method:
@@ -442,12 +392,12 @@ class DynamicTree(_TreeStrategy):
     def __post_init__(self):
         if self.method not in ("eagle2", "dyspec", "ddd"):
             raise ValueError(f"DynamicTree: method must be 'eagle2', 'dyspec' or 'ddd', got {self.method!r}")
-        self.budget = _check_int("DynamicTree", "budget", self.budget, 1, MAX_TREE_NODES - 1)
-        self.top_k = _check_int("DynamicTree", "top_k", self.top_k, 1)
-        self.depth = _check_int("DynamicTree", "depth", self.depth, 1)
-        self.width = _check_int("DynamicTree", "width", self.width, 1)
+        self.budget = check_int("DynamicTree", "budget", self.budget, 1, MAX_TREE_NODES - 1)
+        self.top_k = check_int("DynamicTree", "top_k", self.top_k, 1)
+        self.depth = check_int("DynamicTree", "depth", self.depth, 1)
+        self.width = check_int("DynamicTree", "width", self.width, 1)
         # A log of a probability mass is <= 0; -inf means never stop early (plain EAGLE-2).
-        self.log_mass_floor = _check_real(
+        self.log_mass_floor = check_real(
             "DynamicTree",
             "log_mass_floor",
             self.log_mass_floor,
@@ -467,7 +417,7 @@ class DynamicTree(_TreeStrategy):
         fed = self.budget if self.method == "dyspec" else self.top_k * (self.depth - 1)
         self.max_fed = max(fed, 2)  # draft tokens per forward at most: fed non-root nodes (or prev + root)
         if self.method != "dyspec":  # budget is checked above; EAGLE-2 feeds top_k nodes a round
-            _check_tree_size("DynamicTree", "top_k * (depth - 1) fed draft tokens", self.top_k * (self.depth - 1))
+            check_tree_size("DynamicTree", "top_k * (depth - 1) fed draft tokens", self.top_k * (self.depth - 1))
 
     def draft_forward_sizes(self) -> list[int]:
         """prev + root, then per round the non-root nodes fed so far (the widest case: every round runs)."""
@@ -475,8 +425,8 @@ class DynamicTree(_TreeStrategy):
             return [2] + [self.width * r for r in range(1, math.ceil(self.budget / self.width))]
         return [2] + [self.top_k * d for d in range(1, self.depth)]
 
-    def propose(self, ctx) -> DraftTree:
-        g = _Growth(ctx.drafter, ctx.rows, ctx.temperature)
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        g = Growth(ctx.drafter, ctx.rows, ctx.temperature)
         if self.method == "dyspec":
             q = _dyspec(g, self.budget, self.width, ctx.gen)
             return g.finish(torch.arange(g.n, device=g.tokens.device).expand(g.tokens.shape[0], -1), q)
