@@ -81,13 +81,8 @@ class ChainStrategy(Proposer):
         self.update(tree.lens, result.num_emitted - 1)
 
     def update(self, drafted: torch.Tensor, accepted: torch.Tensor) -> None:
-        pass
-
-    def start(self, batch: int, device) -> None:
-        pass
-
-    def select(self, rows: torch.Tensor) -> None:
-        pass
+        """Adapt per row after a step (``drafted`` and ``accepted`` drafts, [B]); stateless by default.
+        ``start`` and ``select`` are Proposer's no-ops unless a policy keeps per-row state."""
 
 
 @dataclasses.dataclass

@@ -293,18 +293,10 @@ def close_paths(paths) -> list[tuple[int, ...]]:
 
 
 class TreeStrategy(Proposer):
-    """Proposer hooks of tree strategies: no state between steps, nothing to learn from a result."""
+    """Tree strategies: no state between steps, nothing to learn from a result (Proposer's ``start``,
+    ``observe`` and ``select`` are no-ops)."""
 
     needs_drafter = True
-
-    def start(self, batch: int, device) -> None:
-        pass
-
-    def observe(self, tree: DraftTree, result) -> None:
-        pass
-
-    def select(self, rows: torch.Tensor) -> None:
-        pass
 
 
 @dataclasses.dataclass
