@@ -50,7 +50,7 @@ def measure(reps: int, new_tokens: int) -> dict[str, float]:
 
     target, draft = tiny(2, 64, 0), tiny(1, 64, 0)
     ids = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(1)).repeat(1, 2)
-    strategy = getattr(specdec, "strategies")
+    strategy = specdec.strategies
     make = getattr(strategy, "from_name", None)
     out = {}
     for name in STRATEGIES:

@@ -264,20 +264,13 @@ def test_foreign_heads_specdec_cannot_run_are_refused(target_and_subset_head, tm
         load_head(target, tmp_path / "h")
 
 
-def test_the_legacy_head_is_recognised_and_does_not_export(target_and_subset_head, tmp_path):
-    """The shipped SmolLM2 head predates EAGLE-3's layout: its file is told apart by its fields (it loads
-    as LegacyEagleHead, see test_models), and export refuses that layout."""
-    from specdec.eagle import EagleConfig
-    from specdec.eagle_legacy import LegacyEagleHead
-
+def test_the_shipped_smollm2_head_is_eagle3_and_the_earlier_layout_is_refused(target_and_subset_head, tmp_path):
+    """SmolLM2's shipped head is in EAGLE-3's layout (what vLLM serves); a file in specdec's earlier fused
+    layout (``feature_layers``, no ``architectures``) is refused with what to do, not half-loaded."""
     raw = json.loads((specdec.models.head_dir("smollm2") / "config.json").read_text())
-    assert "feature_layers" in raw and "architectures" not in raw  # the earlier layout's marker
-    with pytest.raises(ValueError, match="load_legacy_head"):  # EAGLE-3's loader says where it loads
-        load_head(target_and_subset_head[0], specdec.models.head_dir("smollm2"))
-    target, _ = target_and_subset_head
-    config = EagleConfig.for_target(target, (1, 2, 4))
-    head = LegacyEagleHead(config, target.get_input_embeddings(), target.get_output_embeddings())
-    with pytest.raises(TypeError, match="not in EAGLE-3's layout"):
-        export(head, tmp_path / "x")
-    with pytest.raises(TypeError, match="load-only"):
-        head.save(tmp_path / "y")
+    assert raw["architectures"] == ["LlamaForCausalLMEagle3"] and raw["draft_vocab_size"] == 8192
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"feature_layers": [1, 2, 3], "hidden_size": 64}))
+    save_file({"fuse.weight": torch.zeros(2, 2)}, str(tmp_path / "old" / "model.safetensors"))
+    with pytest.raises(ValueError, match="earlier fused layout.*train_eagle_head"):
+        load_head(target_and_subset_head[0], tmp_path / "old")

