@@ -154,38 +154,49 @@ def ragged_verify(
     seed = seed.to(torch.int64) if rng and seed is not None else None
     offset = offset.to(torch.int64) if seed is not None and offset is not None else None
     u_acc, u_smp = (uniform_accept, uniform_sample) if rng and seed is None else (None, None)
-    if impl == "triton":
-        launch_ragged(
-            a,
-            draft_token_ids,
-            cu_num_draft_tokens,
-            parents,
-            drf,
-            output_token_ids,
-            accept_length,
-            accept_index,
-            next_token,
-            greedy_rows=greedy_rows,
-            inv_temp=inv_temp,
-            seed=seed,
-            offset=offset,
-            u_acc=u_acc,
-            u_smp=u_smp,
-        )
-        return
-    if a.B == 0:
-        return
-    outs = (output_token_ids, accept_length, accept_index, next_token)
-    _reference(
-        a, draft_token_ids, cu_num_draft_tokens, parents, drf, greedy_rows, inv_temp, seed, offset, u_acc, u_smp, outs
+    # both backends take the launch's arguments: the checked batch, then the caller's output buffers
+    run = launch_ragged if impl == "triton" else _reference
+    run(
+        a,
+        draft_token_ids,
+        cu_num_draft_tokens,
+        parents,
+        drf,
+        output_token_ids,
+        accept_length,
+        accept_index,
+        next_token,
+        greedy_rows=greedy_rows,
+        inv_temp=inv_temp,
+        seed=seed,
+        offset=offset,
+        u_acc=u_acc,
+        u_smp=u_smp,
     )
 
 
-def _reference(a, tok, cu, parents, drf, greedy_rows, inv_temp, seed, offset, u_acc, u_smp, outs) -> None:
-    """The reference backend: the padded view of the flattened batch through :func:`verify_reference`,
-    written into the caller's buffers ``outs`` (output_token_ids, accept_length, accept_index or None,
-    next_token or None)."""
-    output_token_ids, accept_length, accept_index, next_token = outs
+def _reference(
+    a,
+    tok,
+    cu,
+    parents,
+    drf,
+    output_token_ids,
+    accept_length,
+    accept_index,
+    next_token,
+    *,
+    greedy_rows,
+    inv_temp,
+    seed,
+    offset,
+    u_acc,
+    u_smp,
+) -> None:
+    """The reference backend, with :func:`launch_ragged`'s arguments: the padded view of the flattened
+    batch through :func:`verify_reference`, written into the caller's buffers."""
+    if a.B == 0:
+        return
     tok, par, valid, tgt, drf_p, ua, t0 = ragged_padded(a, tok, cu, parents, drf, u_acc)
     zeros = torch.zeros(a.B, dtype=torch.int64, device=tgt.device)
     s = seed if seed is not None else zeros
