@@ -18,6 +18,7 @@ POLICIES = {
     "chain4": lambda: Chain(4),
     "heuristic": lambda: DynamicLookahead("heuristic", k=2, k_max=6),
     "confidence": lambda: DynamicLookahead("confidence", k_max=5, threshold=0.3),
+    "gate": lambda: DynamicLookahead("gate", k_max=5, threshold=0.3),
     "disco": lambda: DynamicLookahead("disco", k_max=5, **DISCO_TEST),
     "static-tree": lambda: StaticTree("wide16"),
     "eagle2": lambda: DynamicTree("eagle2", budget=10, top_k=3, depth=4),

@@ -357,6 +357,8 @@ def test_named_strategies_still_build():
         "disco",
         "heuristic",
         "confidence",
+        "gate",
+        "gate:3:0.25",
         "lookup",
         "hybrid",
         "static-tree",

@@ -103,7 +103,7 @@ def generate(
         :mod:`specdec.eagle`), or None for a model-free strategy (:class:`specdec.PromptLookup`).
     input_ids : [B, T] int64, left-padded when ragged (``attention_mask`` [B, T] marks real tokens).
     max_new_tokens : int >= 1 (default: the generation config's, else 128).
-    strategy : a name ("chain", "disco", "heuristic", "confidence", "static-tree", "eagle2", "dyspec",
+    strategy : a name ("chain", "disco", "heuristic", "confidence", "gate", "static-tree", "eagle2", "dyspec",
         "ddd", "lookup" (prompt lookup, k = 8), "hybrid" (prompt lookup where the context matches, else a
         chain from an EAGLE head), "auto") or an object (:class:`specdec.Chain`, :class:`specdec.DynamicLookahead`,
         :class:`specdec.StaticTree`, :class:`specdec.DynamicTree`, :class:`specdec.PromptLookup`: any

@@ -11,6 +11,7 @@ Every strategy is a :class:`specdec.proposer.Proposer`. A name is either plain (
 ``method:size[:more]``::
 
     chain:k                         a k-token chain
+    gate:k_max[:threshold]          a chain of the drafts whose top probability is >= threshold (0.5)
     eagle2:budget[:top_k:depth]     EAGLE-2 (ddd:... the same with a dynamic depth)
     dyspec:budget                   DySpec
     lookup:k[:branches[:search[:min_ngram]]]   prompt lookup, no draft model
@@ -29,6 +30,7 @@ NAMES = {  # plain names -> the strategy they make (a new object per call: strat
     "disco": lambda: DynamicLookahead("disco"),
     "heuristic": lambda: DynamicLookahead("heuristic"),
     "confidence": lambda: DynamicLookahead("confidence"),
+    "gate": lambda: DynamicLookahead("gate", k_max=6),
     "static-tree": lambda: StaticTree("wide16"),
     "eagle2": lambda: DynamicTree("eagle2"),
     "dyspec": lambda: DynamicTree("dyspec"),
@@ -36,7 +38,7 @@ NAMES = {  # plain names -> the strategy they make (a new object per call: strat
     "lookup": lambda: PromptLookup(k=8),
     "hybrid": lambda: LookupOrChain(),
 }
-SIZED = ("chain", "eagle2", "ddd", "dyspec", "lookup", "hybrid")
+SIZED = ("chain", "gate", "eagle2", "ddd", "dyspec", "lookup", "hybrid")
 
 
 def beam_tree(method: str, budget: int) -> DynamicTree:
@@ -69,6 +71,8 @@ def from_name(name: str) -> Proposer:
             return beam_tree(method, size)
         if method == "chain":
             return Chain(size)
+        if method == "gate":
+            return DynamicLookahead("gate", k_max=size, threshold=float(shape[0]) if shape else None)
         if method == "dyspec":
             return dyspec_tree(size)
         if method == "hybrid":

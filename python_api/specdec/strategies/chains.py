@@ -31,6 +31,7 @@ class ChainStrategy(Proposer):
     ``update``)."""
 
     needs_drafter = True
+    verifies_stop = True  # a draft after which keep_going said stop is still verified
 
     @property
     def max_nodes(self) -> int:
@@ -58,7 +59,9 @@ class ChainStrategy(Proposer):
             probs.append(q)
             go = self.keep_going(j, q if q is not None else torch.softmax(logits, -1))
             if go is not None:
-                lens = torch.where(alive & ~go, torch.full_like(lens, j), lens)
+                # the draft that said stop is verified too, unless the policy drops drafts it is unsure of
+                stop = j if self.verifies_stop else j - 1
+                lens = torch.where(alive & ~go, torch.full_like(lens, stop), lens)
                 alive &= go
             alive &= lens > j
             if j == k or not bool(alive.any()):
@@ -66,13 +69,15 @@ class ChainStrategy(Proposer):
             pos = (rows.ctx - 1 + j)[:, None]
             logits = drafter.forward(d[:, None], pos, chain_mask(1, d.device), rows.ctx - 1 + j)[:, 0]
         drafts = torch.stack(tokens, 1)
-        K = drafts.shape[1]
+        lens = torch.minimum(lens.clamp(max=drafts.shape[1]), ctx.limit.clamp(min=0))  # not past max_new_tokens
+        # the target's forward is only as wide as the longest chain kept: K = 0 is a one-token step
+        K = int(lens.max())
+        drafts = drafts[:, :K]
         parents = torch.arange(-1, K, device=drafts.device).expand(drafts.shape[0], K + 1)
-        lens = torch.minimum(lens.clamp(max=K), ctx.limit.clamp(min=0))  # never draft past max_new_tokens
         return DraftTree(
             torch.cat([rows.root[:, None], drafts], 1),
             parents,
-            torch.stack(probs, 1) if temperature > 0 else None,
+            torch.stack(probs, 1)[:, :K] if temperature > 0 else None,
             None,
             lens=lens,
         )
@@ -137,6 +142,9 @@ class DynamicLookahead(ChainStrategy):
       ``"heuristic"``  transformers' assisted-generation schedule: k += 2 after a step whose drafts were
                        all accepted, k -= 1 (not below 1) otherwise; starts at ``k``.
       ``"confidence"`` draft until the draft's top probability falls below ``threshold`` (at most k_max).
+      ``"gate"``       the same, but the draft below ``threshold`` is not verified: only the drafts the
+                       drafter is sure of are. When it is unsure of the first, the step runs the target
+                       on its own token alone (a one-token step, no verify width paid for a likely miss).
       ``"disco"``      DISCO (Mamou et al., 2024): after each draft token a classifier over draft features
                        predicts whether to continue; trained on traces of the bundled pair
                        (bench/train_disco.py), weights in specdec/assets/disco.json.
@@ -158,10 +166,11 @@ class DynamicLookahead(ChainStrategy):
     DEFAULT_THRESHOLD: ClassVar[float] = 0.5
 
     def __post_init__(self):
-        if self.policy not in ("heuristic", "confidence", "disco"):
+        if self.policy not in ("heuristic", "confidence", "gate", "disco"):
             raise ValueError(
-                f"DynamicLookahead: policy must be 'heuristic', 'confidence' or 'disco', got {self.policy!r}"
+                f"DynamicLookahead: policy must be 'heuristic', 'confidence', 'gate' or 'disco', got {self.policy!r}"
             )
+        self.verifies_stop = self.policy != "gate"
         if self.policy == "disco" and self.weights is None:
             self._load_disco()
         if self.weights is not None:
@@ -204,7 +213,7 @@ class DynamicLookahead(ChainStrategy):
     def keep_going(self, step: int, draft_probs: torch.Tensor) -> torch.Tensor | None:
         if self.policy == "heuristic":
             return None
-        if self.policy == "confidence":
+        if self.policy in ("confidence", "gate"):
             return draft_probs.max(-1).values >= self.threshold
         w = torch.tensor(self.weights, dtype=draft_probs.dtype, device=draft_probs.device)
         logit = draft_features(step, draft_probs) @ w
