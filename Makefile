@@ -55,12 +55,12 @@ $(VLLM_VENV)/.installed: setup.py $(wildcard csrc/*)
 	touch $@
 
 # Greedy output of vLLM with specdec's proposer, and with an EAGLE-3 head exported by specdec (vLLM's
-# "eagle3" method), == vLLM alone (3 prompts), and their acceptance.
+# "eagle3" method), == vLLM alone (3 prompts), their acceptance, and vLLM's EAGLE-3 drafts == specdec's.
 EAGLE3_HEAD ?= $(SPECDEC_CACHE)/smollm2_eagle3_vllm
 vllm-check: vllm-setup
 	$(PY) -c "import specdec; specdec.load_smollm2()"  # converts the checkpoint once
 	$(PY) bench/vllm_bench.py --export-head $(EAGLE3_HEAD)
-	$(VLLM_RUN) bench/vllm_bench.py --check --eagle-head $(EAGLE3_HEAD)
+	$(VLLM_RUN) bench/vllm_bench.py --check --eagle-head $(EAGLE3_HEAD) --specdec-python $(PY)
 
 vllm-bench: vllm-setup
 	$(PY) -c "import specdec; specdec.load_smollm2()"

@@ -7,12 +7,14 @@ project's environment, as a subprocess (``--specdec-python``), in the same run::
 
     LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py \\
         --specdec-python .venv/bin/python --out bench/results/vllm_cpu.md
-    ... bench/vllm_bench.py --check          # CI: greedy output identical to vLLM alone, acceptance
+    ... bench/vllm_bench.py --check --eagle-head DIR --specdec-python .venv/bin/python   # CI (below)
 
 The EAGLE-3 leg serves the head in ``--eagle-head`` (a directory written by specdec.eagle.export); the
-project's python writes one for SmolLM2 with ``python bench/vllm_bench.py --export-head DIR`` (the
-shipped SmolLM2 head predates EAGLE-3's layout, so until one is trained this is an untrained head in
-that layout: vLLM must load and run it, and greedy output must stay identical; its acceptance is low).
+project's python writes SmolLM2's trained head there with ``python bench/vllm_bench.py --export-head DIR``.
+
+``--check`` (CI): 3 prompts, batch 1: greedy output identical to vLLM alone, and with ``--eagle-head`` and
+``--specdec-python`` vLLM's EAGLE-3 drafts (logged from its proposer, engine in-process) against specdec's
+HeadDrafter's on the same roots.
 
 Greedy (temperature 0), one request at a time and a batch of 4; tokens/s = generated tokens / wall time.
 Every speculative mode must produce exactly the target-only output (checked, the run fails otherwise).
@@ -28,6 +30,7 @@ import sys
 import time
 
 DTYPE = "float32"  # --dtype sets it: vLLM's and specdec's loop's
+MIN_FIRST_DRAFT_MATCH = 0.95  # --check: share of steps whose first EAGLE draft vLLM and specdec agree on
 
 
 def speculative_configs(k: int, eagle_head: str | None = None) -> dict:
@@ -56,23 +59,14 @@ def speculative_configs(k: int, eagle_head: str | None = None) -> dict:
 
 
 def export_smollm2_head(out: str) -> None:
-    """In the project's environment: an EAGLE-3 head for SmolLM2 in vLLM's format at ``out`` (the
-    trained one once it exists in the new layout, else an untrained one over the distilled draft's
-    8192-token vocabulary, so the draft-to-target id map is exercised)."""
-    from safetensors.torch import load_file
-
+    """In the project's environment: SmolLM2's shipped EAGLE-3 head, in vLLM's format at ``out``."""
     import specdec
-    from specdec.eagle import export, new_head
-    from specdec.models import head_dir, load_pair_head
+    from specdec.eagle import export
+    from specdec.models import load_pair_head
 
     target, _ = specdec.load_smollm2()
-    head = load_pair_head(target, "smollm2")
-    trained = head.exportable
-    if not trained:
-        subset = load_file(str(head_dir("smollm2").parent / "smollm2_draft" / "model.safetensors"))["lm_head.token_ids"]
-        head = new_head(target, subset=subset)
-    export(head, out, runtime="vllm")
-    log(f"wrote an {'' if trained else 'un'}trained EAGLE-3 head for SmolLM2 to {out}")
+    export(load_pair_head(target, "smollm2"), out, runtime="vllm")
+    log(f"wrote SmolLM2's trained EAGLE-3 head to {out}")
 
 
 def log(*a) -> None:
@@ -95,18 +89,58 @@ def chat_token_ids(n_prompts: int) -> list[list[int]]:
     ]
 
 
-def spec_counts(llm) -> tuple[int, int]:
-    """(drafts proposed, drafts accepted) from vLLM's metrics; (0, 0) without speculation."""
-    drafted = accepted = 0
+def spec_counts(llm) -> dict:
+    """vLLM's spec-decode counters so far: ``drafts`` (steps that drafted), ``drafted`` / ``accepted``
+    tokens, and ``per_pos`` (tokens accepted at draft position 1, 2, ...); all zero without speculation."""
+    c = {"drafts": 0, "drafted": 0, "accepted": 0, "per_pos": []}
+    names = {
+        "vllm:spec_decode_num_drafts": "drafts",
+        "vllm:spec_decode_num_draft_tokens": "drafted",
+        "vllm:spec_decode_num_accepted_tokens": "accepted",
+    }
     for m in llm.get_metrics():
-        if m.name == "vllm:spec_decode_num_draft_tokens":
-            drafted += int(m.value)
-        elif m.name == "vllm:spec_decode_num_accepted_tokens":
-            accepted += int(m.value)
-    return drafted, accepted
+        if m.name in names:
+            c[names[m.name]] += int(m.value)
+        elif m.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
+            c["per_pos"] = [a + b for a, b in zip(c["per_pos"], m.values)] if c["per_pos"] else list(m.values)
+    return c
 
 
-def run_vllm(mode: str, config, ids: list[list[int]], max_tokens: int, batches: list[int]) -> dict:
+def acceptance(before: dict, after: dict) -> tuple[float | None, list[float]]:
+    """Accepted / proposed draft tokens between two :func:`spec_counts`, and per position the share of
+    drafting steps whose draft was accepted up to that position (vLLM's per-position acceptance)."""
+    drafted = after["drafted"] - before["drafted"]
+    if drafted <= 0:
+        return None, []
+    drafts = max(after["drafts"] - before["drafts"], 1)
+    prev = before["per_pos"] or [0] * len(after["per_pos"])
+    per_pos = [(a - b) / drafts for a, b in zip(after["per_pos"], prev)]
+    return (after["accepted"] - before["accepted"]) / drafted, per_pos
+
+
+def record_eagle_proposals() -> list[list[int]]:
+    """From now on, every batch-1 proposal of vLLM's EAGLE proposer (its k draft ids, target vocabulary)
+    is appended to the returned list. Needs the engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    from vllm.v1.spec_decode.eagle import EagleProposer
+
+    proposals: list[list[int]] = []
+    inner = EagleProposer.propose
+
+    def propose(self, *args, **kwargs):
+        drafts = inner(self, *args, **kwargs)
+        if drafts.shape[0] == 1:
+            proposals.append(drafts[0].tolist())
+        return drafts
+
+    EagleProposer.propose = propose
+    return proposals
+
+
+def run_vllm(
+    mode: str, config, ids: list[list[int]], max_tokens: int, batches: list[int], proposals: list | None = None
+) -> dict:
+    """One vLLM engine over the prompts at each batch size; ``proposals`` (from
+    :func:`record_eagle_proposals`): the EAGLE drafts of each batch-1 request go to ``row["proposals"]``."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -125,22 +159,25 @@ def run_vllm(mode: str, config, ids: list[list[int]], max_tokens: int, batches: 
     log(f"{mode}: loaded in {time.perf_counter() - t0:.0f} s")
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=False)
     llm.generate([TokensPrompt(prompt_token_ids=ids[0])], params, use_tqdm=False)  # warm-up
-    d0, a0 = spec_counts(llm)
-    row = {"mode": mode, "outputs": None}
+    before = spec_counts(llm)
+    row = {"mode": mode, "outputs": None, "proposals": []}
     for batch in batches:
         outputs, tokens, wall = [], 0, 0.0
         for i in range(0, len(ids), batch):
             chunk = [TokensPrompt(prompt_token_ids=x) for x in ids[i : i + batch]]
+            if proposals is not None:
+                proposals.clear()
             t = time.perf_counter()
             res = llm.generate(chunk, params, use_tqdm=False)
             wall += time.perf_counter() - t
+            if proposals is not None and batch == 1:
+                row["proposals"].append(list(proposals))
             outputs += [list(r.outputs[0].token_ids) for r in res]
             tokens += sum(len(r.outputs[0].token_ids) for r in res)
         row[f"tok_s_b{batch}"] = tokens / wall
         row["outputs"] = row["outputs"] or outputs
         log(f"{mode}: batch {batch}: {tokens / wall:.1f} tokens/s")
-    drafted, accepted = spec_counts(llm)
-    row["acceptance"] = (accepted - a0) / max(drafted - d0, 1) if drafted > d0 else None
+    row["acceptance"], row["per_pos"] = acceptance(before, spec_counts(llm))
     return row
 
 
@@ -152,7 +189,10 @@ LOOP_LEGS = (
     ("transformers generate, static cache compiled", "hf-static"),
     ("specdec prompt lookup", "lookup:8:1:first:2"),
     ("specdec prompt lookup, compiled", "lookup:8:1:first:2@compiled"),
+    ("specdec EAGLE head chain:3", "head:chain:3"),
+    ("specdec EAGLE head gate:4", "head:gate:4"),
     ("specdec EAGLE head chain:3, compiled", "head:chain:3@compiled"),
+    ("specdec EAGLE head gate:3, compiled", "head:gate:3@compiled"),
     ("specdec EAGLE head hybrid:3, compiled", "head:hybrid:3@compiled"),
 )
 
@@ -239,6 +279,77 @@ def run_specdec_loop(python: str, ids: list[list[int]], max_tokens: int, dtype: 
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+# specdec's HeadDrafter on the same prompts, fp32, a k-token chain: the drafts of every step.
+_DRAFTS_CODE = r"""
+import json, sys, torch, specdec
+from specdec.models import load_pair_head
+from specdec.strategies import Chain
+ids, max_tokens, k = json.loads(sys.stdin.read())
+target, tok = specdec.load_smollm2()
+head = load_pair_head(target, "smollm2")
+class Recorded(Chain):
+    def propose(self, ctx):
+        tree = super().propose(ctx)
+        self.log.append(tree.tokens[0, 1 : 1 + int(tree.lens[0])].tolist())
+        return tree
+res = []
+for x in ids:
+    s = Recorded(k)
+    s.log = []
+    out = specdec.generate(target, head, torch.tensor([x]), max_new_tokens=max_tokens, strategy=s,
+                           eos_token_id=tok.eos_token_id).sequences[0, len(x):].tolist()
+    res.append({"output": out[: out.index(tok.eos_token_id) + 1] if tok.eos_token_id in out else out, "drafts": s.log})
+print(json.dumps(res))
+"""
+
+
+def specdec_drafts(python: str, ids: list[list[int]], max_tokens: int, k: int) -> list[dict]:
+    """Per prompt: specdec's greedy output with its EAGLE head (chain of ``k``) and each step's drafts."""
+    env = {key: v for key, v in os.environ.items() if key != "LD_PRELOAD"}
+    res = subprocess.run(
+        [python, "-c", _DRAFTS_CODE],
+        input=json.dumps([ids, max_tokens, k]),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def drafts_by_root(output: list[int], proposals: list[list[int]]) -> dict[int, list[int]]:
+    """Each step's drafts keyed by the index in ``output`` of the root they were drafted after. Greedy
+    verification accepts the drafts' longest prefix that the output continues with, then one token, so
+    the steps' roots follow from the output alone; the first proposal follows output[0] (the prefill's)."""
+    keyed, r = {}, 0
+    for d in proposals:
+        if r >= len(output) - 1:
+            break
+        keyed[r] = d
+        a = 0
+        while a < len(d) and r + 1 + a < len(output) and d[a] == output[r + 1 + a]:
+            a += 1
+        r += a + 1
+    return keyed
+
+
+def compare_drafts(vllm_row: dict, ours: list[dict], k: int) -> dict:
+    """vLLM's EAGLE drafts against specdec's for the same roots: steps compared, steps whose drafts are
+    identical, and per depth the share of equal tokens (over steps where both drafted that deep)."""
+    steps = same = 0
+    depth_eq, depth_n = [0] * k, [0] * k
+    for out, theirs, mine in zip(vllm_row["outputs"], vllm_row["proposals"], ours):
+        a, b = drafts_by_root(out, theirs), drafts_by_root(mine["output"], mine["drafts"])
+        for root in sorted(a.keys() & b.keys()):
+            n = min(len(a[root]), len(b[root]), k)
+            steps += 1
+            same += a[root][:n] == b[root][:n]
+            for j in range(n):
+                depth_n[j] += 1
+                depth_eq[j] += a[root][j] == b[root][j]
+    return {"steps": steps, "same": same, "per_depth": [e / max(n, 1) for e, n in zip(depth_eq, depth_n)]}
+
+
 def _partings(parts: list, prompts: int) -> str:
     """'k of n prompts: pos p (gap g), ...' for the divergence column."""
     shown = ", ".join(f"{pos} ({top2:.3f})" for pos, top2, _ in parts)
@@ -254,6 +365,7 @@ def table(rows: list[dict], batches: list[int], args) -> str:
         columns += [f"tokens/s (batch {b})", "vs vLLM target"]
     columns += [
         "draft acceptance",
+        "per position",
         "output = vLLM target",
         "first parting from transformers (pos, top-2 gap)",
         "compiles",
@@ -270,7 +382,8 @@ def table(rows: list[dict], batches: list[int], args) -> str:
         if r.get("late_graphs"):
             compiles += f" (+{r['late_graphs']} in timed requests, {r['late_s']:.0f} s, not counted)"
         acc = "—" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
-        body.append(cells + [acc, r["same"], parting, compiles])
+        per_pos = " / ".join(f"{a:.2f}" for a in r.get("per_pos") or []) or "—"
+        body.append(cells + [acc, per_pos, r["same"], parting, compiles])
     cmd = "LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py " + " ".join(sys.argv[1:])
     return "\n".join(
         [
@@ -282,7 +395,9 @@ def table(rows: list[dict], batches: list[int], args) -> str:
             markdown_table(columns, body),
             "",
             "tokens/s = generated tokens / wall time of the generate calls (model load and one warm-up request "
-            "excluded). Acceptance = accepted / proposed draft tokens (vLLM's spec-decode counters). "
+            "excluded). Acceptance = accepted / proposed draft tokens (vLLM's spec-decode counters); per position: "
+            "the share of drafting steps whose draft was accepted through position 1, 2, ... (its counters per "
+            "position over its count of drafts). "
             "'output = vLLM target': every prompt's tokens identical to vLLM without speculation. "
             "'first parting': for each prompt whose output differs from transformers' plain greedy generate "
             "(the loop's reference), the first differing position and the fp32 target's gap between its top-2 "
@@ -297,7 +412,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=96)
-    p.add_argument("--specdec-python", help="the project's python, to time specdec's own loop in the same run")
+    p.add_argument(
+        "--specdec-python",
+        help="the project's python: times specdec's own loop in the same run (with --check: its EAGLE drafts)",
+    )
     p.add_argument(
         "--check", action="store_true", help="CI: 3 prompts, target vs specdec proposer (and eagle3), batch 1"
     )
@@ -310,6 +428,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     global DTYPE
     DTYPE = args.dtype
+    if args.check and args.eagle_head and args.specdec_python:
+        # vLLM's engine in this process, so that record_eagle_proposals sees its proposer
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if args.export_head:
         export_smollm2_head(args.export_head)
         return 0
@@ -320,12 +441,26 @@ def main(argv=None) -> int:
     configs = speculative_configs(args.spec_tokens, args.eagle_head)
     modes = list(configs)
     batches = [1, 4]
+    proposals = None
     if args.check:
         args.prompts, args.max_tokens, batches = min(args.prompts, 3), min(args.max_tokens, 48), [1]
         modes = [modes[0], modes[2]] + modes[3:]  # target, specdec proposer, eagle3 when given
+        if args.eagle_head and args.specdec_python:
+            proposals = record_eagle_proposals()  # the engine runs in this process (set before import)
     ids = chat_token_ids(args.prompts)
-    rows = [run_vllm(m, configs[m], ids, args.max_tokens, batches) for m in modes]
-    if args.specdec_python:
+    rows = [run_vllm(m, configs[m], ids, args.max_tokens, batches, proposals if "eagle3" in m else None) for m in modes]
+    drafts = None
+    if proposals is not None:
+        drafts = compare_drafts(
+            rows[-1], specdec_drafts(args.specdec_python, ids, args.max_tokens, args.spec_tokens), args.spec_tokens
+        )
+        drafts["line"] = (
+            f"EAGLE-3 drafts, vLLM's against specdec's on the same roots (fp32, k={args.spec_tokens}): "
+            f"{drafts['same']} of {drafts['steps']} steps identical; equal tokens per depth "
+            + " / ".join(f"{x:.3f}" for x in drafts["per_depth"])
+        )
+        log(drafts["line"])
+    elif args.specdec_python and not args.check:
         legs = LOOP_LEGS
         if args.loop_legs:
             wanted = args.loop_legs.split(",")
@@ -338,7 +473,7 @@ def main(argv=None) -> int:
             if r["outputs"] == reference
             else f"NO ({sum(a != b for a, b in zip(r['outputs'], reference))} of {len(reference)} differ)"
         )
-    report = table(rows, batches, args)
+    report = table(rows, batches, args) + (f"\n\n{drafts['line']}." if drafts else "")
     print(report)
     if args.out:
         with open(args.out, "w") as f:
@@ -347,6 +482,10 @@ def main(argv=None) -> int:
     bad = [r["mode"] for r in rows if r["same"] != "yes" and r["mode"].startswith("vLLM") and DTYPE == "float32"]
     if bad:
         log(f"FAIL: output differs from vLLM without speculation: {bad}")
+        return 1
+    # the same head in both runtimes drafts the same tokens, up to fp32 near-ties in the first draft
+    if drafts is not None and (drafts["steps"] == 0 or drafts["per_depth"][0] < MIN_FIRST_DRAFT_MATCH):
+        log(f"FAIL: vLLM's EAGLE-3 drafts are not specdec's (first-draft match below {MIN_FIRST_DRAFT_MATCH})")
         return 1
     return 0
 

@@ -83,3 +83,29 @@ def test_lookahead_never_exceeds_num_speculative_tokens_and_state_is_dropped():
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         SpecdecProposer(_config(0))
+
+
+def _vllm_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "vllm_bench.py"
+    spec = importlib.util.spec_from_file_location("vllm_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_logged_drafts_are_keyed_by_the_root_they_follow():
+    # CI's EAGLE-3 check logs vLLM's proposals without their positions; the greedy output places them
+    bench = _vllm_bench()
+    output = [5, 1, 2, 9, 3, 4, 7]
+    steps = [[1, 2, 3, 0], [3, 4, 8, 0], [7, 7, 7, 7]]  # accepts 1, 2 (+9); then 3, 4 (+7): the end
+    assert bench.drafts_by_root(output, steps) == {0: [1, 2, 3, 0], 3: [3, 4, 8, 0]}
+    theirs = {"outputs": [output], "proposals": [steps]}
+    ours = [{"output": output, "drafts": [[1, 2, 3, 0], [3, 4, 6, 6]]}]  # the second step parts at depth 3
+    cmp = bench.compare_drafts(theirs, ours, 4)
+    assert (cmp["steps"], cmp["same"]) == (2, 1) and cmp["per_depth"] == [1.0, 1.0, 0.5, 0.5]
+    shorter = [{"output": output, "drafts": [[1, 2], [3]]}]  # trimmed near max_new_tokens: compared as far as both go
+    cmp = bench.compare_drafts(theirs, shorter, 4)
+    assert (cmp["steps"], cmp["same"]) == (2, 2) and cmp["per_depth"][:2] == [1.0, 1.0]
