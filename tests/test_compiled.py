@@ -159,6 +159,21 @@ def test_compiled_target_feeds_an_eagle_head(eager_backend):
         assert out.stats["tau"] > 1.2  # the head's drafts are accepted: its features are the target's
 
 
+def test_a_graph_traced_before_the_head_existed_still_feeds_it(eager_backend):
+    # dynamo does not guard on forward hooks: a graph traced without the head's hooks runs without them,
+    # so the features must come out of the graph itself, or the head drafts from stale ones
+    target, head, tok = specdec.load_default_pair(draft="eagle")
+    draft = specdec.load_default_pair()[1]
+    ids = tok("def fibonacci(n):\n", return_tensors="pt").input_ids
+    specdec.generate(target, draft, ids, max_new_tokens=12, strategy="chain", compile=True)  # no hooks yet
+    graphs = _graphs()
+    eager = specdec.generate(target, head, ids, max_new_tokens=40, strategy="chain")
+    out = specdec.generate(target, head, ids, max_new_tokens=40, strategy="chain", compile=True)
+    assert torch.equal(out.sequences, eager.sequences)
+    assert out.stats["tau"] > 1.2 and out.stats["tau"] == pytest.approx(eager.stats["tau"], abs=0.15)
+    assert _graphs() > graphs  # the tapped forward is a graph of its own
+
+
 def test_a_compile_failure_from_a_spaced_torch_path_is_explained(monkeypatch):
     class CppCompileError(Exception):
         pass

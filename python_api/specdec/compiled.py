@@ -85,9 +85,12 @@ def compile_stats() -> dict:
     return dict(_STATS)
 
 
-def _model_forward(model, cache, tokens, positions, tree_mask, kv_lens, capacity: int):
+def _model_forward(model, cache, tokens, positions, tree_mask, kv_lens, capacity: int, layers: tuple = ()):
     # The compiled region: one model call. ``capacity`` is fixed per graph (the cache's allocated
     # length); the attention reads that many entries, masked by kv_lens, so no step-varying int enters.
+    # ``layers``: hidden-state indices returned beside the logits (an EAGLE head's features). They are a
+    # graph output, not left to forward hooks: dynamo does not guard on hooks, so a graph traced before a
+    # hook was added would run without it and leave stale features behind.
     out = model(
         input_ids=tokens,
         position_ids=positions,
@@ -97,8 +100,11 @@ def _model_forward(model, cache, tokens, positions, tree_mask, kv_lens, capacity
         kv_lens=kv_lens,
         tree_attention_check=False,
         max_kv_len=capacity,
+        output_hidden_states=bool(layers),
     )
-    return out.logits
+    if not layers:
+        return out.logits
+    return out.logits, torch.cat([out.hidden_states[i] for i in layers], -1)
 
 
 def _own_function(tag: str):
@@ -136,13 +142,15 @@ class CompiledForward:
         self.trace_config = torch._dynamo.config.patch(prepare_freezing=frozen)
         self.seen: set[tuple] = set()
 
-    def __call__(self, cache, tokens, positions, tree_mask, kv_lens) -> torch.Tensor:
-        key = (tuple(tokens.shape), tuple(tree_mask.shape), cache.capacity)
+    def __call__(self, cache, tokens, positions, tree_mask, kv_lens, layers: tuple = ()):
+        """Logits [B, N, V]; with ``layers``, (logits, the hidden states at those indices concatenated)."""
+        key = (tuple(tokens.shape), tuple(tree_mask.shape), cache.capacity, layers)
         new = key not in self.seen
         if new:
             B, W = tokens.shape
+            tapped = f", features of layers {list(layers)}" if layers else ""
             print(
-                f"specdec: compiling {self.name} for width {W} (batch {B}, cache {cache.capacity}) "
+                f"specdec: compiling {self.name} for width {W} (batch {B}, cache {cache.capacity}{tapped}) "
                 "- once per shape, reused by later calls ...",
                 file=sys.stderr,
                 flush=True,
@@ -152,7 +160,7 @@ class CompiledForward:
             torch._dynamo.mark_static_address(cache.buffer)  # written in place between graph replays
         try:
             with self.trace_config:
-                logits = self.fn(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity)
+                out = self.fn(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity, layers)
         except Exception as e:
             _explain_compile_failure(e)
             raise
@@ -162,11 +170,11 @@ class CompiledForward:
             _STATS["graphs"] += 1
             _STATS["compile_s"] += dt
             print(f"specdec: compiled {self.name} width {W} in {dt:.1f} s", file=sys.stderr, flush=True)
-        return logits
+        return out
 
-    def eager(self, cache, tokens, positions, tree_mask, kv_lens) -> torch.Tensor:
+    def eager(self, cache, tokens, positions, tree_mask, kv_lens, layers: tuple = ()):
         """The same forward, uncompiled: for shapes met once (a prompt), not worth a graph."""
-        return _model_forward(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity)
+        return _model_forward(self.model_ref(), cache, tokens, positions, tree_mask, kv_lens, cache.capacity, layers)
 
 
 def _explain_compile_failure(error: Exception) -> None:

@@ -685,6 +685,7 @@ class FeatureTap:
         L = len(inner.layers)
         self.layers = tuple(layers)
         self._out: dict[int, torch.Tensor] = {}
+        self._kept: torch.Tensor | None = None  # features handed over by a compiled forward (keep)
         self._hooks = []
         for i in sorted(set(self.layers)):
             module = inner.embed_tokens if i == 0 else inner.norm if i == L else inner.layers[i - 1]
@@ -693,12 +694,18 @@ class FeatureTap:
     def _keeper(self, i):
         def hook(module, args, output):
             self._out[i] = output[0] if isinstance(output, tuple) else output
+            self._kept = None
 
         return hook
 
+    def keep(self, features: torch.Tensor) -> None:
+        """The last forward's features, [B, N, len(layers) * d], from a forward that returned them itself
+        (a compiled graph: dynamo does not guard on hooks, so the hooks may not have run in it)."""
+        self._kept = features
+
     def features(self, n: int | None = None) -> torch.Tensor:
         """[B, N, len(layers) * d] of the last forward (first ``n`` positions)."""
-        out = torch.cat([self._out[i] for i in self.layers], -1)
+        out = self._kept if self._kept is not None else torch.cat([self._out[i] for i in self.layers], -1)
         return out if n is None else out[:, :n]
 
     def remove(self) -> None:

@@ -54,8 +54,16 @@ _OWN_KWARGS = frozenset(
 )
 # Keyword arguments models pass through to every attention function that do not change attention
 # (positions are already applied to q/k by RoPE; the cache was already updated by the layer).
-_HARMLESS_KWARGS = frozenset(
-    {"position_ids", "cache_position", "use_cache", "output_router_logits", "position_embeddings", "past_key_values"}
+_HARMLESS_KWARGS = frozenset(  # output_hidden_states: what the model returns, not how a layer attends
+    {
+        "position_ids",
+        "cache_position",
+        "use_cache",
+        "output_router_logits",
+        "output_hidden_states",
+        "position_embeddings",
+        "past_key_values",
+    }
 )
 
 # Arguments that say "nothing here" when None: a decoder-only run of a BERT-style decoder passes

@@ -203,7 +203,11 @@ class ModelRunner:
         mask = compiled.dense_batch_mask(tree_mask, B)  # (a copy already)
         tokens, positions = tokens.clone(), positions.clone()
         run = self.compiled.eager if eager else self.compiled
-        out = run(self.cache, tokens, positions, mask, kv_lens)
+        if self.tap is None:
+            out = run(self.cache, tokens, positions, mask, kv_lens)
+        else:  # the features come out of the graph (a hook may not be in it) and replace the hooks'
+            out, features = run(self.cache, tokens, positions, mask, kv_lens, self.tap.layers)
+            self.tap.keep(features)
         self.calls += 1
         self.tokens += width
         return out[:, :n].float()
