@@ -226,14 +226,19 @@ def runner(how):
         head = head or load_pair_head(target, "smollm2")
         drafter, name = head, name.removeprefix("head:")
     strategy = from_name(name)
-    return lambda x: specdec.generate(target, drafter, x, max_new_tokens=max_tokens, strategy=strategy,
-                                      eos_token_id=eos, compile=mode == "compiled").sequences[0, x.shape[1]:]
+    def run(x):
+        out = specdec.generate(target, drafter, x, max_new_tokens=max_tokens, strategy=strategy, eos_token_id=eos,
+                               compile=mode == "compiled")
+        steps.append((out.stats["tau"], out.stats["steps"]))
+        return out.sequences[0, x.shape[1]:]
+    return run
 rows = []
 for name, how in legs:
     run = runner(how)
     c0 = compiled.compile_stats()
     t = time.perf_counter(); run(torch.tensor([ids[0]])); warm = time.perf_counter() - t  # compiles here
     c1 = compiled.compile_stats()
+    steps = []  # (tau, steps) of each timed request (the warm-up's dropped)
     outs, n, wall = [], 0, 0.0
     for x in ids:
         t = time.perf_counter(); o = run(torch.tensor([x])); wall += time.perf_counter() - t
@@ -244,7 +249,8 @@ for name, how in legs:
     c2 = compiled.compile_stats()
     late_s = c2["compile_s"] - c1["compile_s"]
     wall -= late_s
-    rows.append({"mode": name, "tok_s_b1": n / wall, "outputs": outs, "acceptance": None, "warmup_s": warm,
+    tau = sum(t * n_steps for t, n_steps in steps) / max(sum(n_steps for _, n_steps in steps), 1) if steps else None
+    rows.append({"mode": name, "tok_s_b1": n / wall, "outputs": outs, "acceptance": None, "tau": tau, "warmup_s": warm,
                  "graphs": c1["graphs"] - c0["graphs"], "compile_s": c1["compile_s"] - c0["compile_s"],
                  "late_graphs": c2["graphs"] - c1["graphs"], "late_s": late_s})
     print(f"{name}: {n / wall:.1f} tok/s (warm-up {warm:.0f} s)", file=sys.stderr, flush=True)
@@ -366,6 +372,7 @@ def table(rows: list[dict], batches: list[int], args) -> str:
     columns += [
         "draft acceptance",
         "per position",
+        "tokens per step",
         "output = vLLM target",
         "first parting from transformers (pos, top-2 gap)",
         "compiles",
@@ -383,7 +390,8 @@ def table(rows: list[dict], batches: list[int], args) -> str:
             compiles += f" (+{r['late_graphs']} in timed requests, {r['late_s']:.0f} s, not counted)"
         acc = "—" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
         per_pos = " / ".join(f"{a:.2f}" for a in r.get("per_pos") or []) or "—"
-        body.append(cells + [acc, per_pos, r["same"], parting, compiles])
+        tau = r.get("tau") or (1 + sum(r["per_pos"]) if r.get("per_pos") else None)
+        body.append(cells + [acc, per_pos, "—" if tau is None else f"{tau:.2f}", r["same"], parting, compiles])
     cmd = "LD_PRELOAD=$VLLM_VENV/lib/libiomp5.so $VLLM_VENV/bin/python bench/vllm_bench.py " + " ".join(sys.argv[1:])
     return "\n".join(
         [
@@ -397,7 +405,8 @@ def table(rows: list[dict], batches: list[int], args) -> str:
             "tokens/s = generated tokens / wall time of the generate calls (model load and one warm-up request "
             "excluded). Acceptance = accepted / proposed draft tokens (vLLM's spec-decode counters); per position: "
             "the share of drafting steps whose draft was accepted through position 1, 2, ... (its counters per "
-            "position over its count of drafts). "
+            "position over its count of drafts). Tokens per step: 1 + mean accepted drafts per drafting step "
+            "(vLLM: 1 + the per-position shares; specdec: its tau). "
             "'output = vLLM target': every prompt's tokens identical to vLLM without speculation. "
             "'first parting': for each prompt whose output differs from transformers' plain greedy generate "
             "(the loop's reference), the first differing position and the fp32 target's gap between its top-2 "
