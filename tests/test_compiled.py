@@ -172,6 +172,10 @@ def test_a_graph_traced_before_the_head_existed_still_feeds_it(eager_backend):
     assert torch.equal(out.sequences, eager.sequences)
     assert out.stats["tau"] > 1.2 and out.stats["tau"] == pytest.approx(eager.stats["tau"], abs=0.15)
     assert _graphs() > graphs  # the tapped forward is a graph of its own
+    # a new generate makes a new tap: no retrace (dynamo guards on a traced hook's code object)
+    graphs = _graphs()
+    again = specdec.generate(target, head, ids, max_new_tokens=40, strategy="chain", compile=True)
+    assert torch.equal(again.sequences, eager.sequences) and _graphs() == graphs
 
 
 def test_a_compile_failure_from_a_spaced_torch_path_is_explained(monkeypatch):

@@ -709,8 +709,10 @@ class FeatureTap:
         return out if n is None else out[:, :n]
 
     def remove(self) -> None:
+        """Take the hooks off the model (idempotent); :meth:`keep` still hands features over."""
         for h in self._hooks:
             h.remove()
+        self._hooks = []
 
 
 class HeadDrafter:

@@ -148,6 +148,11 @@ class ModelRunner:
         self.calls = 0
         self.tokens = 0  # tokens fed per row, summed over forwards (prefill included)
         self.tap = tap  # a specdec.eagle.FeatureTap on ``model``: prefill then keeps its features
+        if tap is not None and compile:
+            # Every forward of a compiled runner returns the features itself (FeatureTap.keep), so the hooks
+            # go: dynamo guards on a traced hook's code object, and each generate's new tap would retrace
+            # (a minute per width, inside a request) when the hooks' order on a layer changes.
+            tap.remove()
         self.prefill_features: torch.Tensor | None = None  # [B, T, F] (shifted layout) when tapped
 
     @torch.inference_mode()
