@@ -17,8 +17,8 @@ from specdec_kernels.benchmarking import machine_description
 # end-to-end tables (bench/results/e2e_smollm2.md, bench/results/e2e.md).
 # SmolLM2 on chat_mixed (bench/results/e2e_smollm2_rerun.md): prompt lookup from 2-gram matches 1.44x
 # (transformers' prompt lookup 1.35x). With the EAGLE-3 head trained to tau 2.21 it still leads: in bf16
-# (the demo's dtype here; bench/results/vllm_cpu_bf16.md) eager lookup 36.8 tokens/s against the head's
-# chain:3 25.6, compiled 53.8 against the head's hybrid:3 49.3; in fp32 eager
+# (the demo's dtype here; bench/results/vllm_cpu_bf16.md) eager lookup 30.7 tokens/s against the head's
+# chain:3 26.0, compiled 53.1 against the head's hybrid:3 45.5 and chain:3 43.6; in fp32 eager
 # (bench/results/e2e_smollm2_eagle3_head.md) the head's hybrid 1.22x against lookup's 1.21x, a tie.
 DEMO_DEFAULTS = {"smollm2": ("eagle", "lookup:8:1:first:2"), "tiny": ("model", "heuristic")}
 # Compiled forwards by default only where they win end to end with their compile time counted. They do
