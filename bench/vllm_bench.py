@@ -271,18 +271,19 @@ print(json.dumps(rows))
 """
 
 
-def run_specdec_loop(python: str, ids: list[list[int]], max_tokens: int, dtype: str, legs=LOOP_LEGS) -> list[dict]:
-    """specdec's own loop and transformers' generate in the project's environment (LOOP_LEGS)."""
+def in_project(python: str, code: str, payload):
+    """Run ``code`` under the project's python (its torch and transformers, not vLLM's preloaded OpenMP)
+    with ``payload`` as JSON on stdin; the JSON on its last stdout line."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     res = subprocess.run(
-        [python, "-c", _LOOP_CODE],
-        input=json.dumps([ids, max_tokens, dtype, legs]),
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        check=True,
+        [python, "-c", code], input=json.dumps(payload), stdout=subprocess.PIPE, text=True, env=env, check=True
     )
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_specdec_loop(python: str, ids: list[list[int]], max_tokens: int, dtype: str, legs=LOOP_LEGS) -> list[dict]:
+    """specdec's own loop and transformers' generate in the project's environment (LOOP_LEGS)."""
+    return in_project(python, _LOOP_CODE, [ids, max_tokens, dtype, legs])
 
 
 # specdec's HeadDrafter on the same prompts, fp32, a k-token chain: the drafts of every step.
@@ -311,16 +312,7 @@ print(json.dumps(res))
 
 def specdec_drafts(python: str, ids: list[list[int]], max_tokens: int, k: int) -> list[dict]:
     """Per prompt: specdec's greedy output with its EAGLE head (chain of ``k``) and each step's drafts."""
-    env = {key: v for key, v in os.environ.items() if key != "LD_PRELOAD"}
-    res = subprocess.run(
-        [python, "-c", _DRAFTS_CODE],
-        input=json.dumps([ids, max_tokens, k]),
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        check=True,
-    )
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return in_project(python, _DRAFTS_CODE, [ids, max_tokens, k])
 
 
 def drafts_by_root(output: list[int], proposals: list[list[int]]) -> dict[int, list[int]]:
